@@ -1,0 +1,14 @@
+//! `weft-api`: the vocabulary shared by the data plane and the control plane.
+//!
+//! # Layout
+//! - [`config`]: the compiled proxy configuration, the immutable snapshot that a proxy runs on.
+//!   The control plane produces it per proxy; `weft-proxy run --config FILE` reads the same
+//!   format from a file.
+//! - [`duration`]: the Gateway API duration syntax (`1h30m`, `250ms`), used by flags and
+//!   manifests alike.
+//!
+//! Invariant: this crate knows nothing about tokio, sockets or processes. It is plain data,
+//! parsing and validation, so that both binaries and the tests can depend on it cheaply.
+
+pub mod config;
+pub mod duration;

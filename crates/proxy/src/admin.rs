@@ -1,0 +1,241 @@
+//! The admin HTTP API (SPEC section 6): probes, metrics, the config in force, the log filter,
+//! and drain.
+//!
+//! It runs on its own listener and keeps answering while the proxy drains, so that `/ready`
+//! can say 503 until the process exits. Calls that change anything are refused unless they
+//! come from a loopback address.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::http::body::Body;
+use crate::shared::Shared;
+use crate::telemetry::LogHandle;
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub log: LogHandle,
+}
+
+/// Serves the admin API until the process exits.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(admin.handle(peer, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+impl Admin {
+    async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+        if mutating && !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+            return text(
+                StatusCode::FORBIDDEN,
+                "admin changes are accepted only from loopback\n",
+            );
+        }
+        match (req.method().clone(), req.uri().path()) {
+            (Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+            (Method::GET, "/ready") => self.ready(),
+            (Method::GET, "/metrics") => {
+                let mut resp = Response::new(Body::full(self.shared.metrics.encode()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            (Method::GET, "/config_dump") => json_response(&self.config_dump()),
+            (Method::GET, "/clusters") => json_response(&self.clusters()),
+            (Method::GET, "/log-level") => text(StatusCode::OK, &format!("{}\n", self.log.get())),
+            (Method::PUT, "/log-level") => self.set_log_level(req).await,
+            (Method::POST, "/drain") => {
+                tracing::info!(%peer, "drain requested through the admin API");
+                self.shared.shutdown.cancel();
+                text(StatusCode::ACCEPTED, "draining\n")
+            }
+            (Method::GET, "/") => self.index(),
+            (
+                _,
+                "/live" | "/ready" | "/metrics" | "/config_dump" | "/clusters" | "/log-level"
+                | "/drain" | "/",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn ready(&self) -> Response<Body> {
+        if self.shared.shutdown.is_cancelled() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if self.shared.is_ready() {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for a first config\n",
+            )
+        }
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let snapshot = self.shared.state.load();
+        let s = &self.shared.settings;
+        json!({
+            "version": &*snapshot.version,
+            "listeners": {
+                "outbound": s.outbound_addr.to_string(),
+                "inbound": s.inbound_addr.to_string(),
+                "admin": s.admin_addr.to_string(),
+            },
+            "settings": s,
+            "config": snapshot.config,
+        })
+    }
+
+    fn clusters(&self) -> serde_json::Value {
+        let snapshot = self.shared.state.load();
+        let backends: Vec<_> = snapshot
+            .backends()
+            .iter()
+            .map(|b| {
+                json!({
+                    "name": &*b.name.0,
+                    "endpoints": b.endpoints.iter().map(|e| json!({
+                        "address": e.address.to_string(),
+                        "dial": format!("{:?}", e.dial),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "version": &*snapshot.version, "backends": backends, "pools": self.shared.pools.stats() })
+    }
+
+    async fn set_log_level(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 4096).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "filter too long\n"),
+        };
+        let filter = String::from_utf8_lossy(&body).trim().to_owned();
+        match self.log.set(&filter) {
+            Ok(()) => {
+                tracing::info!(%filter, "log filter changed");
+                text(StatusCode::OK, &format!("{filter}\n"))
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        }
+    }
+
+    fn index(&self) -> Response<Body> {
+        let snapshot = self.shared.state.load();
+        let mut html = String::from(
+            "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
+             <title>weft-proxy</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style>\
+             </head><body><h1>weft-proxy</h1><p>",
+        );
+        for path in [
+            "live",
+            "ready",
+            "metrics",
+            "config_dump",
+            "clusters",
+            "log-level",
+        ] {
+            let _ = write!(html, "<a href=\"/{path}\">/{path}</a> ");
+        }
+        let _ = write!(
+            html,
+            "</p><p>config version <b>{}</b></p>",
+            escape(&snapshot.version)
+        );
+        html.push_str("<h2>Services</h2><table><tr><th>service</th><th>port</th><th>cluster IPs</th><th>backend</th></tr>");
+        for svc in &snapshot.config.services {
+            let ips: Vec<String> = svc.cluster_ips.iter().map(ToString::to_string).collect();
+            for port in &svc.ports {
+                let _ = write!(
+                    html,
+                    "<tr><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&svc.namespace),
+                    escape(&svc.name),
+                    port.port,
+                    escape(&ips.join(", ")),
+                    escape(&port.backend),
+                );
+            }
+        }
+        html.push_str("</table><h2>Backends</h2><table><tr><th>backend</th><th>endpoint</th><th>reached</th></tr>");
+        for b in snapshot.backends() {
+            for e in &b.endpoints {
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&b.name.0),
+                    e.address,
+                    escape(&format!("{:?}", e.dial)),
+                );
+            }
+        }
+        html.push_str("</table></body></html>");
+        let mut resp = Response::new(Body::full(html));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::full(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json_response(value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(Body::full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

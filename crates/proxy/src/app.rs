@@ -1,0 +1,178 @@
+//! Wiring: the runtime, the listeners, the tasks, and the drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_api::config::ProxyConfig;
+
+use crate::admin::{self, Admin};
+use crate::cli::RunArgs;
+use crate::metrics::Metrics;
+use crate::shared::Shared;
+use crate::state::Snapshot;
+use crate::upstream::{Connector, PoolSettings, Pools};
+use crate::{inbound, outbound, telemetry};
+
+/// `weft-proxy run`.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let log = telemetry::init(&args.log_level, args.log_format)?;
+    let settings = args.settings().map_err(anyhow::Error::msg)?;
+    let mut runtime = if settings.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(settings.threads);
+        b
+    };
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(args, settings, log))
+}
+
+async fn serve(
+    args: &RunArgs,
+    settings: crate::settings::Settings,
+    log: telemetry::LogHandle,
+) -> anyhow::Result<()> {
+    tracing::info!(settings = %serde_json::to_string(&settings).unwrap_or_default(), "starting weft-proxy");
+    let config = ProxyConfig::load(&args.config)?;
+
+    // Bind everything before serving anything: a taken port fails the start, loudly.
+    let outbound_listener = bind(settings.outbound_addr, "outbound").await?;
+    let inbound_listener = bind(settings.inbound_addr, "inbound").await?;
+    let admin_listener = bind(settings.admin_addr, "admin").await?;
+
+    let metrics = Metrics::new();
+    let pools = Pools::new(
+        Connector {
+            connect_timeout: settings.connect_timeout.0,
+        },
+        PoolSettings {
+            idle_timeout: settings.upstream_idle_timeout.0,
+            max_idle_per_key: 256,
+        },
+        metrics.clone(),
+    );
+    let version = config.version.clone();
+    let state = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        config,
+        &settings.namespace,
+    )));
+    metrics.config_applied(&version);
+    let shared = Arc::new(Shared {
+        settings,
+        state,
+        pools,
+        metrics,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        config_loaded: Default::default(),
+    });
+    shared.config_loaded.store(true, Ordering::Release);
+    tracing::info!(%version, "config applied");
+
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(Admin {
+            shared: shared.clone(),
+            log,
+        }),
+    ));
+    let accepting = TaskTracker::new();
+    accepting.spawn(accept(outbound_listener, shared.clone(), |s, c, sh| {
+        outbound::handle(sh, s, c)
+    }));
+    accepting.spawn(accept(inbound_listener, shared.clone(), |s, c, sh| {
+        inbound::handle(sh, s, c)
+    }));
+    accepting.close();
+    let sweeper = {
+        let pools = shared.pools.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                pools.sweep();
+            }
+        })
+    };
+
+    tracing::info!(
+        outbound = %shared.settings.outbound_addr,
+        inbound = %shared.settings.inbound_addr,
+        admin = %shared.settings.admin_addr,
+        "proxy ready"
+    );
+    wait_for_drain(&shared.shutdown).await?;
+
+    // Drain: stop accepting (listeners close, so new connections are refused), ask open
+    // connections to finish (GOAWAY, Connection: close), then wait up to the grace period.
+    shared.metrics.set_draining();
+    let grace = shared.settings.drain_grace.0;
+    tracing::info!(grace = ?grace, "draining");
+    accepting.wait().await;
+    shared.tasks.close();
+    match tokio::time::timeout(grace, shared.tasks.wait()).await {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(
+            remaining = shared.tasks.len(),
+            "grace period over; exiting with work in flight"
+        ),
+    }
+    sweeper.abort();
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {name} listener on {addr}"))
+}
+
+/// Waits for SIGTERM, SIGINT or a drain request, then marks the drain as begun.
+async fn wait_for_drain(shutdown: &CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+/// Accepts connections until the drain begins, each handled in its own tracked task.
+async fn accept<F, Fut>(listener: TcpListener, shared: Arc<Shared>, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr, Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let _ = stream.set_nodelay(true);
+                shared.tasks.spawn(handle(stream, client, shared.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Errors the proxy generates itself, and the responses that report them (SPEC section 7).
+//!
+//! Every failure on the request path becomes a [`ProxyError`]. It knows its [`Reason`] (the
+//! `x-weft-error` value and the status code), who caused it ([`Blame`]), and whether the
+//! request surely never reached the application, which is what makes a retry safe.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::http::body::Body;
+
+/// The header that marks a response the proxy generated itself.
+pub const ERROR_HEADER: &str = "x-weft-error";
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    NoRoute,
+    NoHealthyEndpoints,
+    BreakerOpen,
+    Overloaded,
+    RetryBudgetExhausted,
+    Timeout,
+    UpstreamReset,
+    ConnectFailed,
+    Unauthorized,
+    RateLimited,
+    /// A request that is not valid HTTP.
+    BadRequest,
+    /// A request head larger than the limit.
+    HeaderTooLarge,
+    /// A request head that did not arrive in time.
+    HeaderTimeout,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "no-route",
+            Reason::NoHealthyEndpoints => "no-healthy-endpoints",
+            Reason::BreakerOpen => "breaker-open",
+            Reason::Overloaded => "overloaded",
+            Reason::RetryBudgetExhausted => "retry-budget-exhausted",
+            Reason::Timeout => "timeout",
+            Reason::UpstreamReset => "upstream-reset",
+            Reason::ConnectFailed => "connect-failed",
+            Reason::Unauthorized => "unauthorized",
+            Reason::RateLimited => "rate-limited",
+            Reason::BadRequest => "bad-request",
+            Reason::HeaderTooLarge => "header-too-large",
+            Reason::HeaderTimeout => "header-timeout",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::NoRoute
+            | Reason::NoHealthyEndpoints
+            | Reason::BreakerOpen
+            | Reason::Overloaded
+            | Reason::RetryBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamReset | Reason::ConnectFailed => StatusCode::BAD_GATEWAY,
+            Reason::Unauthorized => StatusCode::FORBIDDEN,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The gRPC status code with the same meaning.
+    pub fn grpc_status(self) -> u8 {
+        const INVALID_ARGUMENT: u8 = 3;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const PERMISSION_DENIED: u8 = 7;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNAVAILABLE: u8 = 14;
+        match self {
+            Reason::Timeout | Reason::HeaderTimeout => DEADLINE_EXCEEDED,
+            Reason::Unauthorized => PERMISSION_DENIED,
+            Reason::RateLimited => RESOURCE_EXHAUSTED,
+            Reason::BadRequest | Reason::HeaderTooLarge => INVALID_ARGUMENT,
+            _ => UNAVAILABLE,
+        }
+    }
+}
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream failed or could not be reached.
+    Upstream,
+    /// The proxy's own configuration or policy refused.
+    Local,
+}
+
+/// A failure on the request path.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for {0:?}")]
+    NoRoute(String),
+    #[error("backend {0} has no endpoints")]
+    NoEndpoints(Arc<str>),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr}: no answer within {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("upstream {addr}: {source}")]
+    Upstream {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl ProxyError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            ProxyError::NoRoute(_) => Reason::NoRoute,
+            ProxyError::NoEndpoints(_) => Reason::NoHealthyEndpoints,
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. } => Reason::ConnectFailed,
+            ProxyError::Upstream { source, .. } if source.is_timeout() => Reason::Timeout,
+            ProxyError::Upstream { .. } => Reason::UpstreamReset,
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::NoRoute(_) | ProxyError::NoEndpoints(_) => Blame::Local,
+            ProxyError::Upstream { source, .. } if source.is_user() => Blame::Downstream,
+            _ => Blame::Upstream,
+        }
+    }
+
+    /// True when the request surely never reached the application, so that sending it again,
+    /// whatever its method, cannot do anything twice.
+    pub fn never_reached_app(&self) -> bool {
+        match self {
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. } => true,
+            ProxyError::Upstream { source, .. } => {
+                source.is_canceled() || is_refused_stream(source)
+            }
+            ProxyError::NoRoute(_) | ProxyError::NoEndpoints(_) => false,
+        }
+    }
+}
+
+/// HTTP/2 `REFUSED_STREAM`: the server guarantees it did not process the request.
+fn is_refused_stream(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// True for requests that speak gRPC, which get their errors as `grpc-status`.
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The response the proxy sends for a failure it generated. gRPC clients get a trailers-only
+/// response with the matching `grpc-status`.
+pub fn error_response(reason: Reason, grpc: bool) -> Response<Body> {
+    let mut resp = if grpc {
+        let mut resp = Response::new(Body::empty());
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(reason.grpc_status())),
+        );
+        headers.insert("grpc-message", HeaderValue::from_static(reason.as_str()));
+        resp
+    } else {
+        let mut resp = Response::new(Body::full(reason.as_str().as_bytes()));
+        *resp.status_mut() = reason.status();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp
+    };
+    resp.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(reason.as_str()));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_map_to_the_spec_statuses() {
+        let cases = [
+            (Reason::NoRoute, 503, 14),
+            (Reason::NoHealthyEndpoints, 503, 14),
+            (Reason::BreakerOpen, 503, 14),
+            (Reason::Overloaded, 503, 14),
+            (Reason::RetryBudgetExhausted, 503, 14),
+            (Reason::Timeout, 504, 4),
+            (Reason::UpstreamReset, 502, 14),
+            (Reason::ConnectFailed, 502, 14),
+            (Reason::Unauthorized, 403, 7),
+            (Reason::RateLimited, 429, 8),
+            (Reason::BadRequest, 400, 3),
+            (Reason::HeaderTooLarge, 431, 3),
+        ];
+        for (reason, status, grpc) in cases {
+            assert_eq!(reason.status().as_u16(), status, "{reason:?}");
+            assert_eq!(reason.grpc_status(), grpc, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only_responses() {
+        let resp = error_response(Reason::Timeout, true);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "4");
+        assert_eq!(resp.headers()[ERROR_HEADER], "timeout");
+        let resp = error_response(Reason::ConnectFailed, false);
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()[ERROR_HEADER], "connect-failed");
+    }
+
+    #[test]
+    fn connect_failures_never_reached_the_app() {
+        let err = ProxyError::Connect {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert!(err.never_reached_app());
+        assert_eq!(err.reason(), Reason::ConnectFailed);
+        assert_eq!(err.blame(), Blame::Upstream);
+    }
+}

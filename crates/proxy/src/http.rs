@@ -1,0 +1,14 @@
+//! HTTP proxying shared by both directions.
+//!
+//! - [`body`]: the one body type that flows through the proxy, streamed, never buffered whole.
+//! - [`headers`]: what a proxy must change in a message, and nothing else (hop-by-hop headers,
+//!   request-target form).
+//! - [`server`]: serving a detected HTTP/1 or HTTP/2 connection, with drain and the first
+//!   request head checked so bad input gets a proper error.
+//! - [`forward`]: sending one request upstream through the pools, upgrades and CONNECT
+//!   included.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod server;

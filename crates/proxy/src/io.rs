@@ -1,0 +1,138 @@
+//! Byte-stream plumbing shared by both directions: [`Rewind`], a stream that first replays
+//! the bytes detection consumed, and [`splice`], opaque forwarding with half-close.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream whose reads first return `prefix`, then the inner stream's bytes.
+#[derive(Debug)]
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Rewind { prefix, inner }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes moved by [`splice`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spliced {
+    /// From the accepting side to the connecting side.
+    pub sent: u64,
+    /// Back.
+    pub received: u64,
+}
+
+/// Copies both ways until both sides have closed. When one side finishes sending, the other
+/// side's write half is shut down (half-close), and the opposite direction keeps flowing.
+pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<Spliced>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (sent, received) =
+        tokio::io::copy_bidirectional_with_sizes(a, b, 16 * 1024, 16 * 1024).await?;
+    Ok(Spliced { sent, received })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn rewind_replays_the_prefix_before_the_stream() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut io = Rewind::new(Bytes::from_static(b"hello"), server);
+        let mut out = String::new();
+        io.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn splice_propagates_half_close() {
+        // a_far <-> a_near ==splice== b_near <-> b_far
+        let (mut a_far, mut a_near) = tokio::io::duplex(64);
+        let (mut b_near, mut b_far) = tokio::io::duplex(64);
+        let task = tokio::spawn(async move { splice(&mut a_near, &mut b_near).await });
+        a_far.write_all(b"ping").await.unwrap();
+        a_far.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b_far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping", "EOF reaches the far side after the data");
+        b_far.write_all(b"pong").await.unwrap();
+        b_far.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        a_far.read_to_end(&mut back).await.unwrap();
+        assert_eq!(
+            back, b"pong",
+            "the other direction still flows after the half-close"
+        );
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Spliced {
+                sent: 4,
+                received: 4
+            }
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! The proxy's Prometheus metrics (SPEC section 8), all prefixed `weft_`.
+//!
+//! Labels are small owned values; names (routes, backends) are shared `Arc<str>`s taken from
+//! the config snapshot, so recording a request allocates nothing.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::errors::Reason;
+
+/// Which way traffic flows through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the local application to the mesh.
+    Outbound,
+    /// From the mesh to the local application.
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// A shared name used as a label value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    direction: Direction,
+    route: Name,
+    backend: Name,
+    status_code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LatencyLabels {
+    direction: Direction,
+    route: Name,
+    backend: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionLabels {
+    direction: Direction,
+    protocol: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BytesLabels {
+    direction: Direction,
+    /// `sent` toward the destination, `received` back from it.
+    flow: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+/// Every metric the proxy records.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<LatencyLabels>,
+    errors: Family<ErrorLabels, Counter>,
+    connections: Family<ConnectionLabels, Counter>,
+    open_connections: Family<DirectionLabels, Gauge>,
+    tcp_bytes: Family<BytesLabels, Counter>,
+    upstream_connects: Family<ResultLabels, Counter>,
+    config_info: Family<VersionLabels, Gauge>,
+    config_updates: Family<ResultLabels, Counter>,
+    draining: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("weft");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "HTTP requests completed, by the status code sent to the client",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<LatencyLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response head",
+            request_duration.clone(),
+        );
+        let errors = Family::default();
+        registry.register(
+            "proxy_errors",
+            "Responses and refusals the proxy generated itself, by reason",
+            errors.clone(),
+        );
+        let connections = Family::default();
+        registry.register(
+            "connections",
+            "Connections accepted, by detected protocol",
+            connections.clone(),
+        );
+        let open_connections = Family::default();
+        registry.register(
+            "open_connections",
+            "Connections currently open",
+            open_connections.clone(),
+        );
+        let tcp_bytes = Family::default();
+        registry.register(
+            "tcp_bytes",
+            "Bytes forwarded over opaque TCP connections",
+            tcp_bytes.clone(),
+        );
+        let upstream_connects = Family::default();
+        registry.register(
+            "upstream_connects",
+            "Upstream connections opened for HTTP, by result",
+            upstream_connects.clone(),
+        );
+        let config_info = Family::default();
+        registry.register(
+            "config_info",
+            "The config version in force (value 1)",
+            config_info.clone(),
+        );
+        let config_updates = Family::default();
+        registry.register(
+            "config_updates",
+            "Config updates, by result",
+            config_updates.clone(),
+        );
+        let draining = Gauge::default();
+        registry.register(
+            "draining",
+            "1 while the proxy drains before exit",
+            draining.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            request_duration,
+            errors,
+            connections,
+            open_connections,
+            tcp_bytes,
+            upstream_connects,
+            config_info,
+            config_updates,
+            draining,
+        })
+    }
+
+    /// Records one completed request exchange.
+    pub fn request(
+        &self,
+        direction: Direction,
+        route: &Name,
+        backend: &Name,
+        status: u16,
+        latency: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                route: route.clone(),
+                backend: backend.clone(),
+                status_code: status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&LatencyLabels {
+                direction,
+                route: route.clone(),
+                backend: backend.clone(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn proxy_error(&self, direction: Direction, reason: Reason) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                direction,
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts an accepted connection and returns a guard that keeps it in the open gauge.
+    pub fn connection_opened(self: &Arc<Self>, direction: Direction) -> OpenConnection {
+        self.open_connections
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+        OpenConnection {
+            metrics: self.clone(),
+            direction,
+        }
+    }
+
+    pub fn connection_protocol(&self, direction: Direction, protocol: &'static str) {
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                direction,
+                protocol,
+            })
+            .inc();
+    }
+
+    pub fn tcp_bytes(&self, direction: Direction, sent: u64, received: u64) {
+        self.tcp_bytes
+            .get_or_create(&BytesLabels {
+                direction,
+                flow: "sent",
+            })
+            .inc_by(sent);
+        self.tcp_bytes
+            .get_or_create(&BytesLabels {
+                direction,
+                flow: "received",
+            })
+            .inc_by(received);
+    }
+
+    pub fn upstream_connect(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.upstream_connects
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Records the version now in force, replacing the previous one.
+    pub fn config_applied(&self, version: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&VersionLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
+        self.config_updates
+            .get_or_create(&ResultLabels { result: "applied" })
+            .inc();
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.set(1);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            let _ = writeln!(out, "# encoding failed: {e}");
+        }
+        out
+    }
+}
+
+/// Keeps a connection counted in `weft_open_connections` until dropped.
+pub struct OpenConnection {
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics
+            .open_connections
+            .get_or_create(&DirectionLabels {
+                direction: self.direction,
+            })
+            .dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_encoded_with_their_labels() {
+        let m = Metrics::new();
+        let route = Name("default".into());
+        let backend = Name("shop/reviews:9080".into());
+        m.request(
+            Direction::Outbound,
+            &route,
+            &backend,
+            200,
+            Duration::from_millis(3),
+        );
+        m.request(
+            Direction::Outbound,
+            &route,
+            &backend,
+            200,
+            Duration::from_millis(4),
+        );
+        m.proxy_error(Direction::Inbound, Reason::ConnectFailed);
+        let open = m.connection_opened(Direction::Inbound);
+        m.config_applied("v1");
+        m.config_applied("v2");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"weft_requests_total{direction="outbound",route="default",backend="shop/reviews:9080",status_code="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"weft_proxy_errors_total{direction="inbound",reason="connect-failed"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_open_connections{direction="inbound"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_config_info{version="v2"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"version="v1""#), "{text}");
+        drop(open);
+        assert!(
+            m.encode()
+                .contains(r#"weft_open_connections{direction="inbound"} 0"#)
+        );
+    }
+}

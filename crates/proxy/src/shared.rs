@@ -1,0 +1,32 @@
+//! What every connection task shares: the config in force, upstream pools, metrics, and the
+//! drain signal with the tracker of work that a drain waits for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::state::State;
+use crate::upstream::Pools;
+
+pub struct Shared {
+    pub settings: Settings,
+    pub state: State,
+    pub pools: Arc<Pools>,
+    pub metrics: Arc<Metrics>,
+    /// Connection tasks and tunnels: a drain waits for them until the grace period ends.
+    pub tasks: TaskTracker,
+    /// The one drain signal: cancelled by SIGTERM, SIGINT or `POST /drain`.
+    pub shutdown: CancellationToken,
+    /// Set once a first config is in force.
+    pub config_loaded: AtomicBool,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        self.config_loaded.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+}

@@ -1,0 +1,311 @@
+//! The config in force: an immutable [`Snapshot`] compiled from a [`ProxyConfig`], swapped
+//! atomically as a whole.
+//!
+//! A connection or request loads the snapshot once and keeps it until it ends, so a swap
+//! never changes the rules under a request in flight. The snapshot indexes Services by every
+//! name an application may use and by cluster IP and port.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use weft_api::config::{self, ProxyConfig};
+
+use crate::metrics::Name;
+use crate::upstream::Dial;
+
+/// The config in force, shared by every task.
+pub type State = Arc<ArcSwap<Snapshot>>;
+
+/// A compiled config.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: ProxyConfig,
+    pub version: Arc<str>,
+    by_host: HashMap<Box<str>, Vec<(u16, Arc<Destination>)>>,
+    by_vip: HashMap<SocketAddr, Arc<Destination>>,
+    backends: Vec<Arc<Backend>>,
+    pub inbound_opaque_ports: BTreeSet<u16>,
+}
+
+/// One Service port: what a request for it means.
+#[derive(Debug)]
+pub struct Destination {
+    /// `<namespace>/<name>:<port>`.
+    pub name: Name,
+    pub port: u16,
+    pub protocol: config::Protocol,
+    pub backend: Arc<Backend>,
+}
+
+/// A set of endpoints.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: Name,
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub dial: Dial,
+}
+
+impl Backend {
+    /// The next endpoint, round robin.
+    pub fn pick(&self) -> Option<&Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.endpoints.get(i)
+    }
+}
+
+impl Snapshot {
+    /// Compiles a validated config. `namespace` is the proxy's own: short Service names
+    /// (`reviews`) resolve only there, as Kubernetes DNS search paths do.
+    pub fn build(config: ProxyConfig, namespace: &str) -> Snapshot {
+        let backends: Vec<Arc<Backend>> = config
+            .backends
+            .iter()
+            .map(|b| {
+                Arc::new(Backend {
+                    name: Name(b.name.as_str().into()),
+                    endpoints: b
+                        .endpoints
+                        .iter()
+                        .map(|e| Endpoint {
+                            address: e.address,
+                            dial: match &e.mesh {
+                                Some(mesh) => Dial::Peer {
+                                    proxy: SocketAddr::new(e.address.ip(), mesh.inbound_port),
+                                    port: e.address.port(),
+                                },
+                                None => Dial::Direct(e.address),
+                            },
+                        })
+                        .collect(),
+                    next: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let by_name: HashMap<&str, &Arc<Backend>> =
+            backends.iter().map(|b| (&*b.name.0, b)).collect();
+
+        let mut by_host: HashMap<Box<str>, Vec<(u16, Arc<Destination>)>> = HashMap::new();
+        let mut by_vip = HashMap::new();
+        for svc in &config.services {
+            let hosts = service_hosts(&svc.name, &svc.namespace, &config.cluster_domain, namespace);
+            for port in &svc.ports {
+                // Validation guarantees the backend exists; a config that skipped it gets an
+                // empty backend rather than a panic.
+                let backend = by_name.get(port.backend.as_str()).map_or_else(
+                    || {
+                        Arc::new(Backend {
+                            name: Name(port.backend.as_str().into()),
+                            endpoints: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        })
+                    },
+                    |b| Arc::clone(b),
+                );
+                let dest = Arc::new(Destination {
+                    name: Name(format!("{}/{}:{}", svc.namespace, svc.name, port.port).into()),
+                    port: port.port,
+                    protocol: port.protocol,
+                    backend,
+                });
+                for host in &hosts {
+                    by_host
+                        .entry(host.as_str().into())
+                        .or_default()
+                        .push((port.port, dest.clone()));
+                }
+                for ip in &svc.cluster_ips {
+                    by_vip.insert(SocketAddr::new(*ip, port.port), dest.clone());
+                }
+            }
+        }
+        Snapshot {
+            version: config.version.as_str().into(),
+            inbound_opaque_ports: config.inbound.opaque_ports.clone(),
+            config,
+            by_host,
+            by_vip,
+            backends,
+        }
+    }
+
+    /// The Service port at a virtual IP and port.
+    pub fn by_vip(&self, addr: SocketAddr) -> Option<&Arc<Destination>> {
+        self.by_vip.get(&addr)
+    }
+
+    /// The Service port an HTTP authority (`host[:port]`) names. A missing port means 80.
+    pub fn by_authority(&self, authority: &str) -> Option<&Arc<Destination>> {
+        let (host, port) = split_authority(authority)?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return self.by_vip(SocketAddr::new(ip, port));
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let ports = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(host.to_ascii_lowercase().as_str())?
+        } else {
+            self.by_host.get(host)?
+        };
+        ports.iter().find(|(p, _)| *p == port).map(|(_, d)| d)
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+}
+
+/// Every name a Service answers to from a proxy in `own_namespace`.
+fn service_hosts(name: &str, namespace: &str, domain: &str, own_namespace: &str) -> Vec<String> {
+    let mut hosts = vec![
+        format!("{name}.{namespace}.svc.{domain}"),
+        format!("{name}.{namespace}.svc"),
+        format!("{name}.{namespace}"),
+    ];
+    if namespace == own_namespace {
+        hosts.push(name.to_owned());
+    }
+    hosts
+}
+
+/// Splits `host[:port]`, `[v6]:port` or `[v6]`; the port defaults to 80.
+fn split_authority(authority: &str) -> Option<(&str, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => 80,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, port.parse().ok()?)),
+        None => Some((authority, 80)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let config: ProxyConfig = serde_saphyr_free::parse();
+        config.validate().unwrap();
+        Snapshot::build(config, "shop")
+    }
+
+    /// The sample config, built in code so this crate's tests need no YAML parser.
+    mod serde_saphyr_free {
+        use weft_api::config::*;
+
+        pub fn parse() -> ProxyConfig {
+            let svc = |name: &str, ns: &str, vip: &str, port: u16| Service {
+                name: name.into(),
+                namespace: ns.into(),
+                cluster_ips: vec![vip.parse().unwrap()],
+                ports: vec![ServicePort {
+                    port,
+                    name: None,
+                    protocol: Protocol::Detect,
+                    backend: format!("{ns}/{name}:{port}"),
+                }],
+            };
+            let backend = |name: String, addr: &str, meshed: bool| Backend {
+                name,
+                endpoints: vec![Endpoint {
+                    address: addr.parse().unwrap(),
+                    mesh: meshed.then(|| MeshPeer {
+                        identity: "spiffe://cluster.local/ns/shop/sa/x".into(),
+                        inbound_port: 15143,
+                    }),
+                    pod: None,
+                }],
+            };
+            ProxyConfig {
+                version: "v1".into(),
+                services: vec![
+                    svc("reviews", "shop", "10.96.0.10", 9080),
+                    svc("ratings", "data", "10.96.0.11", 80),
+                ],
+                backends: vec![
+                    backend("shop/reviews:9080".into(), "127.0.10.1:9080", true),
+                    backend("data/ratings:80".into(), "127.0.10.2:8080", false),
+                ],
+                ..ProxyConfig::default()
+            }
+        }
+    }
+
+    #[test]
+    fn authorities_resolve_like_cluster_dns() {
+        let s = snapshot();
+        let cases = [
+            ("reviews:9080", Some("shop/reviews:9080")),
+            ("reviews.shop:9080", Some("shop/reviews:9080")),
+            ("reviews.shop.svc:9080", Some("shop/reviews:9080")),
+            (
+                "reviews.shop.svc.cluster.local:9080",
+                Some("shop/reviews:9080"),
+            ),
+            (
+                "reviews.shop.svc.cluster.local.:9080",
+                Some("shop/reviews:9080"),
+            ),
+            ("REVIEWS.Shop:9080", Some("shop/reviews:9080")),
+            ("10.96.0.10:9080", Some("shop/reviews:9080")),
+            ("reviews", None),
+            ("reviews:80", None),
+            // Short names resolve only in the proxy's own namespace.
+            ("ratings", None),
+            ("ratings.data", Some("data/ratings:80")),
+            ("ratings.data:80", Some("data/ratings:80")),
+            ("10.96.0.11", Some("data/ratings:80")),
+            ("[::1]:80", None),
+            ("reviews:notaport", None),
+            ("", None),
+        ];
+        for (authority, want) in cases {
+            let got = s.by_authority(authority).map(|d| &*d.name.0);
+            assert_eq!(got, want, "{authority}");
+        }
+    }
+
+    #[test]
+    fn meshed_endpoints_are_dialled_through_their_proxy() {
+        let s = snapshot();
+        let reviews = s.by_vip("10.96.0.10:9080".parse().unwrap()).unwrap();
+        assert_eq!(
+            reviews.backend.pick().unwrap().dial,
+            Dial::Peer {
+                proxy: "127.0.10.1:15143".parse().unwrap(),
+                port: 9080
+            }
+        );
+        let ratings = s.by_authority("ratings.data").unwrap();
+        assert_eq!(
+            ratings.backend.pick().unwrap().dial,
+            Dial::Direct("127.0.10.2:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn split_authority_handles_every_form() {
+        assert_eq!(split_authority("a:1"), Some(("a", 1)));
+        assert_eq!(split_authority("a"), Some(("a", 80)));
+        assert_eq!(split_authority("[::1]:8080"), Some(("::1", 8080)));
+        assert_eq!(split_authority("[::1]"), Some(("::1", 80)));
+        assert_eq!(split_authority("[::1"), None);
+        assert_eq!(split_authority("[::1]x"), None);
+    }
+}
