@@ -1,1 +1,44 @@
+//! The end-to-end test harness: it runs the real `weft-proxy` binary as a process next to test
+//! workloads, on loopback "pod" addresses or inside network namespaces.
+//!
+//! # Layout
+//! - [`pods`]: a unique loopback address per pod, so tests run in parallel without sharing a
+//!   port.
+//! - [`proxy`]: a `weft-proxy run` process, its admin API, its memory, its exit.
+//! - [`mesh`]: building the compiled config a proxy runs on.
+//! - [`client`]: HTTP/1 and HTTP/2 clients that talk to a proxy as an application would.
+//! - [`workloads`]: the applications behind the proxies.
+//! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a failed expectation is reported"
+)]
+
+pub mod client;
+pub mod mesh;
+pub mod netns;
+pub mod pods;
+pub mod proxy;
+pub mod workloads;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

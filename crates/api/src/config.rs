@@ -415,3 +415,18 @@ backends:
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../manifests/examples/static-proxy-config.yaml");
+        let config = ProxyConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.services[1].ports[0].protocol, Protocol::Opaque);
+        assert!(config.inbound.opaque_ports.contains(&5433));
+    }
+}

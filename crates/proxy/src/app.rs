@@ -166,7 +166,11 @@ where
         match accepted {
             Ok((stream, client)) => {
                 let _ = stream.set_nodelay(true);
-                shared.tasks.spawn(handle(stream, client, shared.clone()));
+                shared.tasks.spawn(handle(
+                    stream,
+                    crate::orig_dst::canonical(client),
+                    shared.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors, most likely: back off instead of spinning.

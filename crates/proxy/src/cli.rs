@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar proxy.
     Run(Box<RunArgs>),
+    /// Install the iptables rules that redirect the pod's traffic to the proxy (the init
+    /// container's job; needs NET_ADMIN). Idempotent.
+    Init(crate::init::InitArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,7 +131,9 @@ mod tests {
             "5s",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
         let s = args.settings().unwrap();
         assert_eq!(s.outbound_addr.to_string(), "127.0.10.1:15140");
         assert_eq!(s.inbound_addr.to_string(), "127.0.10.1:15143");

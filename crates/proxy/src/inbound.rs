@@ -24,7 +24,7 @@ use crate::http::forward;
 use crate::http::server::{self, Head};
 use crate::io::Rewind;
 use crate::metrics::{Direction, Name};
-use crate::orig_dst::original_dst;
+use crate::orig_dst::{canonical, original_dst};
 use crate::shared::Shared;
 use crate::tcp;
 use crate::transport_header::{self, Header};
@@ -35,7 +35,7 @@ const DIRECTION: Direction = Direction::Inbound;
 /// Handles one accepted inbound connection to its end.
 pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr) {
     let _open = shared.metrics.connection_opened(DIRECTION);
-    let Ok(local) = stream.local_addr() else {
+    let Ok(local) = stream.local_addr().map(canonical) else {
         return;
     };
     let mut buf = BytesMut::with_capacity(4096);

@@ -18,6 +18,7 @@ pub mod detect;
 pub mod errors;
 pub mod http;
 pub mod inbound;
+pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;

@@ -21,12 +21,13 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
         sock.original_dst_v6()
     };
     let addr = found.ok()?.as_socket()?;
-    let local = normalize(local);
-    let addr = normalize(addr);
+    let local = canonical(local);
+    let addr = canonical(addr);
     (addr != local).then_some(addr)
 }
 
-fn normalize(addr: SocketAddr) -> SocketAddr {
+/// An IPv4 peer of a dual-stack socket shows as `::ffff:a.b.c.d`; this gives `a.b.c.d`.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(ip) => SocketAddr::new(ip.into(), v6.port()),

@@ -52,12 +52,12 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         tcp::forward(&shared, DIRECTION, stream, Dial::Direct(orig)).await;
         return;
     }
-    if let Some(d) = &dest {
-        if d.protocol == ServiceProtocol::Opaque || shared.settings.opaque_ports.contains(&d.port) {
-            shared.metrics.connection_protocol(DIRECTION, "opaque");
-            to_destination(&shared, stream, d).await;
-            return;
-        }
+    if let Some(d) = &dest
+        && (d.protocol == ServiceProtocol::Opaque || shared.settings.opaque_ports.contains(&d.port))
+    {
+        shared.metrics.connection_protocol(DIRECTION, "opaque");
+        to_destination(&shared, stream, d).await;
+        return;
     }
 
     let mut buf = BytesMut::with_capacity(4096);

@@ -265,10 +265,10 @@ impl Pools {
             pools.entry(*key).or_default().clone()
         };
         let mut slot = slot.lock().await;
-        if let Some(sender) = slot.as_ref() {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
-            }
+        if let Some(sender) = slot.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
         }
         let addr = key.dial.addr();
         let stream = self.connect(key).await?;
@@ -403,10 +403,10 @@ impl http_body::Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if self.done || self.inner.is_end_stream() {
-            if let Some(release) = self.release.take() {
-                release.give_back();
-            }
+        if (self.done || self.inner.is_end_stream())
+            && let Some(release) = self.release.take()
+        {
+            release.give_back();
         }
     }
 }

@@ -1,0 +1,288 @@
+//! Real interception: pods are network namespaces on a bridge, `weft-proxy init` installs the
+//! iptables rules, and the proxies route by `SO_ORIGINAL_DST`, IPv4 and IPv6. Needs root.
+//!
+//! - pod `client` (10.77.0.1): a sidecar with iptables; the test's client commands run here.
+//! - pod `meshed` (10.77.0.2): an HTTP app and a server-first "database" on 3306, behind a
+//!   sidecar with iptables.
+//! - pod `plain` (10.77.0.3): an HTTP app and a server-first service on 2525, no sidecar.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weft_tests::mesh::{Ep, Mesh};
+use weft_tests::netns::{Lan, Netns, root_tests_enabled, run};
+use weft_tests::proxy::{bin_path, metric_value, scratch_dir};
+
+const TESTBED: &str = env!("CARGO_BIN_EXE_weft-testbed");
+const UID: u32 = 2102;
+
+/// Runs `weft-testbed` in a pod and parses its JSON line.
+fn testbed(pod: &Netns, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = pod
+        .command(TESTBED)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn get(pod: &Netns, url: &str) -> serde_json::Value {
+    testbed(pod, &["get", url]).unwrap_or_else(|e| panic!("GET {url} from {}: {e}", pod.name))
+}
+
+fn wait_ready(pod: &Netns, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if testbed(pod, &["get", "http://127.0.0.1:15191/ready"]).is_ok_and(|r| r["status"] == 200)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} never became ready");
+}
+
+fn metrics(pod: &Netns) -> String {
+    get(pod, "http://127.0.0.1:15191/metrics")["body"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn start_sidecar(pod: &Netns, config: &Path, log: &Path) -> weft_tests::netns::NsChild {
+    run(pod
+        .command(bin_path("weft-proxy").to_str().unwrap())
+        .args(["init", "--ipv6"]));
+    let mut cmd = pod.command_as(UID, bin_path("weft-proxy").to_str().unwrap());
+    cmd.arg("run").arg("--config").arg(config).args([
+        "--outbound-addr",
+        "[::]:15140",
+        "--inbound-addr",
+        "[::]:15143",
+        "--admin-addr",
+        "0.0.0.0:15191",
+        // Detection would hold a silent connection for a minute: a server-first protocol
+        // answering within the client's 10 s proves detection was skipped.
+        "--detect-timeout",
+        "60s",
+        "--log-level",
+        "info,weft_proxy=debug",
+    ]);
+    pod.spawn(&mut cmd, log)
+}
+
+#[test]
+fn iptables_redirection_routes_by_original_destination() {
+    if !root_tests_enabled("iptables_redirection_routes_by_original_destination") {
+        return;
+    }
+    let dir = scratch_dir("intercept");
+    let mut lan = Lan::new();
+    let client = lan.add_pod("client", "10.77.0.1/24", "fd77::1/64");
+    let meshed = lan.add_pod("meshed", "10.77.0.2/24", "fd77::2/64");
+    let plain = lan.add_pod("plain", "10.77.0.3/24", "fd77::3/64");
+    let (client, meshed, plain) = (&lan.pods[client], &lan.pods[meshed], &lan.pods[plain]);
+
+    let _meshed_http = meshed.spawn(
+        meshed
+            .command(TESTBED)
+            .args(["http", "--listen", "10.77.0.2:8080", "--name", "meshed"]),
+        &dir.join("meshed-http.log"),
+    );
+    let _meshed_db = meshed.spawn(
+        meshed
+            .command(TESTBED)
+            .args(["greet", "--listen", "10.77.0.2:3306"]),
+        &dir.join("meshed-db.log"),
+    );
+    let _plain_http = plain.spawn(
+        plain
+            .command(TESTBED)
+            .args(["http", "--listen", "10.77.0.3:8080", "--name", "plain"]),
+        &dir.join("plain-http.log"),
+    );
+    let _plain_smtp = plain.spawn(
+        plain
+            .command(TESTBED)
+            .args(["greet", "--listen", "10.77.0.3:2525"]),
+        &dir.join("plain-smtp.log"),
+    );
+
+    let empty = dir.join("empty.json");
+    std::fs::write(
+        &empty,
+        serde_json::to_vec(&Mesh::new("meshed-v1").build()).unwrap(),
+    )
+    .unwrap();
+    let _meshed_proxy = start_sidecar(meshed, &empty, &dir.join("meshed-proxy.log"));
+
+    let config = Mesh::new("client-v1")
+        .service(
+            "shop",
+            "meshed",
+            Some("10.96.0.10".parse().unwrap()),
+            80,
+            &[Ep::meshed("10.77.0.2:8080".parse().unwrap())],
+        )
+        .service(
+            "shop",
+            "meshed6",
+            Some("fd00:96::10".parse().unwrap()),
+            80,
+            &[Ep::meshed("10.77.0.2:8080".parse().unwrap())],
+        )
+        .service(
+            "shop",
+            "plain",
+            Some("10.96.0.11".parse().unwrap()),
+            80,
+            &[Ep::direct("10.77.0.3:8080".parse().unwrap())],
+        )
+        .service(
+            "shop",
+            "db",
+            Some("10.96.0.12".parse().unwrap()),
+            3306,
+            &[Ep::direct("10.77.0.2:3306".parse().unwrap())],
+        )
+        .build();
+    let config_path = dir.join("client.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let _client_proxy = start_sidecar(client, &config_path, &dir.join("client-proxy.log"));
+    wait_ready(meshed, "the meshed pod's proxy");
+    wait_ready(client, "the client pod's proxy");
+
+    // Init is idempotent: a second run leaves one jump per chain.
+    run(client
+        .command(bin_path("weft-proxy").to_str().unwrap())
+        .args(["init", "--ipv6"]));
+    let rules = String::from_utf8(run(client.command("iptables").args(["-t", "nat", "-S"])).stdout)
+        .unwrap();
+    assert_eq!(
+        rules.matches("-A OUTPUT -p tcp -j WEFT_OUTPUT").count(),
+        1,
+        "{rules}"
+    );
+    assert_eq!(
+        rules
+            .matches("-A PREROUTING -p tcp -j WEFT_INBOUND")
+            .count(),
+        1,
+        "{rules}"
+    );
+
+    // HTTP to a virtual IP reaches the Service behind it: meshed (through the peer sidecar)...
+    let resp = get(client, "http://10.96.0.10/head");
+    assert_eq!(resp["status"], 200, "{resp}");
+    assert_eq!(resp["headers"]["x-served-by"], "meshed");
+    let head: serde_json::Value = serde_json::from_str(resp["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        head["headers"]["host"], "10.96.0.10",
+        "the app sees the request as sent"
+    );
+    // ...over IPv6...
+    let resp = get(client, "http://[fd00:96::10]/");
+    assert_eq!(
+        (
+            resp["status"].as_u64(),
+            resp["headers"]["x-served-by"].as_str()
+        ),
+        (Some(200), Some("meshed")),
+        "{resp}"
+    );
+    // ...and directly.
+    let resp = get(client, "http://10.96.0.11/");
+    assert_eq!(
+        (
+            resp["status"].as_u64(),
+            resp["headers"]["x-served-by"].as_str()
+        ),
+        (Some(200), Some("plain")),
+        "{resp}"
+    );
+
+    // A server-first protocol on an opaque port: skipped by detection on the client's
+    // outbound side and on the meshed pod's inbound side (redirected there by its iptables).
+    let db = testbed(
+        client,
+        &["tcp", "10.96.0.12:3306", "--banner", "--send", "select 1"],
+    )
+    .expect("db exchange");
+    assert_eq!(db["banner"], "220 weft-testbed ready\r\n");
+    assert_eq!(db["echo"], "select 1");
+
+    // An address that is no Service passes through untouched, without detection.
+    let smtp = testbed(
+        client,
+        &["tcp", "10.77.0.3:2525", "--banner", "--send", "EHLO"],
+    )
+    .expect("passthrough exchange");
+    assert_eq!(smtp["banner"], "220 weft-testbed ready\r\n");
+    assert_eq!(smtp["echo"], "EHLO");
+
+    let m = metrics(client);
+    for (sample, at_least) in [
+        (
+            r#"weft_requests_total{direction="outbound",route="default",backend="shop/meshed:80",status_code="200"}"#,
+            1.0,
+        ),
+        (
+            r#"weft_requests_total{direction="outbound",route="default",backend="shop/meshed6:80",status_code="200"}"#,
+            1.0,
+        ),
+        (
+            r#"weft_requests_total{direction="outbound",route="default",backend="shop/plain:80",status_code="200"}"#,
+            1.0,
+        ),
+        (
+            r#"weft_connections_total{direction="outbound",protocol="opaque"}"#,
+            1.0,
+        ),
+        (
+            r#"weft_connections_total{direction="outbound",protocol="passthrough"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(metric_value(&m, sample) >= at_least, "{sample} in\n{m}");
+    }
+    let m = metrics(meshed);
+    assert!(
+        metric_value(
+            &m,
+            r#"weft_connections_total{direction="inbound",protocol="opaque"}"#
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            r#"weft_requests_total{direction="inbound",route="inbound",backend="10.77.0.2:8080",status_code="200"}"#
+        ) >= 2.0,
+        "{m}"
+    );
+
+    // The admin API answers reads from the network but refuses changes from non-loopback.
+    let live = get(plain, "http://10.77.0.1:15191/live");
+    assert_eq!(live["status"], 200);
+    let put = testbed(
+        plain,
+        &["get", "http://10.77.0.1:15191/log-level", "--method", "PUT"],
+    )
+    .unwrap();
+    assert_eq!(put["status"], 403, "{put}");
+
+    // Cleanup removes every rule init added.
+    run(client
+        .command(bin_path("weft-proxy").to_str().unwrap())
+        .args(["init", "--ipv6", "--cleanup"]));
+    let rules =
+        String::from_utf8(run(client.command("iptables-save").args(["-t", "nat"])).stdout).unwrap();
+    assert!(!rules.contains("WEFT"), "{rules}");
+    let _ = Command::new("true").status();
+    let _ = std::fs::remove_dir_all(dir);
+}
