@@ -131,3 +131,23 @@ async fn the_grace_period_bounds_the_drain() {
         "the request still held when the process exited cannot succeed"
     );
 }
+
+#[tokio::test]
+async fn post_drain_on_the_admin_api_drains_like_sigterm() {
+    let mut proxy = Proxy::start(
+        pod_ip(),
+        &Mesh::new("c1").build(),
+        &["--drain-grace", "10s"],
+    )
+    .await;
+    let url = format!("http://{}/drain", proxy.admin);
+    let (status, body) = client::request_text(proxy.admin, "POST", &url, "")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (202, "draining\n"));
+    let exit = proxy
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the proxy exits after POST /drain");
+    assert!(exit.success(), "{exit:?}");
+}

@@ -11,7 +11,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::workloads::{BoxError, TestBody};
+use crate::workloads::TestBody;
 
 pub fn body(bytes: impl Into<Bytes>) -> TestBody {
     Full::new(bytes.into())
@@ -98,5 +98,3 @@ pub fn error_header<B>(resp: &Response<B>) -> String {
         .unwrap_or("")
         .to_owned()
 }
-
-pub type ClientError = BoxError;
