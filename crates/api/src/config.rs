@@ -13,6 +13,15 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::validate::FieldError;
+use crate::validate::Problems;
+
+pub mod policy;
+pub mod route;
+
+pub use policy::BackendPolicySpec;
+pub use route::{Filter, HttpRoute, Retry, RouteRule, Timeouts, WeightedBackend};
+
 /// The port of a peer proxy's inbound listener, where meshed endpoints are reached.
 pub const DEFAULT_INBOUND_PORT: u16 = 15143;
 /// The cluster DNS suffix Services are named under.
@@ -75,8 +84,13 @@ pub struct ServicePort {
     pub name: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
-    /// The backend that receives this port's traffic (a name in [`ProxyConfig::backends`]).
+    /// The backend that receives this port's traffic when no route is attached (a name in
+    /// [`ProxyConfig::backends`]).
     pub backend: String,
+    /// HTTPRoutes and GRPCRoutes attached to this port. With any, a request that matches none
+    /// is answered 404 (GAMMA); with none, everything goes to `backend`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<HttpRoute>,
 }
 
 /// How the proxy treats the bytes of a connection.
@@ -99,6 +113,13 @@ pub struct Backend {
     pub name: String,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// How clients treat this backend; absent knobs take the documented defaults.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub policy: BackendPolicySpec,
+}
+
+fn is_default_policy(p: &BackendPolicySpec) -> bool {
+    *p == BackendPolicySpec::default()
 }
 
 /// One address that serves a backend.
@@ -139,23 +160,6 @@ pub struct Inbound {
     /// in addition to the proxy's `--opaque-ports`.
     #[serde(default)]
     pub opaque_ports: BTreeSet<u16>,
-}
-
-/// One problem found in a config, with the path of the field that holds it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// Why a config file could not be used.
@@ -203,9 +207,14 @@ impl ProxyConfig {
 
     /// Checks the config's internal consistency, returning every problem found.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
-        let mut errors = Vec::new();
+        let mut problems = Problems::default();
+        self.check(&mut problems);
+        problems.into_result()
+    }
+
+    fn check(&self, errors: &mut Problems) {
         if !is_dns_name(&self.cluster_domain) {
-            errors.push(FieldError::new("clusterDomain", "must be a DNS name"));
+            errors.add("clusterDomain", "must be a DNS name");
         }
         let backends: HashMap<&str, usize> = self
             .backends
@@ -217,41 +226,36 @@ impl ProxyConfig {
         for (i, backend) in self.backends.iter().enumerate() {
             let at = format!("backends[{i}]");
             if backend.name.is_empty() {
-                errors.push(FieldError::new(format!("{at}.name"), "must not be empty"));
+                errors.add(format!("{at}.name"), "must not be empty");
             }
             if !seen_backends.insert(backend.name.as_str()) {
-                errors.push(FieldError::new(
+                errors.add(
                     format!("{at}.name"),
                     format!("duplicate backend {:?}", backend.name),
-                ));
+                );
             }
+            backend.policy.validate(&format!("{at}.policy"), errors);
             let mut seen_endpoints = HashSet::new();
             for (j, ep) in backend.endpoints.iter().enumerate() {
                 let at = format!("{at}.endpoints[{j}]");
                 if ep.address.port() == 0 {
-                    errors.push(FieldError::new(
-                        format!("{at}.address"),
-                        "port must not be 0",
-                    ));
+                    errors.add(format!("{at}.address"), "port must not be 0");
                 }
                 if !seen_endpoints.insert(ep.address) {
-                    errors.push(FieldError::new(
+                    errors.add(
                         format!("{at}.address"),
                         format!("duplicate endpoint {}", ep.address),
-                    ));
+                    );
                 }
                 if let Some(mesh) = &ep.mesh {
                     if mesh.inbound_port == 0 {
-                        errors.push(FieldError::new(
-                            format!("{at}.mesh.inboundPort"),
-                            "must not be 0",
-                        ));
+                        errors.add(format!("{at}.mesh.inboundPort"), "must not be 0");
                     }
                     if !mesh.identity.starts_with("spiffe://") {
-                        errors.push(FieldError::new(
+                        errors.add(
                             format!("{at}.mesh.identity"),
                             "must be a SPIFFE ID (spiffe://<trust-domain>/...)",
-                        ));
+                        );
                     }
                 }
             }
@@ -261,59 +265,52 @@ impl ProxyConfig {
         for (i, svc) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
             if !is_dns_label(&svc.name) {
-                errors.push(FieldError::new(format!("{at}.name"), "must be a DNS label"));
+                errors.add(format!("{at}.name"), "must be a DNS label");
             }
             if !is_dns_label(&svc.namespace) {
-                errors.push(FieldError::new(
-                    format!("{at}.namespace"),
-                    "must be a DNS label",
-                ));
+                errors.add(format!("{at}.namespace"), "must be a DNS label");
             }
             if !names.insert((svc.namespace.as_str(), svc.name.as_str())) {
-                errors.push(FieldError::new(
+                errors.add(
                     format!("{at}.name"),
                     format!("duplicate service {}/{}", svc.namespace, svc.name),
-                ));
+                );
             }
             if svc.ports.is_empty() {
-                errors.push(FieldError::new(
-                    format!("{at}.ports"),
-                    "must list at least one port",
-                ));
+                errors.add(format!("{at}.ports"), "must list at least one port");
             }
             let mut ports = HashSet::new();
             for (j, port) in svc.ports.iter().enumerate() {
                 let at = format!("{at}.ports[{j}]");
                 if port.port == 0 {
-                    errors.push(FieldError::new(format!("{at}.port"), "must not be 0"));
+                    errors.add(format!("{at}.port"), "must not be 0");
                 }
                 if !ports.insert(port.port) {
-                    errors.push(FieldError::new(
+                    errors.add(
                         format!("{at}.port"),
                         format!("duplicate port {}", port.port),
-                    ));
+                    );
                 }
                 if !backends.contains_key(port.backend.as_str()) {
-                    errors.push(FieldError::new(
+                    errors.add(
                         format!("{at}.backend"),
                         format!("no backend named {:?}", port.backend),
-                    ));
+                    );
                 }
                 for ip in &svc.cluster_ips {
                     let vip = SocketAddr::new(*ip, port.port);
                     if let Some(other) = vips.insert(vip, (&svc.namespace, &svc.name)) {
-                        errors.push(FieldError::new(
+                        errors.add(
                             format!("{at}.port"),
                             format!("{vip} is also served by {}/{}", other.0, other.1),
-                        ));
+                        );
                     }
                 }
+                let backend_exists = |name: &str| backends.contains_key(name);
+                for (k, route) in port.routes.iter().enumerate() {
+                    route.validate(&format!("{at}.routes[{k}]"), &backend_exists, errors);
+                }
             }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
         }
     }
 }

@@ -6,9 +6,17 @@
 //!   format from a file.
 //! - [`duration`]: the Gateway API duration syntax (`1h30m`, `250ms`), used by flags and
 //!   manifests alike.
+//! - [`gateway`]: Gateway API value types (matches, header modifiers, URL rewrites) shared by
+//!   manifests and the compiled config.
+//! - [`resources`]: the manifests operators apply (Service, Pod, EndpointSlice, HTTPRoute,
+//!   GRPCRoute, BackendPolicy): parsing with `file:document:field` errors, and checks.
+//! - [`validate`]: problems collected with their field paths.
 //!
 //! Invariant: this crate knows nothing about tokio, sockets or processes. It is plain data,
 //! parsing and validation, so that both binaries and the tests can depend on it cheaply.
 
 pub mod config;
 pub mod duration;
+pub mod gateway;
+pub mod resources;
+pub mod validate;

@@ -1,0 +1,342 @@
+//! Gateway API value types shared by the manifests (HTTPRoute, GRPCRoute) and the compiled
+//! config: request matches, header modifiers and URL rewrites. The YAML shape is the Gateway
+//! API's, so a match reads the same in a manifest and in `/config_dump`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::Problems;
+
+/// One way a request can match a rule: all of its conditions must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteMatch {
+    /// Absent means `PathPrefix /`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryParamMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(rename = "type", default)]
+    pub kind: PathMatchType,
+    #[serde(default = "slash")]
+    pub value: String,
+}
+
+fn slash() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PathMatchType {
+    Exact,
+    /// Element-wise: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[default]
+    PathPrefix,
+    /// The whole path must match the regular expression.
+    RegularExpression,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum MatchType {
+    #[default]
+    Exact,
+    RegularExpression,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    #[serde(rename = "type", default)]
+    pub kind: MatchType,
+    /// Case-insensitive.
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryParamMatch {
+    #[serde(rename = "type", default)]
+    pub kind: MatchType,
+    /// Case-sensitive.
+    pub name: String,
+    pub value: String,
+}
+
+/// Sets, adds or removes headers (RequestHeaderModifier, ResponseHeaderModifier).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    /// Replaces any value the header had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderValue>,
+    /// Appends a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+/// URLRewrite.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathModifier {
+    #[serde(rename = "type")]
+    pub kind: PathModifierType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathModifierType {
+    ReplaceFullPath,
+    ReplacePrefixMatch,
+}
+
+impl HttpRouteMatch {
+    /// Checks the match; `at` is the field path of the match itself.
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        if let Some(path) = &self.path {
+            match path.kind {
+                PathMatchType::Exact | PathMatchType::PathPrefix => {
+                    if !path.value.starts_with('/') {
+                        problems.add(format!("{at}.path.value"), "must start with /");
+                    }
+                }
+                PathMatchType::RegularExpression => {
+                    check_regex(&path.value, &format!("{at}.path.value"), problems)
+                }
+            }
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            if !is_header_name(&h.name) {
+                problems.add(
+                    format!("{at}.headers[{i}].name"),
+                    format!("{:?} is not a valid header name", h.name),
+                );
+            }
+            if h.kind == MatchType::RegularExpression {
+                check_regex(&h.value, &format!("{at}.headers[{i}].value"), problems);
+            }
+        }
+        for (i, q) in self.query_params.iter().enumerate() {
+            if q.name.is_empty() {
+                problems.add(format!("{at}.queryParams[{i}].name"), "must not be empty");
+            }
+            if q.kind == MatchType::RegularExpression {
+                check_regex(&q.value, &format!("{at}.queryParams[{i}].value"), problems);
+            }
+        }
+        if let Some(method) = &self.method
+            && !is_http_method(method)
+        {
+            problems.add(
+                format!("{at}.method"),
+                format!("{method:?} is not an HTTP method"),
+            );
+        }
+    }
+}
+
+impl HeaderModifier {
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        for (list, values) in [("set", &self.set), ("add", &self.add)] {
+            for (i, h) in values.iter().enumerate() {
+                if !is_header_name(&h.name) {
+                    problems.add(
+                        format!("{at}.{list}[{i}].name"),
+                        format!("{:?} is not a valid header name", h.name),
+                    );
+                }
+                if http_value_invalid(&h.value) {
+                    problems.add(
+                        format!("{at}.{list}[{i}].value"),
+                        "holds characters a header value cannot",
+                    );
+                }
+            }
+        }
+        for (i, name) in self.remove.iter().enumerate() {
+            if !is_header_name(name) {
+                problems.add(
+                    format!("{at}.remove[{i}]"),
+                    format!("{name:?} is not a valid header name"),
+                );
+            }
+        }
+    }
+}
+
+impl UrlRewrite {
+    /// `prefix_match` says whether every match of the rule is a PathPrefix match, which
+    /// ReplacePrefixMatch requires.
+    pub fn validate(&self, at: &str, prefix_match: bool, problems: &mut Problems) {
+        if let Some(host) = &self.hostname
+            && (host.is_empty() || http_value_invalid(host) || host.contains('/'))
+        {
+            problems.add(
+                format!("{at}.hostname"),
+                format!("{host:?} is not a hostname"),
+            );
+        }
+        let Some(path) = &self.path else { return };
+        let (field, value) = match path.kind {
+            PathModifierType::ReplaceFullPath => ("replaceFullPath", &path.replace_full_path),
+            PathModifierType::ReplacePrefixMatch => {
+                ("replacePrefixMatch", &path.replace_prefix_match)
+            }
+        };
+        match value {
+            None => problems.add(
+                format!("{at}.path.{field}"),
+                format!("is required with type {:?}", path.kind),
+            ),
+            Some(v) if !v.starts_with('/') => {
+                problems.add(format!("{at}.path.{field}"), "must start with /")
+            }
+            Some(_) => {}
+        }
+        if path.kind == PathModifierType::ReplacePrefixMatch && !prefix_match {
+            problems.add(
+                format!("{at}.path.type"),
+                "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+            );
+        }
+    }
+}
+
+fn check_regex(re: &str, at: &str, problems: &mut Problems) {
+    if let Err(e) = regex::Regex::new(re) {
+        problems.add(
+            at.to_owned(),
+            format!(
+                "invalid regular expression: {}",
+                e.to_string().lines().last().unwrap_or("")
+            ),
+        );
+    }
+}
+
+/// An RFC 9110 token.
+pub fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn http_value_invalid(s: &str) -> bool {
+    s.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+pub fn is_http_method(s: &str) -> bool {
+    matches!(
+        s,
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(f: impl FnOnce(&mut Problems)) -> Vec<String> {
+        let mut p = Problems::default();
+        f(&mut p);
+        p.into_vec().into_iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn matches_are_checked_field_by_field() {
+        let m = HttpRouteMatch {
+            path: Some(PathMatch {
+                kind: PathMatchType::RegularExpression,
+                value: "/a(".into(),
+            }),
+            headers: vec![HeaderMatch {
+                kind: MatchType::Exact,
+                name: "bad name".into(),
+                value: "x".into(),
+            }],
+            query_params: vec![QueryParamMatch {
+                kind: MatchType::RegularExpression,
+                name: "q".into(),
+                value: "[".into(),
+            }],
+            method: Some("FETCH".into()),
+        };
+        let got = problems_of(|p| m.validate("rules[0].matches[1]", p));
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(
+            got[0].starts_with("rules[0].matches[1].path.value: invalid regular expression"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("rules[0].matches[1].headers[0].name:"),
+            "{got:?}"
+        );
+        assert!(
+            got[2].starts_with(
+                "rules[0].matches[1].queryParams[0].value: invalid regular expression"
+            ),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[3],
+            "rules[0].matches[1].method: \"FETCH\" is not an HTTP method"
+        );
+    }
+
+    #[test]
+    fn prefix_rewrites_need_prefix_matches() {
+        let r = UrlRewrite {
+            hostname: None,
+            path: Some(PathModifier {
+                kind: PathModifierType::ReplacePrefixMatch,
+                replace_full_path: None,
+                replace_prefix_match: Some("/v2".into()),
+            }),
+        };
+        assert!(problems_of(|p| r.validate("f", true, p)).is_empty());
+        assert_eq!(problems_of(|p| r.validate("f", false, p)).len(), 1);
+    }
+
+    #[test]
+    fn a_match_reads_as_the_gateway_api_writes_it() {
+        let m: HttpRouteMatch = serde_json::from_value(serde_json::json!({
+            "path": {"type": "PathPrefix", "value": "/api"},
+            "headers": [{"name": "x-canary", "value": "true"}],
+            "queryParams": [{"type": "RegularExpression", "name": "v", "value": "^2"}],
+            "method": "GET"
+        }))
+        .unwrap();
+        assert_eq!(m.path.unwrap().kind, PathMatchType::PathPrefix);
+        assert_eq!(m.headers[0].kind, MatchType::Exact);
+        assert_eq!(m.query_params[0].kind, MatchType::RegularExpression);
+    }
+}

@@ -1,0 +1,356 @@
+//! Manifests: the Kubernetes-shaped resources operators apply (SPEC section 4), parsed from
+//! multi-document YAML, with errors that name the file, the document and the field.
+//!
+//! - [`core`]: `v1` Service and Pod, `discovery.k8s.io/v1` EndpointSlice. Real cluster objects
+//!   carry many fields weft does not read, so these kinds ignore unknown fields.
+//! - [`routes`]: Gateway API HTTPRoute and GRPCRoute, strict: a field weft does not support is
+//!   an error rather than a silent no-op.
+//! - [`policy`]: weft's `policy.weft.dev/v1alpha1` kinds, strict.
+//! - [`check`]: semantic and reference checks over a whole set of manifests.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub mod check;
+pub mod core;
+pub mod policy;
+pub mod routes;
+
+/// Where a manifest came from: a file and the 1-based index of its YAML document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source {
+    pub file: String,
+    pub document: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.document)
+    }
+}
+
+/// A problem in a manifest: `file:document:field.path: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{path}: {message}")]
+pub struct ManifestError {
+    pub origin: Source,
+    pub path: String,
+    pub message: String,
+}
+
+/// The metadata weft reads; other metadata fields are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+}
+
+impl ObjectMeta {
+    /// The namespace, `default` when unset (as `kubectl apply` does).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// A parsed resource of a kind weft reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Service(core::Service),
+    Pod(core::Pod),
+    EndpointSlice(core::EndpointSlice),
+    HttpRoute(routes::HttpRouteManifest),
+    GrpcRoute(routes::GrpcRouteManifest),
+    BackendPolicy(policy::BackendPolicy),
+}
+
+/// The kinds weft reads, with the API versions accepted for each.
+pub const KINDS: &[(&str, &[&str])] = &[
+    ("Service", &["v1"]),
+    ("Pod", &["v1"]),
+    ("EndpointSlice", &["discovery.k8s.io/v1"]),
+    (
+        "HTTPRoute",
+        &[
+            "gateway.networking.k8s.io/v1",
+            "gateway.networking.k8s.io/v1beta1",
+        ],
+    ),
+    (
+        "GRPCRoute",
+        &[
+            "gateway.networking.k8s.io/v1",
+            "gateway.networking.k8s.io/v1alpha2",
+        ],
+    ),
+    ("BackendPolicy", &["policy.weft.dev/v1alpha1"]),
+];
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service(_) => "Service",
+            Resource::Pod(_) => "Pod",
+            Resource::EndpointSlice(_) => "EndpointSlice",
+            Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::GrpcRoute(_) => "GRPCRoute",
+            Resource::BackendPolicy(_) => "BackendPolicy",
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Resource::Service(r) => &r.metadata,
+            Resource::Pod(r) => &r.metadata,
+            Resource::EndpointSlice(r) => &r.metadata,
+            Resource::HttpRoute(r) => &r.metadata,
+            Resource::GrpcRoute(r) => &r.metadata,
+            Resource::BackendPolicy(r) => &r.metadata,
+        }
+    }
+
+    /// `Kind/namespace/name`: what identifies the resource across files and versions.
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey {
+            kind: self.kind(),
+            namespace: self.meta().namespace().to_owned(),
+            name: self.meta().name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A resource and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub source: Source,
+    pub resource: Resource,
+}
+
+/// Parses every document of a YAML file. Documents that fail are reported and skipped; the
+/// others are returned. A YAML syntax error spoils only its own document.
+pub fn parse_file(file: &str, text: &str) -> (Vec<Manifest>, Vec<ManifestError>) {
+    let mut manifests = Vec::new();
+    let mut errors = Vec::new();
+    for (i, doc) in split_documents(text).into_iter().enumerate() {
+        let source = Source {
+            file: file.to_owned(),
+            document: i + 1,
+        };
+        if doc
+            .trim()
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            continue;
+        }
+        match parse_document(doc) {
+            Ok(Some(resource)) => manifests.push(Manifest { source, resource }),
+            Ok(None) => {}
+            Err((path, message)) => errors.push(ManifestError {
+                origin: source,
+                path,
+                message,
+            }),
+        }
+    }
+    (manifests, errors)
+}
+
+/// Splits a YAML stream at `---` document markers.
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            docs.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push(&text[start..]);
+    // A leading marker leaves an empty first document; keep numbering as written, but an
+    // empty document before the first marker is not a document.
+    if text.trim_start().starts_with("---") && docs.first().is_some_and(|d| d.trim().is_empty()) {
+        docs.remove(0);
+    }
+    docs
+}
+
+type DocError = (String, String);
+
+fn parse_document(text: &str) -> Result<Option<Resource>, DocError> {
+    let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
+        (
+            String::new(),
+            format!("invalid YAML: {}", first_line(&e.to_string())),
+        )
+    })?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let Some(obj) = value.as_object() else {
+        return Err((
+            String::new(),
+            "a manifest must be a mapping with apiVersion, kind, metadata".into(),
+        ));
+    };
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ("apiVersion".into(), "is required".into()))?;
+    let kind = obj
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ("kind".into(), "is required".into()))?;
+    let Some((_, versions)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+        return Err((
+            "kind".into(),
+            format!("unknown kind {kind:?}; weft reads {}", known.join(", ")),
+        ));
+    };
+    if !versions.contains(&api_version) {
+        return Err((
+            "apiVersion".into(),
+            format!(
+                "{kind} is read as {}, not {api_version:?}",
+                versions.join(" or ")
+            ),
+        ));
+    }
+    let resource = match kind {
+        "Service" => Resource::Service(typed(value)?),
+        "Pod" => Resource::Pod(typed(value)?),
+        "EndpointSlice" => Resource::EndpointSlice(typed(value)?),
+        "HTTPRoute" => Resource::HttpRoute(typed(value)?),
+        "GRPCRoute" => Resource::GrpcRoute(typed(value)?),
+        _ => Resource::BackendPolicy(typed(value)?),
+    };
+    Ok(Some(resource))
+}
+
+/// Deserializes with the path of the failing field.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, DocError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        (path, first_line(&e.inner().to_string()).to_owned())
+    })
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_split_and_numbered_as_written() {
+        let text = "---\na: 1\n---\nb: 2\n--- # comment\nc: 3\n";
+        let docs = split_documents(text);
+        assert_eq!(docs, ["a: 1\n", "b: 2\n", "c: 3\n"]);
+    }
+
+    #[test]
+    fn a_bad_document_is_reported_alone() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  ports: [{port: 9080}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: s}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, name: reviews}]
+  rules:
+    - backendRefs:
+        - {name: reviews, port: 9080, weight: -1}
+---
+this: [is: not yaml
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r2, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, name: reviews}]
+  rules: [{backendRefs: [{name: reviews, port: 9080}], retries: {}}]
+"#;
+        let (ok, errors) = parse_file("app.yaml", text);
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].resource.key().to_string(), "Service/shop/reviews");
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("app.yaml:2:kind: unknown kind \"Secret\""),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with(
+                "app.yaml:3:spec.rules[0].backendRefs[0].weight: invalid value: integer `-1`"
+            ),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[2].starts_with("app.yaml:4:: invalid YAML"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[3].starts_with("app.yaml:5:spec.rules[0].retries: unknown field `retries`"),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
+    fn api_versions_are_checked_per_kind() {
+        let (_, errors) = parse_file("f", "apiVersion: v2\nkind: Service\nmetadata: {name: a}\n");
+        assert_eq!(errors[0].path, "apiVersion");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "(?s).{0,300}") {
+            let _ = parse_file("f", &text);
+        }
+
+        #[test]
+        fn arbitrary_yaml_shaped_text_never_panics(
+            lines in proptest::collection::vec("( {0,4})(apiVersion|kind|metadata|spec|name|rules|ports|- |---|[a-z]{1,6})(: )?([a-zA-Z0-9./{}\\[\\], -]{0,12})", 0..20)
+        ) {
+            let _ = parse_file("f", &lines.join("\n"));
+        }
+    }
+}

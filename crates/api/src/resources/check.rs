@@ -1,0 +1,708 @@
+//! Semantic and reference checks over a set of manifests: the second half of validation,
+//! after parsing. A manifest that fails is rejected alone; the rest are accepted.
+//!
+//! References are checked against the accepted Services: a route's `parentRefs` and
+//! `backendRefs`, and a policy's `targetRefs`, must name a Service (and port) that exists.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use super::core::{IntOrString, SERVICE_NAME_LABEL, Service};
+use super::routes::{
+    BackendRef, FilterSpec, GrpcRouteManifest, HttpRouteManifest, ParentRef, grpc_annotations,
+};
+use super::{Manifest, ManifestError, ObjectMeta, Resource};
+use crate::config::route::{MAX_WEIGHT, Retry, Timeouts, default_backoff};
+use crate::config::{is_dns_label, is_dns_name};
+use crate::duration::Dur;
+use crate::gateway::MatchType;
+use crate::validate::{Problems, grpc_code};
+
+/// The outcome of checking a set of manifests.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub accepted: Vec<Manifest>,
+    pub errors: Vec<ManifestError>,
+}
+
+/// Checks every manifest; the accepted ones keep their order.
+pub fn check(manifests: Vec<Manifest>) -> Checked {
+    let mut out = Checked::default();
+    let mut seen = HashMap::new();
+    let mut candidates = Vec::new();
+    for m in manifests {
+        let key = m.resource.key();
+        if let Some(first) = seen.get(&key) {
+            out.errors.push(error(
+                &m,
+                "metadata.name",
+                format!("{key} is already defined at {first}"),
+            ));
+            continue;
+        }
+        seen.insert(key, m.source.clone());
+        let mut problems = Problems::default();
+        check_one(&m.resource, &mut problems);
+        reject_or_keep(m, problems, &mut candidates, &mut out.errors);
+    }
+    // References resolve against the Services that were accepted.
+    let services: HashMap<(String, String), &Service> = candidates
+        .iter()
+        .filter_map(|m: &Manifest| match &m.resource {
+            Resource::Service(s) => Some((
+                (s.metadata.namespace().to_owned(), s.metadata.name.clone()),
+                s,
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for m in &candidates {
+        let mut problems = Problems::default();
+        check_references(&m.resource, &services, &mut problems);
+        if problems.is_empty() {
+            accepted.push(m.clone());
+        } else {
+            out.errors
+                .extend(problems.into_vec().into_iter().map(|p| ManifestError {
+                    origin: m.source.clone(),
+                    path: p.path,
+                    message: p.message,
+                }));
+        }
+    }
+    out.accepted = accepted;
+    out
+}
+
+fn reject_or_keep(
+    m: Manifest,
+    problems: Problems,
+    keep: &mut Vec<Manifest>,
+    errors: &mut Vec<ManifestError>,
+) {
+    if problems.is_empty() {
+        keep.push(m);
+    } else {
+        errors.extend(problems.into_vec().into_iter().map(|p| ManifestError {
+            origin: m.source.clone(),
+            path: p.path,
+            message: p.message,
+        }));
+    }
+}
+
+fn error(m: &Manifest, path: &str, message: String) -> ManifestError {
+    ManifestError {
+        origin: m.source.clone(),
+        path: path.to_owned(),
+        message,
+    }
+}
+
+fn check_meta(meta: &ObjectMeta, problems: &mut Problems) {
+    if meta.name.is_empty() {
+        problems.add("metadata.name", "is required");
+    } else if !is_dns_name(&meta.name) {
+        problems.add(
+            "metadata.name",
+            format!(
+                "{:?} is not a DNS subdomain (lowercase letters, digits, '-', '.')",
+                meta.name
+            ),
+        );
+    }
+    if let Some(ns) = &meta.namespace
+        && !is_dns_label(ns)
+    {
+        problems.add("metadata.namespace", format!("{ns:?} is not a DNS label"));
+    }
+}
+
+fn check_one(resource: &Resource, problems: &mut Problems) {
+    check_meta(resource.meta(), problems);
+    match resource {
+        Resource::Service(s) => check_service(s, problems),
+        Resource::Pod(p) => {
+            if let Some(ip) = &p.status.pod_ip
+                && ip.parse::<IpAddr>().is_err()
+            {
+                problems.add("status.podIP", format!("{ip:?} is not an IP address"));
+            }
+        }
+        Resource::EndpointSlice(e) => {
+            if !e.metadata.labels.contains_key(SERVICE_NAME_LABEL) {
+                problems.add(
+                    "metadata.labels",
+                    format!("needs the {SERVICE_NAME_LABEL} label naming its Service"),
+                );
+            }
+            for (i, ep) in e.endpoints.iter().enumerate() {
+                for (j, a) in ep.addresses.iter().enumerate() {
+                    if a.parse::<IpAddr>().is_err() {
+                        problems.add(
+                            format!("endpoints[{i}].addresses[{j}]"),
+                            format!("{a:?} is not an IP address"),
+                        );
+                    }
+                }
+            }
+        }
+        Resource::HttpRoute(r) => check_http_route(r, problems),
+        Resource::GrpcRoute(r) => check_grpc_route(r, problems),
+        Resource::BackendPolicy(p) => p.spec.validate("spec", problems),
+    }
+}
+
+fn check_service(s: &Service, problems: &mut Problems) {
+    let mut ports = BTreeMap::new();
+    for (i, p) in s.spec.ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        if p.port == 0 {
+            problems.add(format!("{at}.port"), "must be between 1 and 65535");
+        }
+        if let Some(first) = ports.insert(p.port, i) {
+            problems.add(
+                format!("{at}.port"),
+                format!("port {} is also spec.ports[{first}]", p.port),
+            );
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(0)) => {
+                problems.add(format!("{at}.targetPort"), "must be between 1 and 65535")
+            }
+            Some(IntOrString::String(name)) if !is_dns_label(name) => {
+                problems.add(
+                    format!("{at}.targetPort"),
+                    format!("{name:?} is not a port name"),
+                );
+            }
+            _ => {}
+        }
+    }
+    for (i, ip) in s
+        .spec
+        .cluster_ip
+        .iter()
+        .chain(&s.spec.cluster_ips)
+        .enumerate()
+    {
+        if !ip.is_empty() && ip != "None" && ip.parse::<IpAddr>().is_err() {
+            problems.add(
+                if i == 0 && s.spec.cluster_ip.is_some() {
+                    "spec.clusterIP".to_owned()
+                } else {
+                    "spec.clusterIPs".to_owned()
+                },
+                format!("{ip:?} is not an IP address"),
+            );
+        }
+    }
+}
+
+fn check_parent_refs(refs: &[ParentRef], problems: &mut Problems) {
+    if refs.is_empty() {
+        problems.add("spec.parentRefs", "must name at least one Service");
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let group_ok = r
+            .group
+            .as_deref()
+            .is_none_or(|g| g.is_empty() || g == "core");
+        if !group_ok || r.kind.as_deref() != Some("Service") {
+            problems.add(
+                format!("spec.parentRefs[{i}].kind"),
+                "weft is a mesh: routes attach to Services (group \"\", kind Service), not Gateways",
+            );
+        }
+        if r.section_name.is_some() {
+            problems.add(
+                format!("spec.parentRefs[{i}].sectionName"),
+                "is not supported for Services; use port",
+            );
+        }
+    }
+}
+
+fn check_backend_ref(r: &BackendRef, at: &str, problems: &mut Problems) {
+    let group_ok = r
+        .group
+        .as_deref()
+        .is_none_or(|g| g.is_empty() || g == "core");
+    if !group_ok || r.kind.as_deref().is_some_and(|k| k != "Service") {
+        problems.add(format!("{at}.kind"), "must be a Service");
+    }
+    if r.port.is_none() {
+        problems.add(format!("{at}.port"), "is required for a Service backend");
+    }
+    if r.port == Some(0) {
+        problems.add(format!("{at}.port"), "must be between 1 and 65535");
+    }
+    if let Some(w) = r.weight
+        && w > MAX_WEIGHT
+    {
+        problems.add(
+            format!("{at}.weight"),
+            format!("must be between 0 and {MAX_WEIGHT}"),
+        );
+    }
+}
+
+fn check_filters(
+    filters: &[FilterSpec],
+    at: &str,
+    prefix_only: bool,
+    grpc: bool,
+    problems: &mut Problems,
+) {
+    for (j, f) in filters.iter().enumerate() {
+        let at = format!("{at}.filters[{j}]");
+        let (field, present) = match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                ("requestHeaderModifier", f.request_header_modifier.is_some())
+            }
+            "ResponseHeaderModifier" => (
+                "responseHeaderModifier",
+                f.response_header_modifier.is_some(),
+            ),
+            "URLRewrite" if !grpc => ("urlRewrite", f.url_rewrite.is_some()),
+            "RequestMirror" => ("requestMirror", f.request_mirror.is_some()),
+            other => {
+                problems.add(
+                    format!("{at}.type"),
+                    format!("filter {other:?} is not supported"),
+                );
+                continue;
+            }
+        };
+        if !present {
+            problems.add(
+                format!("{at}.{field}"),
+                format!("is required with type {}", f.kind),
+            );
+        }
+        let set = [
+            f.request_header_modifier.is_some(),
+            f.response_header_modifier.is_some(),
+            f.url_rewrite.is_some(),
+            f.request_mirror.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
+            problems.add(at.clone(), "sets more than the one field its type names");
+        }
+        if let Some(m) = &f.request_header_modifier {
+            m.validate(&format!("{at}.requestHeaderModifier"), problems);
+        }
+        if let Some(m) = &f.response_header_modifier {
+            m.validate(&format!("{at}.responseHeaderModifier"), problems);
+        }
+        if let Some(r) = &f.url_rewrite {
+            r.validate(&format!("{at}.urlRewrite"), prefix_only, problems);
+        }
+        if let Some(m) = &f.request_mirror {
+            check_backend_ref(
+                &m.backend_ref,
+                &format!("{at}.requestMirror.backendRef"),
+                problems,
+            );
+            if m.percent.is_some_and(|p| p > 100) {
+                problems.add(
+                    format!("{at}.requestMirror.percent"),
+                    "must be between 0 and 100",
+                );
+            }
+        }
+    }
+}
+
+fn check_http_route(r: &HttpRouteManifest, problems: &mut Problems) {
+    check_parent_refs(&r.spec.parent_refs, problems);
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, m) in rule.matches.iter().enumerate() {
+            m.validate(&format!("{at}.matches[{j}]"), problems);
+        }
+        let prefix_only = !rule.matches.is_empty()
+            && rule.matches.iter().all(|m| {
+                m.path
+                    .as_ref()
+                    .is_none_or(|p| p.kind == crate::gateway::PathMatchType::PathPrefix)
+            });
+        check_filters(&rule.filters, &at, prefix_only, false, problems);
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            check_backend_ref(b, &format!("{at}.backendRefs[{j}]"), problems);
+        }
+        if let Some(retry) = &rule.retry {
+            Retry {
+                codes: retry.codes.clone(),
+                grpc_codes: vec![],
+                attempts: retry.attempts.unwrap_or(2),
+                backoff: retry.backoff.unwrap_or_else(default_backoff),
+            }
+            .validate(&format!("{at}.retry"), problems);
+        }
+        if let Some(t) = &rule.timeouts {
+            check_timeouts(t, &format!("{at}.timeouts"), problems);
+        }
+    }
+}
+
+fn check_timeouts(t: &Timeouts, at: &str, problems: &mut Problems) {
+    if let (Some(req), Some(per_try)) = (t.request, t.backend_request)
+        && per_try > req
+        && !req.0.is_zero()
+    {
+        problems.add(
+            format!("{at}.backendRequest"),
+            "must not be longer than request",
+        );
+    }
+}
+
+fn check_grpc_route(r: &GrpcRouteManifest, problems: &mut Problems) {
+    check_parent_refs(&r.spec.parent_refs, problems);
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, m) in rule.matches.iter().enumerate() {
+            let at = format!("{at}.matches[{j}]");
+            if let Some(method) = &m.method {
+                if method.service.is_none() && method.method.is_none() {
+                    problems.add(format!("{at}.method"), "needs a service, a method, or both");
+                }
+                for (field, v) in [("service", &method.service), ("method", &method.method)] {
+                    let Some(v) = v else { continue };
+                    match method.kind {
+                        MatchType::Exact if v.is_empty() || v.contains('/') => {
+                            problems.add(
+                                format!("{at}.method.{field}"),
+                                format!("{v:?} is not a gRPC {field} name"),
+                            );
+                        }
+                        MatchType::RegularExpression if regex::Regex::new(v).is_err() => {
+                            problems
+                                .add(format!("{at}.method.{field}"), "invalid regular expression");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let as_http = crate::gateway::HttpRouteMatch {
+                headers: m.headers.clone(),
+                ..Default::default()
+            };
+            as_http.validate(&at, problems);
+        }
+        check_filters(&rule.filters, &at, false, true, problems);
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            check_backend_ref(b, &format!("{at}.backendRefs[{j}]"), problems);
+        }
+    }
+    let (retry, timeouts) = grpc_route_extras(&r.metadata, problems);
+    if let Some(retry) = retry {
+        retry.validate(
+            &format!("metadata.annotations[{}]", grpc_annotations::RETRY_CODES),
+            problems,
+        );
+    }
+    check_timeouts(&timeouts, "metadata.annotations", problems);
+}
+
+/// The retry and timeouts a GRPCRoute's annotations ask for; problems are reported at the
+/// annotation.
+pub fn grpc_route_extras(meta: &ObjectMeta, problems: &mut Problems) -> (Option<Retry>, Timeouts) {
+    use grpc_annotations::*;
+    let at = |key: &str| format!("metadata.annotations[{key}]");
+    let dur = |key: &str, problems: &mut Problems| -> Option<Dur> {
+        let v = meta.annotations.get(key)?;
+        v.parse()
+            .map_err(|e| problems.add(at(key), format!("{e}")))
+            .ok()
+    };
+    let timeouts = Timeouts {
+        request: dur(TIMEOUT_REQUEST, problems),
+        backend_request: dur(TIMEOUT_BACKEND_REQUEST, problems),
+    };
+    let retry = meta.annotations.get(RETRY_CODES).map(|codes| {
+        let mut grpc_codes = Vec::new();
+        for name in codes.split(',').filter(|c| !c.trim().is_empty()) {
+            match grpc_code(name) {
+                Some(0) | None => problems.add(
+                    at(RETRY_CODES),
+                    format!("{:?} is not a gRPC error code", name.trim()),
+                ),
+                Some(code) => grpc_codes.push(code),
+            }
+        }
+        let attempts = match meta.annotations.get(RETRY_ATTEMPTS) {
+            None => 2,
+            Some(a) => a.trim().parse().unwrap_or_else(|_| {
+                problems.add(at(RETRY_ATTEMPTS), format!("{a:?} is not a number"));
+                2
+            }),
+        };
+        Retry {
+            codes: vec![],
+            grpc_codes,
+            attempts,
+            backoff: dur(RETRY_BACKOFF, problems).unwrap_or_else(default_backoff),
+        }
+    });
+    if retry.is_none() {
+        for key in [RETRY_ATTEMPTS, RETRY_BACKOFF] {
+            if meta.annotations.contains_key(key) {
+                problems.add(at(key), format!("needs {RETRY_CODES} too"));
+            }
+        }
+    }
+    (retry, timeouts)
+}
+
+fn check_references(
+    resource: &Resource,
+    services: &HashMap<(String, String), &Service>,
+    problems: &mut Problems,
+) {
+    let ns = resource.meta().namespace();
+    let has_port = |svc: &Service, port: u16| svc.spec.ports.iter().any(|p| p.port == port);
+    let parent = |refs: &[ParentRef], problems: &mut Problems| {
+        for (i, r) in refs.iter().enumerate() {
+            let target_ns = r.namespace.as_deref().unwrap_or(ns);
+            match services.get(&(target_ns.to_owned(), r.name.clone())) {
+                None => problems.add(
+                    format!("spec.parentRefs[{i}].name"),
+                    format!("no Service {target_ns}/{}", r.name),
+                ),
+                Some(svc) => {
+                    if let Some(port) = r.port
+                        && !has_port(svc, port)
+                    {
+                        problems.add(
+                            format!("spec.parentRefs[{i}].port"),
+                            format!("Service {target_ns}/{} has no port {port}", r.name),
+                        );
+                    }
+                }
+            }
+        }
+    };
+    let backend = |r: &BackendRef, at: String, problems: &mut Problems| {
+        let target_ns = r.namespace.as_deref().unwrap_or(ns);
+        match services.get(&(target_ns.to_owned(), r.name.clone())) {
+            None => problems.add(
+                format!("{at}.name"),
+                format!("no Service {target_ns}/{}", r.name),
+            ),
+            Some(svc) => {
+                if let Some(port) = r.port
+                    && !has_port(svc, port)
+                {
+                    problems.add(
+                        format!("{at}.port"),
+                        format!("Service {target_ns}/{} has no port {port}", r.name),
+                    );
+                }
+            }
+        }
+    };
+    let mirrors = |filters: &[FilterSpec], at: &str, problems: &mut Problems| {
+        for (j, f) in filters.iter().enumerate() {
+            if let Some(m) = &f.request_mirror {
+                backend(
+                    &m.backend_ref,
+                    format!("{at}.filters[{j}].requestMirror.backendRef"),
+                    problems,
+                );
+            }
+        }
+    };
+    match resource {
+        Resource::HttpRoute(r) => {
+            parent(&r.spec.parent_refs, problems);
+            for (i, rule) in r.spec.rules.iter().enumerate() {
+                for (j, b) in rule.backend_refs.iter().enumerate() {
+                    backend(b, format!("spec.rules[{i}].backendRefs[{j}]"), problems);
+                }
+                mirrors(&rule.filters, &format!("spec.rules[{i}]"), problems);
+            }
+        }
+        Resource::GrpcRoute(r) => {
+            parent(&r.spec.parent_refs, problems);
+            for (i, rule) in r.spec.rules.iter().enumerate() {
+                for (j, b) in rule.backend_refs.iter().enumerate() {
+                    backend(b, format!("spec.rules[{i}].backendRefs[{j}]"), problems);
+                }
+                mirrors(&rule.filters, &format!("spec.rules[{i}]"), problems);
+            }
+        }
+        Resource::BackendPolicy(p) => {
+            for (i, t) in p.spec.target_refs.iter().enumerate() {
+                if !services.contains_key(&(ns.to_owned(), t.name.clone())) {
+                    problems.add(
+                        format!("spec.targetRefs[{i}].name"),
+                        format!("no Service {ns}/{}", t.name),
+                    );
+                }
+            }
+        }
+        Resource::Service(_) | Resource::Pod(_) | Resource::EndpointSlice(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse_file;
+    use super::*;
+
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop}
+spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
+"#;
+
+    fn errors_of(extra: &str) -> Vec<String> {
+        let (mut manifests, mut errors) = parse_file("base.yaml", SERVICES);
+        let (more, more_errors) = parse_file("test.yaml", extra);
+        manifests.extend(more);
+        errors.extend(more_errors);
+        let checked = check(manifests);
+        errors.extend(checked.errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    fn route(rules: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: reviews, port: 9080}}]\n  rules:\n{rules}"
+        )
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "    - backendRefs: [{name: reviews, port: 9080, weight: -5}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].weight: invalid value: integer `-5`",
+            ),
+            (
+                "    - matches: [{path: {type: RegularExpression, value: '/a('}}]\n",
+                "test.yaml:1:spec.rules[0].matches[0].path.value: invalid regular expression",
+            ),
+            (
+                "    - backendRefs: [{name: ghost, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].name: no Service shop/ghost",
+            ),
+            (
+                "    - backendRefs: [{name: reviews, port: 1234}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].port: Service shop/reviews has no port 1234",
+            ),
+            (
+                "    - timeouts: {request: 10 seconds}\n",
+                "test.yaml:1:spec.rules[0].timeouts.request: invalid duration",
+            ),
+            (
+                "    - retry: {codes: [200, 503]}\n",
+                "test.yaml:1:spec.rules[0].retry.codes[0]: 200 is not a status code between 400 and 599",
+            ),
+            (
+                "    - retry: {codes: [600]}\n",
+                "test.yaml:1:spec.rules[0].retry.codes[0]: 600 is not a status code",
+            ),
+            (
+                "    - backendRefs: [{name: reviews}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].port: is required",
+            ),
+            (
+                "    - filters: [{type: RequestRedirect}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].type: filter \"RequestRedirect\" is not supported",
+            ),
+            (
+                "    - filters: [{type: RequestHeaderModifier}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestHeaderModifier: is required",
+            ),
+            (
+                "    - backendRefs: [{name: reviews, port: 9080, weight: 2000000}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].weight: must be between 0 and 1000000",
+            ),
+        ];
+        for (rules, want) in cases {
+            let got = errors_of(&route(rules));
+            assert!(
+                got.len() == 1 && got[0].starts_with(want),
+                "want {want:?}\n got {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_and_gateway_parents_are_refused() {
+        let got = errors_of("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n");
+        assert!(
+            got[0].starts_with("test.yaml:1:kind: unknown kind \"ConfigMap\""),
+            "{got:?}"
+        );
+        let got = errors_of(
+            &route("    - backendRefs: [{name: reviews, port: 9080}]\n").replace(
+                "kind: Service, name: reviews, port: 9080",
+                "kind: Gateway, name: gw",
+            ),
+        );
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("test.yaml:1:spec.parentRefs[0].kind: weft is a mesh")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn policies_and_grpc_annotations_are_checked() {
+        let got = errors_of(
+            "apiVersion: policy.weft.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: nope}]\n  loadBalancer: {type: ConsistentHash}\n",
+        );
+        assert_eq!(
+            got.len(),
+            1,
+            "reference checks wait for the semantic ones: {got:?}"
+        );
+        assert!(
+            got[0].starts_with("test.yaml:1:spec.loadBalancer.consistentHash: is required"),
+            "{got:?}"
+        );
+        let got = errors_of(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata:\n  name: g\n  namespace: shop\n  annotations: {retry.weft.dev/grpc-codes: 'UNAVAILABLE,BOGUS'}\nspec:\n  parentRefs: [{kind: Service, name: reviews}]\n  rules: [{backendRefs: [{name: reviews, port: 9080}]}]\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "test.yaml:1:metadata.annotations[retry.weft.dev/grpc-codes]: \"BOGUS\" is not a gRPC error code"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_is_rejected_and_the_first_kept() {
+        let (manifests, _) = parse_file("a.yaml", &format!("{SERVICES}\n---\n{SERVICES}"));
+        let checked = check(manifests);
+        assert_eq!(checked.accepted.len(), 2);
+        assert_eq!(checked.errors.len(), 2);
+        assert!(
+            checked.errors[0]
+                .to_string()
+                .contains("is already defined at a.yaml:1"),
+            "{:?}",
+            checked.errors
+        );
+    }
+
+    #[test]
+    fn valid_routes_are_accepted() {
+        let got = errors_of(&route(
+            "    - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: 'true'}]}]\n      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]\n      backendRefs: [{name: reviews, port: 9080, weight: 90}, {name: reviews-v2, port: 9080, weight: 10}]\n      timeouts: {request: 10s, backendRequest: 2s}\n      retry: {codes: [503], attempts: 3, backoff: 100ms}\n",
+        ));
+        assert!(got.is_empty(), "{got:?}");
+    }
+}
