@@ -262,6 +262,7 @@ fn demo_config(v1: IpAddr, v2: IpAddr, ratings: IpAddr) -> ProxyConfig {
                     name: None,
                     protocol: Protocol::Detect,
                     backend: "shop/reviews:9080".into(),
+                    routes: vec![],
                 }],
             },
             Service {
@@ -273,6 +274,7 @@ fn demo_config(v1: IpAddr, v2: IpAddr, ratings: IpAddr) -> ProxyConfig {
                     name: None,
                     protocol: Protocol::Detect,
                     backend: "shop/ratings:9080".into(),
+                    routes: vec![],
                 }],
             },
         ],
@@ -280,6 +282,7 @@ fn demo_config(v1: IpAddr, v2: IpAddr, ratings: IpAddr) -> ProxyConfig {
             Backend {
                 name: "shop/reviews:9080".into(),
                 endpoints: vec![meshed(v1), meshed(v2)],
+                policy: Default::default(),
             },
             Backend {
                 name: "shop/ratings:9080".into(),
@@ -288,6 +291,7 @@ fn demo_config(v1: IpAddr, v2: IpAddr, ratings: IpAddr) -> ProxyConfig {
                     mesh: None,
                     pod: None,
                 }],
+                policy: Default::default(),
             },
         ],
         ..ProxyConfig::default()

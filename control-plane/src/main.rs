@@ -1,6 +1,12 @@
 //! The `weft` binary: the operator's command line.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weft_api::resources::check::check;
+use weft_control::compile::{Index, MeshSettings, Target};
+use weft_control::load::load;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,20 +21,93 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate manifests offline; print every error as file:document:field.path: message.
+    Check {
+        /// Files or directories (recursively, *.yaml and *.yml); `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the config the control plane would give a proxy in NAMESPACE, in the format of
+    /// `weft-proxy run --config`.
+    Compile {
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+        /// The proxy's namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: Output,
+    },
     /// Run a small mesh on loopback addresses and show what it does (no cluster, no root).
     Demo(weft_control::demo::DemoArgs),
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Yaml,
+    Json,
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(args) => weft_control::demo::run(&args),
+        Command::Check { paths } => return check_command(&paths),
+        Command::Compile {
+            paths,
+            namespace,
+            output,
+        } => compile_command(&paths, namespace, output),
+        Command::Demo(args) => weft_control::demo::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("weft: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
+}
+
+fn check_command(paths: &[PathBuf]) -> ExitCode {
+    let (manifests, mut errors) = load(paths);
+    let checked = check(manifests);
+    errors.extend(checked.errors);
+    for e in &errors {
+        println!("{e}");
+    }
+    if errors.is_empty() {
+        println!("{} manifests valid", checked.accepted.len());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "{} errors; {} manifests valid",
+            errors.len(),
+            checked.accepted.len()
+        );
+        ExitCode::FAILURE
+    }
+}
+
+fn compile_command(
+    paths: &[PathBuf],
+    namespace: String,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let (manifests, mut errors) = load(paths);
+    let checked = check(manifests);
+    errors.extend(checked.errors);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::bail!("{} errors; nothing compiled", errors.len());
+    }
+    let config =
+        Index::new(&checked.accepted).compile(&Target { namespace }, &MeshSettings::default());
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(&config)?,
+        Output::Yaml => serde_saphyr::to_string(&config)?,
+    };
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -85,6 +85,7 @@ impl Mesh {
             name: None,
             protocol,
             backend: backend.clone(),
+            routes: vec![],
         };
         match self
             .config
@@ -102,6 +103,7 @@ impl Mesh {
         }
         self.config.backends.push(Backend {
             name: backend,
+            policy: Default::default(),
             endpoints: endpoints
                 .iter()
                 .map(|ep| Endpoint {

@@ -219,10 +219,12 @@ mod tests {
                     name: None,
                     protocol: Protocol::Detect,
                     backend: format!("{ns}/{name}:{port}"),
+                    routes: vec![],
                 }],
             };
             let backend = |name: String, addr: &str, meshed: bool| Backend {
                 name,
+                policy: Default::default(),
                 endpoints: vec![Endpoint {
                     address: addr.parse().unwrap(),
                     mesh: meshed.then(|| MeshPeer {

@@ -1,0 +1,638 @@
+//! The compiler: from a set of accepted manifests to the config of one proxy.
+//!
+//! Every Service port becomes a destination with a backend named `<namespace>/<name>:<port>`.
+//! Endpoints come from the Pods a Service selects (local mode, and the cluster's Pods), or, for
+//! a Service without a selector, from its EndpointSlices. A Pod that runs a weft sidecar is a
+//! meshed endpoint, reached through its proxy and expected to present
+//! `spiffe://<trust-domain>/ns/<namespace>/sa/<service account>`.
+//!
+//! Routes attach as GAMMA says: a route in the Service's namespace (a producer route) applies
+//! to every client; a route in the client's own namespace (a consumer route) applies to that
+//! namespace's clients only, and replaces the producer routes for them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+use weft_api::config::route::{
+    Filter, HttpRoute, RouteRule, Timeouts, WeightedBackend, default_backoff,
+};
+use weft_api::config::{self, DEFAULT_INBOUND_PORT, MeshPeer, ProxyConfig};
+use weft_api::gateway::{HttpRouteMatch, MatchType, PathMatch, PathMatchType};
+use weft_api::resources::check::grpc_route_extras;
+use weft_api::resources::core::{EndpointSlice, IntOrString, Pod, SERVICE_NAME_LABEL, Service};
+use weft_api::resources::routes::{
+    BackendRef, FilterSpec, GrpcRouteManifest, HttpRouteManifest, ParentRef,
+};
+use weft_api::resources::{Manifest, ObjectMeta, Resource};
+use weft_api::validate::Problems;
+
+/// Who a config is compiled for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The proxy's namespace: short names and consumer routes depend on it.
+    pub namespace: String,
+}
+
+/// Settings of the mesh as a whole.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub cluster_domain: String,
+    pub trust_domain: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            cluster_domain: config::DEFAULT_CLUSTER_DOMAIN.into(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// Accepted manifests, indexed for compiling.
+pub struct Index<'a> {
+    services: BTreeMap<(&'a str, &'a str), &'a Service>,
+    pods: Vec<&'a Pod>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    http_routes: Vec<&'a HttpRouteManifest>,
+    grpc_routes: Vec<&'a GrpcRouteManifest>,
+    /// The policy for each Service, by `(namespace, name)`: the first by name wins.
+    policies: HashMap<(&'a str, &'a str), (&'a str, &'a config::BackendPolicySpec)>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(manifests: &'a [Manifest]) -> Index<'a> {
+        let mut index = Index {
+            services: BTreeMap::new(),
+            pods: Vec::new(),
+            slices: HashMap::new(),
+            http_routes: Vec::new(),
+            grpc_routes: Vec::new(),
+            policies: HashMap::new(),
+        };
+        for m in manifests {
+            match &m.resource {
+                Resource::Service(s) => {
+                    index
+                        .services
+                        .insert((s.metadata.namespace(), &s.metadata.name), s);
+                }
+                Resource::Pod(p) => index.pods.push(p),
+                Resource::EndpointSlice(e) => {
+                    if let Some(svc) = e.metadata.labels.get(SERVICE_NAME_LABEL) {
+                        index
+                            .slices
+                            .entry((e.metadata.namespace(), svc.as_str()))
+                            .or_default()
+                            .push(e);
+                    }
+                }
+                Resource::HttpRoute(r) => index.http_routes.push(r),
+                Resource::GrpcRoute(r) => index.grpc_routes.push(r),
+                Resource::BackendPolicy(p) => {
+                    for t in &p.spec.target_refs {
+                        let key = (p.metadata.namespace(), t.name.as_str());
+                        let name = p.metadata.name.as_str();
+                        let replace = index
+                            .policies
+                            .get(&key)
+                            .is_none_or(|(other, _)| name < *other);
+                        if replace {
+                            index.policies.insert(key, (name, &p.spec));
+                        }
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Compiles the config for one proxy. The version is a digest of the content, so an
+    /// unchanged result has an unchanged version.
+    pub fn compile(&self, target: &Target, mesh: &MeshSettings) -> ProxyConfig {
+        let mut config = ProxyConfig {
+            cluster_domain: mesh.cluster_domain.clone(),
+            ..ProxyConfig::default()
+        };
+        for ((ns, name), svc) in &self.services {
+            let mut ports = Vec::new();
+            for port in &svc.spec.ports {
+                if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                    continue;
+                }
+                let backend = backend_name(ns, name, port.port);
+                let protocol = match port.app_protocol.as_deref() {
+                    Some("weft.dev/opaque" | "tcp") => config::Protocol::Opaque,
+                    _ => config::Protocol::Detect,
+                };
+                let mut policy = self
+                    .policies
+                    .get(&(*ns, *name))
+                    .map(|(_, p)| (*p).clone())
+                    .unwrap_or_default();
+                policy.target_refs.clear();
+                config.backends.push(config::Backend {
+                    name: backend.clone(),
+                    endpoints: self.endpoints(svc, port, mesh),
+                    policy,
+                });
+                ports.push(config::ServicePort {
+                    port: port.port,
+                    name: port.name.clone(),
+                    protocol,
+                    backend,
+                    routes: self.routes_for(ns, name, port.port, &target.namespace),
+                });
+            }
+            if ports.is_empty() {
+                continue;
+            }
+            config.services.push(config::Service {
+                name: (*name).to_owned(),
+                namespace: (*ns).to_owned(),
+                cluster_ips: cluster_ips(svc),
+                ports,
+            });
+        }
+        config.version = digest(&config);
+        config
+    }
+
+    fn endpoints(
+        &self,
+        svc: &Service,
+        port: &weft_api::resources::core::ServicePort,
+        mesh: &MeshSettings,
+    ) -> Vec<config::Endpoint> {
+        let ns = svc.metadata.namespace();
+        let mut out = Vec::new();
+        match &svc.spec.selector {
+            Some(selector) if !selector.is_empty() => {
+                for pod in self
+                    .pods
+                    .iter()
+                    .filter(|p| p.metadata.namespace() == ns && selects(selector, &p.metadata))
+                {
+                    if !pod.is_ready() {
+                        continue;
+                    }
+                    let Some(ip) = pod
+                        .status
+                        .pod_ip
+                        .as_deref()
+                        .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    else {
+                        continue;
+                    };
+                    let target_port = match &port.target_port {
+                        None => Some(port.port),
+                        Some(IntOrString::Int(p)) => Some(*p),
+                        Some(IntOrString::String(name)) => {
+                            pod.port_named(name).or_else(|| name.parse().ok())
+                        }
+                    };
+                    let Some(target_port) = target_port else {
+                        continue;
+                    };
+                    out.push(endpoint(SocketAddr::new(ip, target_port), Some(pod), mesh));
+                }
+            }
+            _ => {
+                for slice in self
+                    .slices
+                    .get(&(ns, svc.metadata.name.as_str()))
+                    .into_iter()
+                    .flatten()
+                {
+                    let slice_port = slice
+                        .ports
+                        .iter()
+                        .find(|p| {
+                            p.name == port.name || (slice.ports.len() == 1 && port.name.is_none())
+                        })
+                        .and_then(|p| p.port);
+                    let Some(target_port) = slice_port else {
+                        continue;
+                    };
+                    for ep in &slice.endpoints {
+                        if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                            continue;
+                        }
+                        let pod =
+                            ep.target_ref
+                                .as_ref()
+                                .filter(|r| r.kind == "Pod")
+                                .and_then(|r| {
+                                    let pod_ns = r.namespace.as_deref().unwrap_or(ns);
+                                    self.pods
+                                        .iter()
+                                        .find(|p| {
+                                            p.metadata.name == r.name
+                                                && p.metadata.namespace() == pod_ns
+                                        })
+                                        .copied()
+                                });
+                        for addr in &ep.addresses {
+                            if let Ok(ip) = addr.parse::<IpAddr>() {
+                                out.push(endpoint(SocketAddr::new(ip, target_port), pod, mesh));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| e.address);
+        out.dedup_by_key(|e| e.address);
+        out
+    }
+
+    /// The routes attached to a Service port, as a client in `client_ns` sees them.
+    fn routes_for(&self, svc_ns: &str, svc: &str, port: u16, client_ns: &str) -> Vec<HttpRoute> {
+        let attaches = |meta: &ObjectMeta, parents: &[ParentRef]| {
+            parents.iter().any(|p| {
+                p.name == svc
+                    && p.namespace.as_deref().unwrap_or(meta.namespace()) == svc_ns
+                    && p.port.is_none_or(|p| p == port)
+            })
+        };
+        let mut producer = Vec::new();
+        let mut consumer = Vec::new();
+        let mut sort = |meta: &ObjectMeta, route: HttpRoute| {
+            if meta.namespace() == client_ns {
+                consumer.push(route.clone());
+            }
+            if meta.namespace() == svc_ns {
+                producer.push(route);
+            }
+        };
+        for r in self
+            .http_routes
+            .iter()
+            .filter(|r| attaches(&r.metadata, &r.spec.parent_refs))
+        {
+            sort(&r.metadata, compile_http_route(r));
+        }
+        for r in self
+            .grpc_routes
+            .iter()
+            .filter(|r| attaches(&r.metadata, &r.spec.parent_refs))
+        {
+            sort(&r.metadata, compile_grpc_route(r));
+        }
+        if client_ns != svc_ns && !consumer.is_empty() {
+            consumer
+        } else {
+            producer
+        }
+    }
+}
+
+pub fn backend_name(ns: &str, name: &str, port: u16) -> String {
+    format!("{ns}/{name}:{port}")
+}
+
+fn selects(selector: &BTreeMap<String, String>, meta: &ObjectMeta) -> bool {
+    selector.iter().all(|(k, v)| meta.labels.get(k) == Some(v))
+}
+
+fn endpoint(address: SocketAddr, pod: Option<&Pod>, mesh: &MeshSettings) -> config::Endpoint {
+    config::Endpoint {
+        address,
+        mesh: pod.filter(|p| p.is_meshed()).map(|p| MeshPeer {
+            identity: format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                mesh.trust_domain,
+                p.metadata.namespace(),
+                p.service_account()
+            ),
+            inbound_port: DEFAULT_INBOUND_PORT,
+        }),
+        pod: pod.map(|p| format!("{}/{}", p.metadata.namespace(), p.metadata.name)),
+    }
+}
+
+fn cluster_ips(svc: &Service) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = svc
+        .spec
+        .cluster_ip
+        .iter()
+        .chain(&svc.spec.cluster_ips)
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+fn route_name(meta: &ObjectMeta) -> String {
+    format!("{}/{}", meta.namespace(), meta.name)
+}
+
+fn backend_ref_name(r: &BackendRef, route_ns: &str) -> String {
+    backend_name(
+        r.namespace.as_deref().unwrap_or(route_ns),
+        &r.name,
+        r.port.unwrap_or_default(),
+    )
+}
+
+fn compile_filters(filters: &[FilterSpec], ns: &str) -> Vec<Filter> {
+    filters
+        .iter()
+        .filter_map(|f| {
+            if let Some(m) = &f.request_header_modifier {
+                return Some(Filter::RequestHeaderModifier(m.clone()));
+            }
+            if let Some(m) = &f.response_header_modifier {
+                return Some(Filter::ResponseHeaderModifier(m.clone()));
+            }
+            if let Some(r) = &f.url_rewrite {
+                return Some(Filter::UrlRewrite(r.clone()));
+            }
+            f.request_mirror.as_ref().map(|m| Filter::RequestMirror {
+                backend: backend_ref_name(&m.backend_ref, ns),
+                percent: m.percent.unwrap_or(100),
+            })
+        })
+        .collect()
+}
+
+fn compile_backends(refs: &[BackendRef], ns: &str) -> Vec<WeightedBackend> {
+    refs.iter()
+        .map(|r| WeightedBackend {
+            backend: backend_ref_name(r, ns),
+            weight: r.weight.unwrap_or(1),
+        })
+        .collect()
+}
+
+fn compile_http_route(r: &HttpRouteManifest) -> HttpRoute {
+    let ns = r.metadata.namespace();
+    HttpRoute {
+        name: route_name(&r.metadata),
+        created: r.metadata.creation_timestamp.clone(),
+        rules: r
+            .spec
+            .rules
+            .iter()
+            .map(|rule| RouteRule {
+                matches: rule.matches.clone(),
+                filters: compile_filters(&rule.filters, ns),
+                backends: compile_backends(&rule.backend_refs, ns),
+                timeouts: rule.timeouts.clone().unwrap_or_default(),
+                retry: rule.retry.as_ref().map(|retry| config::Retry {
+                    codes: retry.codes.clone(),
+                    grpc_codes: vec![],
+                    attempts: retry.attempts.unwrap_or(2),
+                    backoff: retry.backoff.unwrap_or_else(default_backoff),
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn compile_grpc_route(r: &GrpcRouteManifest) -> HttpRoute {
+    let ns = r.metadata.namespace();
+    // Validation already reported any problem in the annotations.
+    let (retry, timeouts) = grpc_route_extras(&r.metadata, &mut Problems::default());
+    HttpRoute {
+        name: route_name(&r.metadata),
+        created: r.metadata.creation_timestamp.clone(),
+        rules: r
+            .spec
+            .rules
+            .iter()
+            .map(|rule| RouteRule {
+                matches: rule
+                    .matches
+                    .iter()
+                    .map(|m| HttpRouteMatch {
+                        path: m.method.as_ref().map(|method| {
+                            grpc_path(
+                                method.kind,
+                                method.service.as_deref(),
+                                method.method.as_deref(),
+                            )
+                        }),
+                        headers: m.headers.clone(),
+                        query_params: vec![],
+                        method: None,
+                    })
+                    .collect(),
+                filters: compile_filters(&rule.filters, ns),
+                backends: compile_backends(&rule.backend_refs, ns),
+                timeouts: Timeouts { ..timeouts.clone() },
+                retry: retry.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A gRPC method match as a path match on `/<service>/<method>`.
+fn grpc_path(kind: MatchType, service: Option<&str>, method: Option<&str>) -> PathMatch {
+    match (kind, service, method) {
+        (MatchType::Exact, Some(s), Some(m)) => PathMatch {
+            kind: PathMatchType::Exact,
+            value: format!("/{s}/{m}"),
+        },
+        (MatchType::Exact, Some(s), None) => PathMatch {
+            kind: PathMatchType::PathPrefix,
+            value: format!("/{s}"),
+        },
+        (MatchType::Exact, None, Some(m)) => PathMatch {
+            kind: PathMatchType::RegularExpression,
+            value: format!("/[^/]+/{}", regex::escape(m)),
+        },
+        (MatchType::RegularExpression, s, m) => PathMatch {
+            kind: PathMatchType::RegularExpression,
+            value: format!("/(?:{})/(?:{})", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+")),
+        },
+        (MatchType::Exact, None, None) => PathMatch {
+            kind: PathMatchType::PathPrefix,
+            value: "/".into(),
+        },
+    }
+}
+
+/// A short digest of a config's content.
+fn digest(config: &ProxyConfig) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_string(config)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::resources::{check::check, parse_file};
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop}
+spec:
+  selector: {app: reviews, version: v2}
+  ports: [{port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: shop, labels: {app: reviews, version: v1}, annotations: {weft.dev/inject: enabled}}
+spec: {serviceAccountName: reviews, containers: [{name: app, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 127.0.10.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2, namespace: shop, labels: {app: reviews, version: v2}}
+spec: {containers: [{name: app, ports: [{name: http, containerPort: 9080}]}]}
+status: {podIP: 127.0.10.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unready, namespace: shop, labels: {app: reviews}}
+spec: {containers: []}
+status: {podIP: 127.0.10.9, conditions: [{type: Ready, status: "False"}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, name: reviews, port: 9080}]
+  rules:
+    - backendRefs: [{name: reviews, port: 9080, weight: 90}, {name: reviews-v2, port: 9080, weight: 10}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mine, namespace: web}
+spec:
+  parentRefs: [{kind: Service, name: reviews, namespace: shop}]
+  rules: [{backendRefs: [{name: reviews-v2, namespace: shop, port: 9080}]}]
+---
+apiVersion: policy.weft.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: reviews, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  loadBalancer: {type: RoundRobin}
+"#;
+
+    fn compiled(client_ns: &str) -> ProxyConfig {
+        let (manifests, errors) = parse_file("mesh.yaml", MESH);
+        assert!(errors.is_empty(), "{errors:?}");
+        let checked = check(manifests);
+        assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+        let config = Index::new(&checked.accepted).compile(
+            &Target {
+                namespace: client_ns.into(),
+            },
+            &MeshSettings::default(),
+        );
+        config.validate().unwrap_or_else(|e| panic!("{e:?}"));
+        config
+    }
+
+    #[test]
+    fn services_become_destinations_with_pod_endpoints() {
+        let config = compiled("shop");
+        let reviews = config
+            .backends
+            .iter()
+            .find(|b| b.name == "shop/reviews:9080")
+            .unwrap();
+        let addrs: Vec<String> = reviews
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["127.0.10.2:8080", "127.0.10.3:9080"],
+            "named target ports resolve per pod; unready pods are left out"
+        );
+        assert_eq!(
+            reviews.endpoints[0].mesh.as_ref().unwrap().identity,
+            "spiffe://cluster.local/ns/shop/sa/reviews"
+        );
+        assert!(
+            reviews.endpoints[1].mesh.is_none(),
+            "a pod without a sidecar is reached directly"
+        );
+        assert_eq!(
+            reviews.policy.load_balancer.as_ref().unwrap().kind,
+            weft_api::config::policy::LoadBalancerType::RoundRobin
+        );
+        let svc = config
+            .services
+            .iter()
+            .find(|s| s.name == "reviews")
+            .unwrap();
+        assert_eq!(svc.cluster_ips, ["10.96.0.20".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn consumer_routes_replace_producer_routes_for_their_namespace() {
+        let from_shop = compiled("shop");
+        let route = |c: &ProxyConfig| {
+            let svc = c.services.iter().find(|s| s.name == "reviews").unwrap();
+            svc.ports[0]
+                .routes
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(route(&from_shop), ["shop/split"]);
+        assert_eq!(route(&compiled("web")), ["web/mine"]);
+        assert_eq!(route(&compiled("other")), ["shop/split"]);
+        let split = &from_shop
+            .services
+            .iter()
+            .find(|s| s.name == "reviews")
+            .unwrap()
+            .ports[0]
+            .routes[0];
+        let weights: Vec<(String, u32)> = split.rules[0]
+            .backends
+            .iter()
+            .map(|b| (b.backend.clone(), b.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("shop/reviews:9080".into(), 90),
+                ("shop/reviews-v2:9080".into(), 10)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_version_follows_the_content() {
+        assert_eq!(compiled("shop").version, compiled("shop").version);
+        assert_ne!(compiled("shop").version, compiled("web").version);
+    }
+
+    #[test]
+    fn grpc_methods_become_path_matches() {
+        let exact = grpc_path(MatchType::Exact, Some("pkg.Echo"), Some("Unary"));
+        assert_eq!(
+            (exact.kind, exact.value.as_str()),
+            (PathMatchType::Exact, "/pkg.Echo/Unary")
+        );
+        let service = grpc_path(MatchType::Exact, Some("pkg.Echo"), None);
+        assert_eq!(
+            (service.kind, service.value.as_str()),
+            (PathMatchType::PathPrefix, "/pkg.Echo")
+        );
+        let method = grpc_path(MatchType::Exact, None, Some("Get.All"));
+        assert_eq!(method.value, r"/[^/]+/Get\.All");
+    }
+}
