@@ -123,18 +123,11 @@ impl Admin {
 
     fn clusters(&self) -> serde_json::Value {
         let snapshot = self.shared.state.load();
+        let now = tokio::time::Instant::now();
         let backends: Vec<_> = snapshot
             .backends()
             .iter()
-            .map(|b| {
-                json!({
-                    "name": &*b.name.0,
-                    "endpoints": b.endpoints.iter().map(|e| json!({
-                        "address": e.address.to_string(),
-                        "dial": format!("{:?}", e.dial),
-                    })).collect::<Vec<_>>(),
-                })
-            })
+            .map(|b| b.describe(now))
             .collect();
         json!({ "version": &*snapshot.version, "backends": backends, "pools": self.shared.pools.stats() })
     }

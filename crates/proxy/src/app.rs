@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use weft_api::config::ProxyConfig;
 
 use crate::admin::{self, Admin};
+use crate::backends::Registry;
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
@@ -63,9 +64,11 @@ async fn serve(
         metrics.clone(),
     );
     let version = config.version.clone();
+    let registry = Registry::default();
     let state = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         config,
         &settings.namespace,
+        &registry,
     )));
     metrics.config_applied(&version);
     let shared = Arc::new(Shared {
@@ -76,6 +79,8 @@ async fn serve(
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         config_loaded: Default::default(),
+        registry,
+        mirrors_in_flight: Default::default(),
     });
     shared.config_loaded.store(true, Ordering::Release);
     tracing::info!(%version, "config applied");

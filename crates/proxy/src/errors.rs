@@ -28,6 +28,10 @@ pub enum Reason {
     ConnectFailed,
     Unauthorized,
     RateLimited,
+    /// Routes are attached to the Service and none matched (GAMMA: 404).
+    RouteNotFound,
+    /// The matched rule has no backend with weight (Gateway API: 500).
+    NoBackend,
     /// A request that is not valid HTTP.
     BadRequest,
     /// A request head larger than the limit.
@@ -49,6 +53,8 @@ impl Reason {
             Reason::ConnectFailed => "connect-failed",
             Reason::Unauthorized => "unauthorized",
             Reason::RateLimited => "rate-limited",
+            Reason::RouteNotFound => "route-not-found",
+            Reason::NoBackend => "no-backend",
             Reason::BadRequest => "bad-request",
             Reason::HeaderTooLarge => "header-too-large",
             Reason::HeaderTimeout => "header-timeout",
@@ -66,6 +72,8 @@ impl Reason {
             Reason::UpstreamReset | Reason::ConnectFailed => StatusCode::BAD_GATEWAY,
             Reason::Unauthorized => StatusCode::FORBIDDEN,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::RouteNotFound => StatusCode::NOT_FOUND,
+            Reason::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -78,8 +86,10 @@ impl Reason {
         const DEADLINE_EXCEEDED: u8 = 4;
         const PERMISSION_DENIED: u8 = 7;
         const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNIMPLEMENTED: u8 = 12;
         const UNAVAILABLE: u8 = 14;
         match self {
+            Reason::RouteNotFound => UNIMPLEMENTED,
             Reason::Timeout | Reason::HeaderTimeout => DEADLINE_EXCEEDED,
             Reason::Unauthorized => PERMISSION_DENIED,
             Reason::RateLimited => RESOURCE_EXHAUSTED,
@@ -127,6 +137,20 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("no route matches the request")]
+    RouteNotFound,
+    #[error("no backend with weight in the matched rule")]
+    NoBackend,
+    #[error("every endpoint of {0} is ejected by its circuit breaker")]
+    BreakerOpen(Arc<str>),
+    #[error("{0} is at its connection limits")]
+    Overloaded(Arc<str>),
+    #[error("{0} is over its rate limit")]
+    RateLimited(Arc<str>),
+    #[error("the retry budget of {0} is exhausted")]
+    BudgetExhausted(Arc<str>),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
 }
 
 impl ProxyError {
@@ -139,14 +163,32 @@ impl ProxyError {
             | ProxyError::Handshake { .. } => Reason::ConnectFailed,
             ProxyError::Upstream { source, .. } if source.is_timeout() => Reason::Timeout,
             ProxyError::Upstream { .. } => Reason::UpstreamReset,
+            ProxyError::RouteNotFound => Reason::RouteNotFound,
+            ProxyError::NoBackend => Reason::NoBackend,
+            ProxyError::BreakerOpen(_) => Reason::BreakerOpen,
+            ProxyError::Overloaded(_) => Reason::Overloaded,
+            ProxyError::RateLimited(_) => Reason::RateLimited,
+            ProxyError::BudgetExhausted(_) => Reason::RetryBudgetExhausted,
+            ProxyError::Timeout(_) => Reason::Timeout,
         }
     }
 
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::NoRoute(_) | ProxyError::NoEndpoints(_) => Blame::Local,
+            ProxyError::NoRoute(_)
+            | ProxyError::NoEndpoints(_)
+            | ProxyError::RouteNotFound
+            | ProxyError::NoBackend
+            | ProxyError::BreakerOpen(_)
+            | ProxyError::Overloaded(_)
+            | ProxyError::RateLimited(_)
+            | ProxyError::BudgetExhausted(_) => Blame::Local,
             ProxyError::Upstream { source, .. } if source.is_user() => Blame::Downstream,
-            _ => Blame::Upstream,
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Timeout(_) => Blame::Upstream,
         }
     }
 
@@ -160,8 +202,13 @@ impl ProxyError {
             ProxyError::Upstream { source, .. } => {
                 source.is_canceled() || is_refused_stream(source)
             }
-            ProxyError::NoRoute(_) | ProxyError::NoEndpoints(_) => false,
+            _ => false,
         }
+    }
+
+    /// HTTP/2 `REFUSED_STREAM`.
+    pub fn is_refused_stream(&self) -> bool {
+        matches!(self, ProxyError::Upstream { source, .. } if is_refused_stream(source))
     }
 }
 

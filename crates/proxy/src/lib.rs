@@ -13,9 +13,11 @@
 
 pub mod admin;
 pub mod app;
+pub mod backends;
 pub mod cli;
 pub mod detect;
 pub mod errors;
+pub mod filters;
 pub mod http;
 pub mod inbound;
 pub mod init;
@@ -23,6 +25,8 @@ pub mod io;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod policy;
+pub mod routing;
 pub mod settings;
 pub mod shared;
 pub mod state;

@@ -66,6 +66,37 @@ struct LatencyLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RetryLabels {
+    direction: Direction,
+    route: Name,
+    backend: Name,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BackendLabels {
+    backend: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EjectionLabels {
+    backend: Name,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    backend: Name,
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MirrorLabels {
+    backend: Name,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ErrorLabels {
     direction: Direction,
     reason: &'static str,
@@ -120,6 +151,11 @@ pub struct Metrics {
     config_info: Family<VersionLabels, Gauge>,
     config_updates: Family<ResultLabels, Counter>,
     draining: Gauge,
+    retries: Family<RetryLabels, Counter>,
+    budget_exhausted: Family<BackendLabels, Counter>,
+    ejections: Family<EjectionLabels, Counter>,
+    breaker_state: Family<EndpointLabels, Gauge>,
+    mirrors: Family<MirrorLabels, Counter>,
 }
 
 impl Metrics {
@@ -186,6 +222,32 @@ impl Metrics {
             "1 while the proxy drains before exit",
             draining.clone(),
         );
+        let retries = Family::default();
+        registry.register("retries", "Retries sent, by reason", retries.clone());
+        let budget_exhausted = Family::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries the retry budget refused; the last upstream answer was returned",
+            budget_exhausted.clone(),
+        );
+        let ejections = Family::default();
+        registry.register(
+            "breaker_ejections",
+            "Endpoints ejected by their circuit breaker, by reason",
+            ejections.clone(),
+        );
+        let breaker_state = Family::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        let mirrors = Family::default();
+        registry.register(
+            "mirror_requests",
+            "Mirrored request copies, by result",
+            mirrors.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -198,6 +260,11 @@ impl Metrics {
             config_info,
             config_updates,
             draining,
+            retries,
+            budget_exhausted,
+            ejections,
+            breaker_state,
+            mirrors,
         })
     }
 
@@ -288,6 +355,52 @@ impl Metrics {
             .set(1);
         self.config_updates
             .get_or_create(&ResultLabels { result: "applied" })
+            .inc();
+    }
+
+    pub fn retry(&self, direction: Direction, route: &Name, backend: &Name, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                direction,
+                route: route.clone(),
+                backend: backend.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn budget_exhausted(&self, backend: &Name) {
+        self.budget_exhausted
+            .get_or_create(&BackendLabels {
+                backend: backend.clone(),
+            })
+            .inc();
+    }
+
+    pub fn ejection(&self, backend: &Name, reason: &'static str) {
+        self.ejections
+            .get_or_create(&EjectionLabels {
+                backend: backend.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn breaker_state(&self, backend: &Name, endpoint: std::net::SocketAddr, state: i64) {
+        self.breaker_state
+            .get_or_create(&EndpointLabels {
+                backend: backend.clone(),
+                endpoint: endpoint.to_string(),
+            })
+            .set(state);
+    }
+
+    pub fn mirror(&self, backend: &Name, result: &'static str) {
+        self.mirrors
+            .get_or_create(&MirrorLabels {
+                backend: backend.clone(),
+                result,
+            })
             .inc();
     }
 

@@ -14,29 +14,24 @@
 //! matches one; otherwise the original destination does; otherwise the answer is 503
 //! `no-route`.
 
+mod request;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::BytesMut;
-use http::{Method, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use weft_api::config::Protocol as ServiceProtocol;
 
 use crate::detect::{self, Protocol, Undecided};
-use crate::errors::{self, ProxyError, Reason};
-use crate::http::body::Body;
+use crate::errors::Reason;
 use crate::http::server::{self, Head};
-use crate::http::{forward, headers};
-use crate::io::{Rewind, splice};
-use crate::metrics::{Direction, Name};
+use crate::io::Rewind;
+use crate::metrics::Direction;
 use crate::orig_dst::original_dst;
 use crate::shared::Shared;
 use crate::state::Destination;
 use crate::tcp;
-use crate::transport_header;
 use crate::upstream::Dial;
 
 const DIRECTION: Direction = Direction::Outbound;
@@ -122,18 +117,7 @@ async fn to_destination<I>(shared: &Shared, io: I, dest: &Destination)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match dest.backend.pick() {
-        Some(ep) => tcp::forward(shared, DIRECTION, io, ep.dial).await,
-        None => {
-            shared
-                .metrics
-                .proxy_error(DIRECTION, Reason::NoHealthyEndpoints);
-            tracing::info!(
-                destination = &*dest.name.0,
-                "no endpoints; closing the connection"
-            );
-        }
-    }
+    tcp::to_backend(shared, DIRECTION, io, &dest.backend).await;
 }
 
 async fn serve_http(
@@ -142,7 +126,7 @@ async fn serve_http(
     http2: bool,
     orig: Option<SocketAddr>,
 ) {
-    let handler = Arc::new(Http {
+    let handler = Arc::new(request::Http {
         shared: shared.clone(),
         orig,
     });
@@ -154,124 +138,4 @@ async fn serve_http(
         move |req| handler.clone().handle(req),
     )
     .await;
-}
-
-/// Routes the requests of one outbound HTTP connection.
-struct Http {
-    shared: Arc<Shared>,
-    orig: Option<SocketAddr>,
-}
-
-static DEFAULT_ROUTE: std::sync::LazyLock<Name> =
-    std::sync::LazyLock::new(|| Name("default".into()));
-static NO_ROUTE: std::sync::LazyLock<Name> = std::sync::LazyLock::new(Name::default);
-
-impl Http {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let start = Instant::now();
-        let grpc = errors::is_grpc(&req);
-        let method = req.method().clone();
-        let (dest, by_authority) = self.destination(&req);
-        let Some(dest) = dest else {
-            let authority = headers::authority_of(&req).unwrap_or_default().to_owned();
-            tracing::debug!(%authority, "no route");
-            return self.finish(
-                start,
-                &NO_ROUTE,
-                &NO_ROUTE,
-                Err(ProxyError::NoRoute(authority)),
-                grpc,
-                &method,
-            );
-        };
-        let backend = &dest.backend;
-        let result = if method == Method::CONNECT && by_authority {
-            self.tunnel(req, &dest).await
-        } else {
-            match backend.pick() {
-                Some(ep) => {
-                    forward::forward(&self.shared.pools, &self.shared.tasks, ep.dial, req).await
-                }
-                None => Err(ProxyError::NoEndpoints(backend.name.0.clone())),
-            }
-        };
-        self.finish(start, &DEFAULT_ROUTE, &backend.name, result, grpc, &method)
-    }
-
-    /// The Service the request is for, and whether its authority named it.
-    fn destination(&self, req: &Request<Incoming>) -> (Option<Arc<Destination>>, bool) {
-        let snapshot = self.shared.state.load();
-        if let Some(d) = headers::authority_of(req).and_then(|a| snapshot.by_authority(a)) {
-            return (Some(d.clone()), true);
-        }
-        (self.orig.and_then(|o| snapshot.by_vip(o)).cloned(), false)
-    }
-
-    /// `CONNECT` to a Service: the proxy is the tunnel's end, and carries the bytes to an
-    /// endpoint as opaque TCP.
-    async fn tunnel(
-        &self,
-        mut req: Request<Incoming>,
-        dest: &Destination,
-    ) -> Result<Response<Body>, ProxyError> {
-        let ep = dest
-            .backend
-            .pick()
-            .ok_or_else(|| ProxyError::NoEndpoints(dest.backend.name.0.clone()))?;
-        let mut upstream = self
-            .shared
-            .pools
-            .connector()
-            .connect(&ep.dial, transport_header::Protocol::Opaque)
-            .await?;
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        self.shared.tasks.spawn(async move {
-            match on_upgrade.await {
-                Ok(down) => {
-                    if let Err(e) = splice(&mut TokioIo::new(down), &mut upstream).await {
-                        tracing::debug!(error = %e, "CONNECT tunnel ended");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-            }
-        });
-        Ok(Response::new(Body::empty()))
-    }
-
-    fn finish(
-        &self,
-        start: Instant,
-        route: &Name,
-        backend: &Name,
-        result: Result<Response<Body>, ProxyError>,
-        grpc: bool,
-        method: &Method,
-    ) -> Response<Body> {
-        let resp = match result {
-            Ok(resp) => resp,
-            Err(e) => {
-                let reason = e.reason();
-                tracing::debug!(error = %e, reason = reason.as_str(), "request failed");
-                self.shared.metrics.proxy_error(DIRECTION, reason);
-                errors::error_response(reason, grpc)
-            }
-        };
-        let status = resp.status().as_u16();
-        let elapsed = start.elapsed();
-        self.shared
-            .metrics
-            .request(DIRECTION, route, backend, status, elapsed);
-        if self.shared.settings.access_log {
-            tracing::info!(
-                target: "weft::access",
-                direction = "outbound",
-                %method,
-                route = &*route.0,
-                backend = &*backend.0,
-                status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-            );
-        }
-        resp
-    }
 }

@@ -2,11 +2,12 @@
 //! drain signal with the tracker of work that a drain waits for.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backends::Registry;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::state::State;
@@ -23,6 +24,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Set once a first config is in force.
     pub config_loaded: AtomicBool,
+    /// Backend and endpoint state that outlives config snapshots.
+    pub registry: Registry,
+    /// Mirrored copies in flight.
+    pub mirrors_in_flight: AtomicUsize,
 }
 
 impl Shared {

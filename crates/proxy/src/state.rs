@@ -8,19 +8,22 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use weft_api::config::{self, ProxyConfig};
+use tokio::time::Instant;
+use weft_api::config::{self, Filter, ProxyConfig, Retry};
+use weft_api::gateway::{HttpRouteMatch, UrlRewrite};
 
+use crate::backends::{Backend, Registry};
+use crate::filters::HeaderModifier;
 use crate::metrics::Name;
-use crate::upstream::Dial;
+use crate::routing::{Origin, Router};
 
 /// The config in force, shared by every task.
 pub type State = Arc<ArcSwap<Snapshot>>;
 
 /// A compiled config.
-#[derive(Debug)]
 pub struct Snapshot {
     pub config: ProxyConfig,
     pub version: Arc<str>,
@@ -31,70 +34,112 @@ pub struct Snapshot {
 }
 
 /// One Service port: what a request for it means.
-#[derive(Debug)]
 pub struct Destination {
     /// `<namespace>/<name>:<port>`.
     pub name: Name,
     pub port: u16,
     pub protocol: config::Protocol,
+    /// The Service's own backend, where CONNECT tunnels and the default route go.
     pub backend: Arc<Backend>,
+    /// With routes attached: the rules, by precedence. A request that matches none gets 404.
+    pub router: Option<Router<Arc<Rule>>>,
+    /// Without routes: everything goes to `backend`.
+    pub default_rule: Arc<Rule>,
 }
 
-/// A set of endpoints.
-#[derive(Debug)]
-pub struct Backend {
-    pub name: Name,
-    pub endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+/// What a matched rule does with a request.
+pub struct Rule {
+    /// `<namespace>/<route>`, or `default`: the `route` label of metrics.
+    pub route: Name,
+    pub backends: Vec<Arc<Backend>>,
+    pub weights: Vec<u32>,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    pub rewrite: Option<UrlRewrite>,
+    pub mirrors: Vec<(Arc<Backend>, u32)>,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+    pub retry: Option<Retry>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    pub dial: Dial,
-}
-
-impl Backend {
-    /// The next endpoint, round robin.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
-            return None;
+impl Rule {
+    fn default_for(backend: Arc<Backend>) -> Rule {
+        Rule {
+            route: Name("default".into()),
+            backends: vec![backend],
+            weights: vec![1],
+            request_headers: None,
+            response_headers: None,
+            rewrite: None,
+            mirrors: Vec::new(),
+            request_timeout: None,
+            backend_timeout: None,
+            retry: None,
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints.get(i)
+    }
+
+    fn compile(
+        route: &config::HttpRoute,
+        rule: &config::RouteRule,
+        backends: &HashMap<&str, Arc<Backend>>,
+    ) -> Rule {
+        let backend = |name: &str| backends.get(name).cloned();
+        let mut out = Rule::default_for(Arc::new(Backend::placeholder()));
+        out.route = Name(route.name.as_str().into());
+        out.backends.clear();
+        out.weights.clear();
+        for b in &rule.backends {
+            // Validation guarantees the backend exists; one that does not gets weight 0.
+            if let Some(backend) = backend(&b.backend) {
+                out.backends.push(backend);
+                out.weights.push(b.weight);
+            }
+        }
+        for f in &rule.filters {
+            match f {
+                Filter::RequestHeaderModifier(m) => {
+                    out.request_headers = Some(HeaderModifier::new(m))
+                }
+                Filter::ResponseHeaderModifier(m) => {
+                    out.response_headers = Some(HeaderModifier::new(m))
+                }
+                Filter::UrlRewrite(r) => out.rewrite = Some(r.clone()),
+                Filter::RequestMirror {
+                    backend: name,
+                    percent,
+                } => {
+                    if let Some(b) = backend(name) {
+                        out.mirrors.push((b, *percent));
+                    }
+                }
+            }
+        }
+        // A zero timeout means none, as in the Gateway API.
+        out.request_timeout = rule.timeouts.request.map(|d| d.0).filter(|d| !d.is_zero());
+        out.backend_timeout = rule
+            .timeouts
+            .backend_request
+            .map(|d| d.0)
+            .filter(|d| !d.is_zero());
+        out.retry = rule.retry.clone();
+        out
     }
 }
 
 impl Snapshot {
     /// Compiles a validated config. `namespace` is the proxy's own: short Service names
-    /// (`reviews`) resolve only there, as Kubernetes DNS search paths do.
-    pub fn build(config: ProxyConfig, namespace: &str) -> Snapshot {
+    /// (`reviews`) resolve only there, as Kubernetes DNS search paths do. Backend and endpoint
+    /// state comes from `registry`, so that it survives the swap.
+    pub fn build(config: ProxyConfig, namespace: &str, registry: &Registry) -> Snapshot {
+        let now = Instant::now();
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| {
-                Arc::new(Backend {
-                    name: Name(b.name.as_str().into()),
-                    endpoints: b
-                        .endpoints
-                        .iter()
-                        .map(|e| Endpoint {
-                            address: e.address,
-                            dial: match &e.mesh {
-                                Some(mesh) => Dial::Peer {
-                                    proxy: SocketAddr::new(e.address.ip(), mesh.inbound_port),
-                                    port: e.address.port(),
-                                },
-                                None => Dial::Direct(e.address),
-                            },
-                        })
-                        .collect(),
-                    next: AtomicUsize::new(0),
-                })
-            })
+            .map(|b| Arc::new(registry.backend(b, now)))
             .collect();
-        let by_name: HashMap<&str, &Arc<Backend>> =
-            backends.iter().map(|b| (&*b.name.0, b)).collect();
+        registry.prune();
+        let by_name: HashMap<&str, Arc<Backend>> =
+            backends.iter().map(|b| (&*b.name.0, b.clone())).collect();
 
         let mut by_host: HashMap<Box<str>, Vec<(u16, Arc<Destination>)>> = HashMap::new();
         let mut by_vip = HashMap::new();
@@ -103,21 +148,19 @@ impl Snapshot {
             for port in &svc.ports {
                 // Validation guarantees the backend exists; a config that skipped it gets an
                 // empty backend rather than a panic.
-                let backend = by_name.get(port.backend.as_str()).map_or_else(
-                    || {
-                        Arc::new(Backend {
-                            name: Name(port.backend.as_str().into()),
-                            endpoints: Vec::new(),
-                            next: AtomicUsize::new(0),
-                        })
-                    },
-                    |b| Arc::clone(b),
-                );
+                let backend = by_name
+                    .get(port.backend.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::placeholder()));
+                let router =
+                    (!port.routes.is_empty()).then(|| build_router(&port.routes, &by_name));
                 let dest = Arc::new(Destination {
                     name: Name(format!("{}/{}:{}", svc.namespace, svc.name, port.port).into()),
                     port: port.port,
                     protocol: port.protocol,
+                    default_rule: Arc::new(Rule::default_for(backend.clone())),
                     backend,
+                    router,
                 });
                 for host in &hosts {
                     by_host
@@ -163,6 +206,42 @@ impl Snapshot {
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
+
+    pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| &*b.name.0 == name)
+    }
+}
+
+/// The router of one Service port: every match of every rule, sharing its rule.
+fn build_router(
+    routes: &[config::HttpRoute],
+    backends: &HashMap<&str, Arc<Backend>>,
+) -> Router<Arc<Rule>> {
+    let mut entries = Vec::new();
+    for route in routes {
+        for (r, rule) in route.rules.iter().enumerate() {
+            let compiled = Arc::new(Rule::compile(route, rule, backends));
+            let matches = if rule.matches.is_empty() {
+                vec![HttpRouteMatch::default()]
+            } else {
+                rule.matches.clone()
+            };
+            for (index, m) in matches.into_iter().enumerate() {
+                let origin = Origin {
+                    created: route.created.clone(),
+                    route: route.name.clone(),
+                    rule: r,
+                    index,
+                };
+                entries.push((origin, m, compiled.clone()));
+            }
+        }
+    }
+    Router::new(entries).unwrap_or_else(|e| {
+        // Validation compiles every regular expression first; this is a config that skipped it.
+        tracing::error!(error = %e, "a route's regular expression does not compile; its Service answers 404");
+        Router::empty()
+    })
 }
 
 /// Every name a Service answers to from a proxy in `own_namespace`.
@@ -198,11 +277,12 @@ fn split_authority(authority: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Dial;
 
     fn snapshot() -> Snapshot {
         let config: ProxyConfig = serde_saphyr_free::parse();
         config.validate().unwrap();
-        Snapshot::build(config, "shop")
+        Snapshot::build(config, "shop", &Registry::default())
     }
 
     /// The sample config, built in code so this crate's tests need no YAML parser.
@@ -288,7 +368,7 @@ mod tests {
         let s = snapshot();
         let reviews = s.by_vip("10.96.0.10:9080".parse().unwrap()).unwrap();
         assert_eq!(
-            reviews.backend.pick().unwrap().dial,
+            reviews.backend.endpoints[0].dial,
             Dial::Peer {
                 proxy: "127.0.10.1:15143".parse().unwrap(),
                 port: 9080
@@ -296,7 +376,7 @@ mod tests {
         );
         let ratings = s.by_authority("ratings.data").unwrap();
         assert_eq!(
-            ratings.backend.pick().unwrap().dial,
+            ratings.backend.endpoints[0].dial,
             Dial::Direct("127.0.10.2:8080".parse().unwrap())
         );
     }

@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::backends::ConnLimiter;
 use crate::errors::ProxyError;
 use crate::http::body::Body;
 use crate::metrics::Metrics;
@@ -91,6 +92,49 @@ impl Connector {
     }
 }
 
+/// How one request is sent.
+#[derive(Clone, Default)]
+pub struct SendOptions {
+    /// False for upgrades and CONNECT, whose connection leaves HTTP and cannot return to the
+    /// pool.
+    pub reuse: bool,
+    /// The backend's connection limits, if it has any.
+    pub limiter: Option<Arc<ConnLimiter>>,
+    /// The backend's connect timeout, when it overrides the proxy's.
+    pub connect_timeout: Option<Duration>,
+    /// The backend, for errors.
+    pub backend: Arc<str>,
+}
+
+impl SendOptions {
+    pub fn reusable() -> SendOptions {
+        SendOptions {
+            reuse: true,
+            ..SendOptions::default()
+        }
+    }
+}
+
+/// A failed send, with the request when it was never sent.
+pub struct SendError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<Body>>,
+}
+
+impl SendError {
+    fn sent(error: ProxyError) -> SendError {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// Holds a place under the backend's `maxConnections` for as long as a connection lives.
+struct ConnectionPermit(
+    #[allow(dead_code, reason = "held for its Drop")] Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
 /// Pool tuning.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -147,19 +191,18 @@ impl Pools {
     }
 
     /// Sends a request and returns the response head. The request goes over HTTP/2 when its
-    /// version says so and over HTTP/1 otherwise. `reuse` is false for upgrades and CONNECT,
-    /// whose connection leaves HTTP and cannot return to the pool.
+    /// version says so and over HTTP/1 otherwise. On failure, the request comes back if it was
+    /// never sent, so that it can be sent elsewhere as it is.
     pub async fn send(
         self: &Arc<Self>,
         dial: Dial,
         req: Request<Body>,
-        reuse: bool,
-    ) -> Result<Response<Body>, ProxyError> {
+        opts: &SendOptions,
+    ) -> Result<Response<Body>, SendError> {
         if req.version() == http::Version::HTTP_2 {
-            self.send_http2(Key { dial, http2: true }, req).await
+            self.send_http2(Key { dial, http2: true }, req, opts).await
         } else {
-            self.send_http1(Key { dial, http2: false }, req, reuse)
-                .await
+            self.send_http1(Key { dial, http2: false }, req, opts).await
         }
     }
 
@@ -167,39 +210,108 @@ impl Pools {
         self: &Arc<Self>,
         key: Key,
         mut req: Request<Body>,
-        reuse: bool,
-    ) -> Result<Response<Body>, ProxyError> {
+        opts: &SendOptions,
+    ) -> Result<Response<Body>, SendError> {
         let addr = key.dial.addr();
-        // Idle connections first; one that turns out closed hands the request back unsent,
-        // and the next one is tried, then a new connection.
-        while let Some(mut sender) = self.checkout_http1(&key) {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled_response(key, sender, resp, reuse)),
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => {
-                        return Err(ProxyError::Upstream {
-                            addr,
-                            source: err.into_error(),
+        loop {
+            // Idle connections first; one that turns out closed hands the request back
+            // unsent, and the next one is tried.
+            while let Some(mut sender) = self.checkout_http1(&key) {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(self.pooled_response(key, sender, resp, opts)),
+                    Err(mut err) => match err.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => {
+                            return Err(SendError::sent(ProxyError::Upstream {
+                                addr,
+                                source: err.into_error(),
+                            }));
+                        }
+                    },
+                }
+            }
+            let permit = match self.connection_permit(opts).await {
+                Ok(Some(permit)) => permit,
+                // An idle connection came back while waiting: try it.
+                Ok(None) => continue,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    });
+                }
+            };
+            let stream = match self.connect(&key, opts).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    });
+                }
+            };
+            let (mut sender, conn) =
+                match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+                    Ok(handshake) => handshake,
+                    Err(source) => {
+                        return Err(SendError {
+                            error: ProxyError::Handshake { addr, source },
+                            unsent: Some(req),
                         });
                     }
-                },
-            }
+                };
+            let limiter = opts.limiter.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+                }
+                drop(permit);
+                if let Some(l) = limiter {
+                    l.freed.notify_waiters();
+                }
+            });
+            return match sender.try_send_request(req).await {
+                Ok(resp) => Ok(self.pooled_response(key, sender, resp, opts)),
+                Err(mut err) => {
+                    let unsent = err.take_message();
+                    Err(SendError {
+                        error: ProxyError::Upstream {
+                            addr,
+                            source: err.into_error(),
+                        },
+                        unsent,
+                    })
+                }
+            };
         }
-        let stream = self.connect(&key).await?;
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+    }
+
+    /// A permit to open one more connection to the backend. Without a limit, an empty permit;
+    /// at the limit, the request waits its turn in a bounded queue. `Ok(None)` means an idle
+    /// connection was returned meanwhile.
+    async fn connection_permit(
+        &self,
+        opts: &SendOptions,
+    ) -> Result<Option<ConnectionPermit>, ProxyError> {
+        let Some(limiter) = &opts.limiter else {
+            return Ok(Some(ConnectionPermit(None)));
+        };
+        if let Ok(permit) = limiter.permits.clone().try_acquire_owned() {
+            return Ok(Some(ConnectionPermit(Some(permit))));
+        }
+        let overloaded = || ProxyError::Overloaded(opts.backend.clone());
+        let Some(_queued) = limiter.enqueue() else {
+            return Err(overloaded());
+        };
+        let wait = async {
+            tokio::select! {
+                permit = limiter.permits.clone().acquire_owned() => permit.ok().map(|p| ConnectionPermit(Some(p))),
+                () = limiter.freed.notified() => None,
+            }
+        };
+        tokio::time::timeout(limiter.timeout, wait)
             .await
-            .map_err(|source| ProxyError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
-            }
-        });
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(self.pooled_response(key, sender, resp, reuse)),
-            Err(source) => Err(ProxyError::Upstream { addr, source }),
-        }
+            .map_err(|_| overloaded())
     }
 
     fn checkout_http1(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
@@ -232,12 +344,13 @@ impl Pools {
         key: Key,
         sender: http1::SendRequest<Body>,
         resp: Response<Incoming>,
-        reuse: bool,
+        opts: &SendOptions,
     ) -> Response<Body> {
-        let release = reuse.then(|| Release {
+        let release = opts.reuse.then(|| Release {
             pools: self.clone(),
             key,
             sender,
+            limiter: opts.limiter.clone(),
         });
         resp.map(|inner| {
             Body::Pooled(PooledBody {
@@ -248,18 +361,44 @@ impl Pools {
         })
     }
 
-    async fn send_http2(&self, key: Key, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    async fn send_http2(
+        &self,
+        key: Key,
+        req: Request<Body>,
+        opts: &SendOptions,
+    ) -> Result<Response<Body>, SendError> {
         let addr = key.dial.addr();
-        let mut sender = self.http2_sender(&key).await?;
-        match sender.send_request(req).await {
+        let mut sender = match self.http2_sender(&key, opts).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
+        match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(Body::Incoming)),
-            Err(source) => Err(ProxyError::Upstream { addr, source }),
+            Err(mut err) => {
+                let unsent = err.take_message();
+                Err(SendError {
+                    error: ProxyError::Upstream {
+                        addr,
+                        source: err.into_error(),
+                    },
+                    unsent,
+                })
+            }
         }
     }
 
     /// The shared HTTP/2 connection for a key, connecting when there is none (or it closed).
     /// Concurrent first requests wait for one connection rather than each opening their own.
-    async fn http2_sender(&self, key: &Key) -> Result<http2::SendRequest<Body>, ProxyError> {
+    async fn http2_sender(
+        &self,
+        key: &Key,
+        opts: &SendOptions,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let slot = {
             let mut pools = self.http2.lock().unwrap_or_else(|p| p.into_inner());
             pools.entry(*key).or_default().clone()
@@ -271,7 +410,12 @@ impl Pools {
             return Ok(sender.clone());
         }
         let addr = key.dial.addr();
-        let stream = self.connect(key).await?;
+        let permit = loop {
+            if let Some(permit) = self.connection_permit(opts).await? {
+                break permit;
+            }
+        };
+        let stream = self.connect(key, opts).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
@@ -279,22 +423,31 @@ impl Pools {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ProxyError::Handshake { addr, source })?;
+        let limiter = opts.limiter.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+            drop(permit);
+            if let Some(l) = limiter {
+                l.freed.notify_waiters();
             }
         });
         *slot = Some(sender.clone());
         Ok(sender)
     }
 
-    async fn connect(&self, key: &Key) -> Result<TcpStream, ProxyError> {
+    async fn connect(&self, key: &Key, opts: &SendOptions) -> Result<TcpStream, ProxyError> {
         let protocol = if key.http2 {
             transport_header::Protocol::Http2
         } else {
             transport_header::Protocol::Http1
         };
-        let result = self.connector.connect(&key.dial, protocol).await;
+        let connector = match opts.connect_timeout {
+            Some(connect_timeout) => Connector { connect_timeout },
+            None => self.connector.clone(),
+        };
+        let result = connector.connect(&key.dial, protocol).await;
         self.metrics.upstream_connect(result.is_ok());
         result
     }
@@ -344,6 +497,7 @@ struct Release {
     pools: Arc<Pools>,
     key: Key,
     sender: http1::SendRequest<Body>,
+    limiter: Option<Arc<ConnLimiter>>,
 }
 
 impl Release {
@@ -352,14 +506,22 @@ impl Release {
             pools,
             key,
             mut sender,
+            limiter,
         } = self;
+        let freed = move || {
+            if let Some(l) = limiter {
+                l.freed.notify_waiters();
+            }
+        };
         if sender.is_ready() {
             pools.checkin_http1(key, sender);
+            freed();
         } else if !sender.is_closed() {
             // The connection task has not yet noticed the response ended; let it catch up.
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
                     pools.checkin_http1(key, sender);
+                    freed();
                 }
             });
         }

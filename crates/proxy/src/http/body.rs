@@ -1,5 +1,6 @@
 //! The body type of every request and response the proxy handles.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -7,16 +8,35 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::http::replay::{ReplayBody, TeeBody};
 use crate::upstream::PooledBody;
 
+/// The error of any body in the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A streamed message body: what arrived from a peer, what an upstream connection sends back
-/// (which returns its connection to the pool when done), or a small body the proxy made.
+/// (which returns its connection to the pool when done), a small body the proxy made, a
+/// request body recorded for a retry or replayed for one, or a response body that must end by
+/// a deadline.
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
     Pooled(PooledBody),
+    Tee(TeeBody),
+    Replay(ReplayBody),
+    Deadline(Box<DeadlineBody>),
 }
+
+/// A body that fails if it has not ended by a deadline (the route's request timeout).
+pub struct DeadlineBody {
+    pub inner: Body,
+    pub sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request timeout passed while the response body was streaming")]
+pub struct BodyTimeout;
 
 impl Body {
     pub fn empty() -> Self {
@@ -36,17 +56,28 @@ impl From<Incoming> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let boxed = |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| {
+            p.map(|o| o.map(|r| r.map_err(BoxError::from)))
+        };
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Body::Incoming(body) => Pin::new(body).poll_frame(cx),
-            Body::Pooled(body) => Pin::new(body).poll_frame(cx),
+            Body::Incoming(body) => boxed(Pin::new(body).poll_frame(cx)),
+            Body::Pooled(body) => boxed(Pin::new(body).poll_frame(cx)),
+            Body::Tee(body) => Pin::new(body).poll_frame(cx),
+            Body::Replay(body) => Pin::new(body).poll_frame(cx),
+            Body::Deadline(d) => {
+                if d.sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                }
+                Pin::new(&mut d.inner).poll_frame(cx)
+            }
         }
     }
 
@@ -56,6 +87,9 @@ impl http_body::Body for Body {
             Body::Full(data) => data.is_none(),
             Body::Incoming(body) => body.is_end_stream(),
             Body::Pooled(body) => body.is_end_stream(),
+            Body::Tee(body) => body.is_end_stream(),
+            Body::Replay(body) => body.is_end_stream(),
+            Body::Deadline(d) => d.inner.is_end_stream(),
         }
     }
 
@@ -65,6 +99,9 @@ impl http_body::Body for Body {
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Incoming(body) => body.size_hint(),
             Body::Pooled(body) => body.size_hint(),
+            Body::Tee(body) => body.size_hint(),
+            Body::Replay(body) => body.size_hint(),
+            Body::Deadline(d) => d.inner.size_hint(),
         }
     }
 }
@@ -76,6 +113,9 @@ impl std::fmt::Debug for Body {
             Body::Full(_) => "Body::Full",
             Body::Incoming(_) => "Body::Incoming",
             Body::Pooled(_) => "Body::Pooled",
+            Body::Tee(_) => "Body::Tee",
+            Body::Replay(_) => "Body::Replay",
+            Body::Deadline(_) => "Body::Deadline",
         })
     }
 }

@@ -1,12 +1,15 @@
-//! Sending one downstream request to an upstream, and the response back.
+//! Sending a downstream request upstream, and the response back.
 //!
 //! Bodies stream in both directions with trailers intact. A request that asks to leave HTTP
 //! (WebSocket `Upgrade`, `CONNECT`) is forwarded like any other; when the upstream agrees
 //! (101, or 2xx for CONNECT), both connections are taken over and spliced as a tunnel.
+//!
+//! [`prepare`] and [`complete`] bracket an exchange, so that the outbound side can make
+//! several attempts in between; [`forward`] is a single attempt, as the inbound side makes.
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -16,31 +19,94 @@ use crate::errors::ProxyError;
 use crate::http::body::Body;
 use crate::http::headers::{self, Upgrade};
 use crate::io::splice;
-use crate::upstream::{Dial, Pools};
+use crate::upstream::{Dial, Pools, SendOptions};
 
+/// A request readied for upstream, with the downstream half of a tunnel it may open.
+pub struct Prepared {
+    pub upgrade: Option<Upgrade>,
+    downstream: Option<OnUpgrade>,
+}
+
+/// Readies a downstream request: hop-by-hop headers go, and for an upgrade the downstream
+/// connection is claimed.
+pub fn prepare(req: &mut Request<Incoming>) -> Prepared {
+    let upgrade = headers::upgrade_of(req);
+    let downstream = upgrade.map(|_| hyper::upgrade::on(&mut *req));
+    headers::prepare_request(req, upgrade);
+    Prepared {
+        upgrade,
+        downstream,
+    }
+}
+
+/// Finishes an exchange: an accepted upgrade becomes a tunnel; hop-by-hop headers go.
+pub fn complete(
+    prepared: Prepared,
+    mut resp: Response<Body>,
+    tasks: &TaskTracker,
+) -> Response<Body> {
+    let upgraded = match prepared.upgrade {
+        Some(Upgrade::Protocol) => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+        Some(Upgrade::Connect) => resp.status().is_success(),
+        None => false,
+    };
+    if let (true, Some(downstream)) = (upgraded, prepared.downstream) {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tasks.spawn(tunnel(downstream, upstream));
+    }
+    headers::prepare_response(
+        &mut resp,
+        upgraded && prepared.upgrade == Some(Upgrade::Protocol),
+    );
+    resp
+}
+
+/// One attempt, no policy.
 pub async fn forward(
     pools: &Arc<Pools>,
     tasks: &TaskTracker,
     dial: Dial,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let upgrade = headers::upgrade_of(&req);
-    let downstream = upgrade.map(|_| hyper::upgrade::on(&mut req));
-    headers::prepare_request(&mut req, upgrade);
-    let mut resp = pools
-        .send(dial, req.map(Body::Incoming), upgrade.is_none())
-        .await?;
-    let upgraded = match upgrade {
-        Some(Upgrade::Protocol) => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
-        Some(Upgrade::Connect) => resp.status().is_success(),
-        None => false,
+    let prepared = prepare(&mut req);
+    let opts = SendOptions {
+        reuse: prepared.upgrade.is_none(),
+        ..SendOptions::default()
     };
-    if let (true, Some(downstream)) = (upgraded, downstream) {
-        let upstream = hyper::upgrade::on(&mut resp);
-        tasks.spawn(tunnel(downstream, upstream));
+    let resp = pools
+        .send(dial, req.map(Body::Incoming), &opts)
+        .await
+        .map_err(|e| e.error)?;
+    Ok(complete(prepared, resp, tasks))
+}
+
+/// A request head kept to send the request again.
+#[derive(Debug, Clone)]
+pub struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    pub fn of<B>(req: &Request<B>) -> Head {
+        Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
     }
-    headers::prepare_response(&mut resp, upgraded && upgrade == Some(Upgrade::Protocol));
-    Ok(resp)
+
+    pub fn request(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 /// Splices an upgraded downstream connection with an upgraded upstream one.

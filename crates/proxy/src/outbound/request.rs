@@ -1,0 +1,523 @@
+//! One outbound HTTP request, from routing to the response:
+//!
+//! route → rule → backend by weight → request filters → rate limit → mirrors → in-flight limit
+//! → attempts (endpoint pick, per-try timeout, outcome to the breaker, retry decision under the
+//! budget, backoff) within the request timeout → response filters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::backends::{Backend, NoEndpoint};
+use crate::errors::{self, Blame, ProxyError};
+use crate::filters;
+use crate::http::body::{Body, DeadlineBody};
+use crate::http::forward::{self, Head};
+use crate::http::headers;
+use crate::http::replay::Recorder;
+use crate::io::splice;
+use crate::metrics::{Direction, Name};
+use crate::policy::breaker::Outcome;
+use crate::policy::retry::{self, Attempt, Safety};
+use crate::policy::weighted;
+use crate::shared::Shared;
+use crate::state::{Destination, Rule};
+use crate::transport_header;
+use crate::upstream::{SendError, SendOptions};
+
+const DIRECTION: Direction = Direction::Outbound;
+/// Retries of requests that never reached the application, when the route sets none.
+const SAFE_RETRIES: u32 = 2;
+/// The first backoff of those retries.
+const SAFE_BACKOFF: Duration = Duration::from_millis(25);
+/// Mirrored copies in flight at once; beyond, copies are dropped.
+const MAX_MIRRORS: usize = 64;
+/// How long a mirrored copy may take.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Routes the requests of one outbound HTTP connection.
+pub struct Http {
+    pub shared: Arc<Shared>,
+    pub orig: Option<SocketAddr>,
+}
+
+static NO_ROUTE: std::sync::LazyLock<Name> = std::sync::LazyLock::new(Name::default);
+
+impl Http {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let grpc = errors::is_grpc(&req);
+        let method = req.method().clone();
+        let (dest, by_authority) = self.destination(&req);
+        let Some(dest) = dest else {
+            let authority = headers::authority_of(&req).unwrap_or_default().to_owned();
+            return self.finish(
+                start,
+                &NO_ROUTE,
+                &NO_ROUTE,
+                Err(ProxyError::NoRoute(authority)),
+                grpc,
+                &method,
+            );
+        };
+        if method == Method::CONNECT && by_authority {
+            let result = self.tunnel(req, &dest).await;
+            return self.finish(
+                start,
+                &dest.default_rule.route,
+                &dest.backend.name,
+                result,
+                grpc,
+                &method,
+            );
+        }
+        let (rule, prefix) = match &dest.router {
+            None => (dest.default_rule.clone(), None),
+            Some(router) => match router.route(req.method(), req.uri(), req.headers()) {
+                Some(m) => (m.action.clone(), m.prefix.map(str::to_owned)),
+                None => {
+                    return self.finish(
+                        start,
+                        &NO_ROUTE,
+                        &dest.backend.name,
+                        Err(ProxyError::RouteNotFound),
+                        grpc,
+                        &method,
+                    );
+                }
+            },
+        };
+        let Some(backend) = weighted::pick(
+            &rule.weights,
+            fastrand::u64(..weighted::total(&rule.weights).max(1)),
+        )
+        .and_then(|i| rule.backends.get(i))
+        .cloned() else {
+            return self.finish(
+                start,
+                &rule.route,
+                &NO_ROUTE,
+                Err(ProxyError::NoBackend),
+                grpc,
+                &method,
+            );
+        };
+        let result = self
+            .exchange(req, &rule, &backend, prefix.as_deref(), grpc, start)
+            .await;
+        self.finish(start, &rule.route, &backend.name, result, grpc, &method)
+    }
+
+    /// The Service the request is for, and whether its authority named it.
+    fn destination(&self, req: &Request<Incoming>) -> (Option<Arc<Destination>>, bool) {
+        let snapshot = self.shared.state.load();
+        if let Some(d) = headers::authority_of(req).and_then(|a| snapshot.by_authority(a)) {
+            return (Some(d.clone()), true);
+        }
+        (self.orig.and_then(|o| snapshot.by_vip(o)).cloned(), false)
+    }
+
+    async fn exchange(
+        &self,
+        mut req: Request<Incoming>,
+        rule: &Rule,
+        backend: &Arc<Backend>,
+        prefix: Option<&str>,
+        grpc: bool,
+        start: Instant,
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Some(m) = &rule.request_headers {
+            m.apply(req.headers_mut());
+        }
+        if let Some(r) = &rule.rewrite {
+            filters::rewrite_url(&mut req, r, prefix);
+        }
+        if !backend.admit_rate(Instant::now()) {
+            return Err(ProxyError::RateLimited(backend.name.0.clone()));
+        }
+        let prepared = forward::prepare(&mut req);
+        let upgrade = prepared.upgrade.is_some();
+
+        // A retry after the request reached the upstream needs its head and body again: keep
+        // them only when such a retry is possible (a retry policy, or HTTP/2's REFUSED_STREAM).
+        let may_resend = !upgrade && (rule.retry.is_some() || req.version() == Version::HTTP_2);
+        let keep = may_resend || !rule.mirrors.is_empty();
+        let head = keep.then(|| Head::of(&req));
+        let (parts, body) = req.into_parts();
+        let recorder = keep.then(|| {
+            if http_body::Body::is_end_stream(&body) {
+                Recorder::empty()
+            } else {
+                Recorder::default()
+            }
+        });
+        let body = match &recorder {
+            Some(r) => Body::Tee(r.tee(body)),
+            None => Body::Incoming(body),
+        };
+        let req = Request::from_parts(parts, body);
+        if let Some(head) = &head {
+            for (mirror, percent) in &rule.mirrors {
+                if fastrand::u32(..100) < *percent {
+                    self.mirror(mirror.clone(), head.clone(), recorder.clone());
+                }
+            }
+        }
+
+        let Some(_in_flight) = backend.enter() else {
+            return Err(ProxyError::Overloaded(backend.name.0.clone()));
+        };
+        backend.deposit(Instant::now());
+        let safety = OwnedSafety {
+            method: req.method().clone(),
+            idempotency_key: req.headers().contains_key("idempotency-key"),
+            grpc,
+            policy_opt_in: backend.policy.retry.retry_non_idempotent,
+            extra_non_idempotent: backend.policy.retry.non_idempotent_methods.clone(),
+        };
+        let attempts = self.attempts(
+            req,
+            rule,
+            backend,
+            head.as_ref().filter(|_| may_resend),
+            recorder.as_ref().filter(|_| may_resend),
+            &safety,
+        );
+        let deadline = rule.request_timeout.map(|t| start + t);
+        let result = match (deadline, rule.request_timeout) {
+            (Some(deadline), Some(t)) => tokio::time::timeout_at(deadline, attempts)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout(t))),
+            _ => attempts.await,
+        };
+        let mut resp = forward::complete(prepared, result?, &self.shared.tasks);
+        if let Some(m) = &rule.response_headers {
+            m.apply(resp.headers_mut());
+        }
+        if let Some(deadline) = deadline {
+            resp = resp.map(|inner| {
+                Body::Deadline(Box::new(DeadlineBody {
+                    inner,
+                    sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                }))
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Attempts until one succeeds or may not be retried.
+    async fn attempts(
+        &self,
+        req: Request<Body>,
+        rule: &Rule,
+        backend: &Arc<Backend>,
+        head: Option<&Head>,
+        recorder: Option<&Recorder>,
+        safety: &OwnedSafety,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (max_retries, base_backoff) = rule
+            .retry
+            .as_ref()
+            .map_or((SAFE_RETRIES, SAFE_BACKOFF), |r| (r.attempts, r.backoff.0));
+        let opts = SendOptions {
+            reuse: true,
+            limiter: backend.conn_limiter(),
+            connect_timeout: backend.policy.connect_timeout,
+            backend: backend.name.0.clone(),
+        };
+        let hash_headers: HeaderMap = match backend.policy.hash_header.as_ref() {
+            Some(h) => req
+                .headers()
+                .get(h)
+                .map(|v| HeaderMap::from_iter([(h.clone(), v.clone())]))
+                .unwrap_or_default(),
+            None => HeaderMap::new(),
+        };
+        let mut tried = Vec::new();
+        let mut retries = 0;
+        let mut next = Some(req);
+        loop {
+            let Some(req) = next.take() else {
+                return Err(ProxyError::NoEndpoints(backend.name.0.clone()));
+            };
+            let picked = match backend.pick(&hash_headers, &tried, Instant::now()) {
+                Ok(p) => p,
+                Err(NoEndpoint::Empty) => {
+                    return Err(ProxyError::NoEndpoints(backend.name.0.clone()));
+                }
+                Err(NoEndpoint::AllEjected) => {
+                    return Err(ProxyError::BreakerOpen(backend.name.0.clone()));
+                }
+            };
+            tried.push(picked.index);
+            let sent_at = Instant::now();
+            let send = self.shared.pools.send(picked.endpoint.dial, req, &opts);
+            let result = match rule.backend_timeout {
+                Some(t) => tokio::time::timeout(t, send)
+                    .await
+                    .unwrap_or(Err(SendError {
+                        error: ProxyError::Timeout(t),
+                        unsent: None,
+                    })),
+                None => send.await,
+            };
+            let Ended {
+                attempt,
+                outcome,
+                result,
+                unsent,
+            } = classify(result);
+            let latency = match attempt {
+                Attempt::Response { .. } | Attempt::TimedOut => Some(sent_at.elapsed()),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                backend.record(
+                    picked.index,
+                    outcome,
+                    latency,
+                    Instant::now(),
+                    &self.shared.metrics,
+                );
+            }
+            drop(picked);
+
+            let reason = retry::reason(attempt, rule.retry.as_ref(), &safety.borrow());
+            if reason.is_none() || retries >= max_retries {
+                return result;
+            }
+            // The next attempt sends the request as it was, if it never left, or again from its
+            // head and recorded body.
+            let again = unsent.or_else(|| Some(head?.request(Body::Replay(recorder?.replay()?))));
+            let Some(again) = again else { return result };
+            if !backend.try_retry(Instant::now()) {
+                self.shared.metrics.budget_exhausted(&backend.name);
+                return result.or(Err(ProxyError::BudgetExhausted(backend.name.0.clone())));
+            }
+            let reason = reason.map_or("unknown", retry::Reason::as_str);
+            self.shared
+                .metrics
+                .retry(DIRECTION, &rule.route, &backend.name, reason);
+            tracing::debug!(
+                backend = &*backend.name.0,
+                reason,
+                retry = retries + 1,
+                "retrying"
+            );
+            drop(result);
+            tokio::time::sleep(retry::backoff(base_backoff, retries, fastrand::f64())).await;
+            retries += 1;
+            next = Some(again);
+        }
+    }
+
+    /// Sends a copy of the request to `backend`, ignoring the answer. The copy waits for the
+    /// original's body to be recorded; a body too large to record is not mirrored.
+    fn mirror(&self, backend: Arc<Backend>, head: Head, recorder: Option<Recorder>) {
+        let shared = self.shared.clone();
+        if shared.mirrors_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_MIRRORS {
+            shared.mirrors_in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.metrics.mirror(&backend.name, "dropped");
+            return;
+        }
+        tokio::spawn(async move {
+            let result = async {
+                let body = match recorder {
+                    Some(r) => Body::Replay(r.settled().await.ok_or("skipped")?),
+                    None => Body::Empty,
+                };
+                let req = head.request(body);
+                let picked = backend
+                    .pick(req.headers(), &[], Instant::now())
+                    .map_err(|_| "no-endpoint")?;
+                let opts = SendOptions::reusable();
+                let send = shared.pools.send(picked.endpoint.dial, req, &opts);
+                match tokio::time::timeout(MIRROR_TIMEOUT, send).await {
+                    Ok(Ok(resp)) => {
+                        // Read the answer so the connection can be reused.
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                        Ok("ok")
+                    }
+                    Ok(Err(_)) => Err("error"),
+                    Err(_) => Err("timeout"),
+                }
+            }
+            .await;
+            shared
+                .metrics
+                .mirror(&backend.name, result.unwrap_or_else(|e| e));
+            shared.mirrors_in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// `CONNECT` to a Service: the proxy is the tunnel's end, and carries the bytes to an
+    /// endpoint as opaque TCP.
+    async fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        dest: &Destination,
+    ) -> Result<Response<Body>, ProxyError> {
+        let backend = &dest.backend;
+        let picked = match backend.pick(req.headers(), &[], Instant::now()) {
+            Ok(p) => p,
+            Err(NoEndpoint::Empty) => return Err(ProxyError::NoEndpoints(backend.name.0.clone())),
+            Err(NoEndpoint::AllEjected) => {
+                return Err(ProxyError::BreakerOpen(backend.name.0.clone()));
+            }
+        };
+        let connected = self
+            .shared
+            .pools
+            .connector()
+            .connect(&picked.endpoint.dial, transport_header::Protocol::Opaque)
+            .await;
+        let outcome = if connected.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        backend.record(
+            picked.index,
+            outcome,
+            None,
+            Instant::now(),
+            &self.shared.metrics,
+        );
+        let mut upstream = connected?;
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        self.shared.tasks.spawn(async move {
+            match on_upgrade.await {
+                Ok(down) => {
+                    if let Err(e) = splice(&mut TokioIo::new(down), &mut upstream).await {
+                        tracing::debug!(error = %e, "CONNECT tunnel ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+        Ok(Response::new(Body::empty()))
+    }
+
+    fn finish(
+        &self,
+        start: Instant,
+        route: &Name,
+        backend: &Name,
+        result: Result<Response<Body>, ProxyError>,
+        grpc: bool,
+        method: &Method,
+    ) -> Response<Body> {
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                let reason = e.reason();
+                tracing::debug!(error = %e, reason = reason.as_str(), "request failed");
+                self.shared.metrics.proxy_error(DIRECTION, reason);
+                errors::error_response(reason, grpc)
+            }
+        };
+        let status = resp.status().as_u16();
+        let elapsed = start.elapsed();
+        self.shared
+            .metrics
+            .request(DIRECTION, route, backend, status, elapsed);
+        if self.shared.settings.access_log {
+            tracing::info!(
+                target: "weft::access",
+                direction = "outbound",
+                %method,
+                route = &*route.0,
+                backend = &*backend.0,
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+            );
+        }
+        resp
+    }
+}
+
+/// What makes the request safe to repeat ([`Safety`]), kept while the request is in flight.
+struct OwnedSafety {
+    method: Method,
+    idempotency_key: bool,
+    grpc: bool,
+    policy_opt_in: bool,
+    extra_non_idempotent: Vec<String>,
+}
+
+impl OwnedSafety {
+    fn borrow(&self) -> Safety<'_> {
+        Safety {
+            method: &self.method,
+            idempotency_key: self.idempotency_key,
+            grpc: self.grpc,
+            policy_opt_in: self.policy_opt_in,
+            extra_non_idempotent: &self.extra_non_idempotent,
+        }
+    }
+}
+
+/// gRPC statuses that mean the server failed, not that the call was wrong.
+fn grpc_failure(code: u8) -> bool {
+    matches!(code, 2 | 4 | 13 | 14 | 15)
+}
+
+/// How an attempt ended.
+struct Ended {
+    attempt: Attempt,
+    /// For the breaker; nothing when the client caused the failure.
+    outcome: Option<Outcome>,
+    result: Result<Response<Body>, ProxyError>,
+    /// The request, if it was never sent.
+    unsent: Option<Request<Body>>,
+}
+
+fn classify(result: Result<Response<Body>, SendError>) -> Ended {
+    match result {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let grpc_status = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let failed = status >= 500 || grpc_status.is_some_and(grpc_failure);
+            let outcome = if failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            Ended {
+                attempt: Attempt::Response {
+                    status,
+                    grpc_status,
+                },
+                outcome: Some(outcome),
+                result: Ok(resp),
+                unsent: None,
+            }
+        }
+        Err(SendError { error, unsent }) => {
+            let attempt = match &error {
+                ProxyError::Timeout(_) => Attempt::TimedOut,
+                e if e.blame() == Blame::Downstream => Attempt::Aborted,
+                e if e.never_reached_app() => Attempt::NotSent {
+                    refused_stream: e.is_refused_stream(),
+                },
+                _ => Attempt::Reset,
+            };
+            let outcome = (attempt != Attempt::Aborted).then_some(Outcome::Failure);
+            Ended {
+                attempt,
+                outcome,
+                result: Err(error),
+                unsent,
+            }
+        }
+    }
+}
