@@ -16,6 +16,8 @@ mod grpc;
 mod http1;
 mod http2;
 mod intercept;
+mod resilience;
+mod routes;
 mod tcp;
 mod websocket;
 
@@ -41,4 +43,37 @@ impl ServerPod {
     pub fn endpoint(&self) -> Ep {
         Ep::meshed(self.app.addr)
     }
+}
+
+/// A backend application on a fresh pod address, port 9080.
+pub async fn app(name: &str) -> HttpBackend {
+    HttpBackend::start(at(pod_ip(), 9080), name).await
+}
+
+/// Sends `n` requests on one keep-alive connection and counts the answers by status and
+/// `x-served-by`.
+pub async fn tally(
+    proxy: std::net::SocketAddr,
+    n: usize,
+    request: impl Fn(usize) -> http::Request<weft_tests::workloads::TestBody>,
+) -> std::collections::BTreeMap<(u16, String), usize> {
+    let mut conn = weft_tests::client::http1(proxy).await.unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..n {
+        conn.ready().await.unwrap();
+        let resp = conn.send_request(request(i)).await.unwrap();
+        let key = (resp.status().as_u16(), weft_tests::client::served_by(&resp));
+        weft_tests::client::text(resp).await.unwrap();
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `GET url`, with `headers`.
+pub fn get(url: &str, headers: &[(&str, &str)]) -> http::Request<weft_tests::workloads::TestBody> {
+    let mut b = http::Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(weft_tests::client::empty()).unwrap()
 }

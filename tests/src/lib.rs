@@ -6,6 +6,8 @@
 //!   port.
 //! - [`proxy`]: a `weft-proxy run` process, its admin API, its memory, its exit.
 //! - [`mesh`]: building the compiled config a proxy runs on.
+//! - [`manifests`]: the examples in `manifests/examples/` with the test's own pods, compiled by
+//!   `weft compile`.
 //! - [`client`]: HTTP/1 and HTTP/2 clients that talk to a proxy as an application would.
 //! - [`workloads`]: the applications behind the proxies.
 //! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
@@ -16,6 +18,7 @@
 )]
 
 pub mod client;
+pub mod manifests;
 pub mod mesh;
 pub mod netns;
 pub mod pods;

@@ -41,6 +41,12 @@ pub struct Stats {
     pub held: AtomicUsize,
     /// Bytes read from request bodies by `/count`.
     pub body_bytes: AtomicU64,
+    /// When not 0, every request but `/head` is answered with this status.
+    pub fail_with: std::sync::atomic::AtomicU16,
+    /// `x-request-id`s seen by `/flaky`, which fails each one's first attempt.
+    pub seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Bodies of requests received, in order (kept for `/record`).
+    pub recorded: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// An HTTP/1 and HTTP/2 test server.
@@ -92,6 +98,16 @@ impl HttpBackend {
     pub fn held(&self) -> usize {
         self.stats.held.load(Ordering::SeqCst)
     }
+
+    /// Makes every request but `/head` fail with `status` (0: succeed again).
+    pub fn fail_with(&self, status: u16) {
+        self.stats.fail_with.store(status, Ordering::SeqCst);
+    }
+
+    /// `(path, body)` of every request to `/record...`.
+    pub fn recorded(&self) -> Vec<(String, String)> {
+        self.stats.recorded.lock().unwrap().clone()
+    }
 }
 
 impl Drop for HttpBackend {
@@ -141,8 +157,46 @@ async fn respond(
 ) -> Response<TestBody> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
+    let fail = stats.fail_with.load(Ordering::SeqCst);
     let mut resp = match path.as_str() {
-        "/head" => {
+        p if fail != 0 && p != "/head" => {
+            let mut resp = Response::new(full(format!("failing with {fail}")));
+            *resp.status_mut() =
+                StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            resp
+        }
+        "/flaky" => {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let first = stats
+                .seen
+                .lock()
+                .map(|mut seen| seen.insert(id))
+                .unwrap_or(false);
+            let mut resp = Response::new(full(if first { "first attempt fails" } else { "ok" }));
+            if first {
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            resp
+        }
+        p if p.starts_with("/record") => {
+            let uri = req.uri().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if let Ok(mut recorded) = stats.recorded.lock() {
+                recorded.push((uri, String::from_utf8_lossy(&body).into_owned()));
+            }
+            Response::new(full("recorded"))
+        }
+        p if p == "/head" || p.starts_with("/head/") => {
             let headers: serde_json::Map<String, serde_json::Value> = req
                 .headers()
                 .iter()

@@ -419,8 +419,7 @@ mod example_tests {
 
     #[test]
     fn the_documented_example_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../manifests/examples/static-proxy-config.yaml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy/config.example.yaml");
         let config = ProxyConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.services.len(), 2);
         assert_eq!(config.services[1].ports[0].protocol, Protocol::Opaque);

@@ -75,7 +75,15 @@ impl Budget {
     /// Takes one retry from the budget, if it allows one.
     pub fn try_withdraw(&mut self, now: Instant) -> bool {
         let (requests, retries) = self.totals(now);
-        let allowed = requests * self.percent / 100 + self.min_per_second * self.window.as_secs();
+        // The floor is a rate: it accrues over the time the budget has covered, up to one
+        // window, so a fresh budget does not hand out a window's worth of retries at once.
+        let width = self.window / BUCKETS as u32;
+        let covered = now
+            .saturating_duration_since(self.origin)
+            .min(self.window)
+            .max(width);
+        let floor = (self.min_per_second as f64 * covered.as_secs_f64()) as u64;
+        let allowed = requests * self.percent / 100 + floor;
         if retries < allowed {
             self.bucket(now).retries += 1;
             true
@@ -104,6 +112,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_are_a_share_of_requests_plus_a_floor() {
         let mut b = budget(20, 1, 10);
+        tokio::time::advance(Duration::from_secs(30)).await;
         let now = Instant::now();
         // The floor: 1 per second over a 10 s window, with no traffic at all.
         let floor = (0..100).filter(|_| b.try_withdraw(now)).count();
@@ -139,6 +148,22 @@ mod tests {
         assert_eq!(
             (0..10).filter(|_| b.try_withdraw(Instant::now())).count(),
             2
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_budget_accrues_its_floor_over_time() {
+        let mut b = budget(0, 10, 10);
+        assert_eq!(
+            (0..100).filter(|_| b.try_withdraw(Instant::now())).count(),
+            10,
+            "one bucket's worth at first"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            (0..100).filter(|_| b.try_withdraw(Instant::now())).count(),
+            20,
+            "30 after three seconds"
         );
     }
 

@@ -1,0 +1,311 @@
+//! Routing through the real proxy, from the examples in `manifests/examples/`: weighted
+//! splits, header canaries, rewrites and header filters, mirrors, consistent hashing, gRPC.
+
+use std::time::Duration;
+
+use http::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use weft_tests::client::{self, served_by};
+use weft_tests::eventually;
+use weft_tests::manifests::Manifests;
+use weft_tests::pods::{at, pod_ip};
+use weft_tests::proxy::Proxy;
+
+use crate::{ServerPod, app, get, tally};
+
+const V1: &[(&str, &str)] = &[("app", "reviews"), ("version", "v1")];
+const V2: &[(&str, &str)] = &[("app", "reviews"), ("version", "v2")];
+
+async fn client_for(manifests: &Manifests) -> Proxy {
+    Proxy::start(
+        pod_ip(),
+        &manifests.compile("shop"),
+        &["--namespace", "shop"],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_weighted_split_holds_within_three_points_over_2000_requests() {
+    let v1 = ServerPod::start("reviews-v1").await;
+    let v2 = ServerPod::start("reviews-v2").await;
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("traffic-split")
+        .pod("shop", "reviews-v1", V1, v1.app.addr, true)
+        .pod("shop", "reviews-v2", V2, v2.app.addr, true);
+    let client = client_for(&manifests).await;
+    let counts = tally(client.outbound, 2000, |_| get("http://reviews:9080/", &[])).await;
+    let v2_share = counts
+        .get(&(200, "reviews-v2".into()))
+        .copied()
+        .unwrap_or(0) as f64
+        / 2000.0;
+    let v1_share = counts
+        .get(&(200, "reviews-v1".into()))
+        .copied()
+        .unwrap_or(0) as f64
+        / 2000.0;
+    eprintln!(
+        "split over 2000 requests: v1 {:.1}%, v2 {:.1}%",
+        v1_share * 100.0,
+        v2_share * 100.0
+    );
+    assert!(
+        (v2_share - 0.10).abs() <= 0.03,
+        "v2 got {:.1}% instead of 10 ± 3",
+        v2_share * 100.0
+    );
+    assert!(
+        (v1_share + v2_share - 1.0).abs() < f64::EPSILON,
+        "every request succeeded: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_header_sends_requests_to_the_canary() {
+    let (v1, v2) = (app("reviews-v1").await, app("reviews-v2").await);
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("canary-by-header")
+        .pod("shop", "reviews-v1", V1, v1.addr, false)
+        .pod("shop", "reviews-v2", V2, v2.addr, false);
+    let client = client_for(&manifests).await;
+    let canary = tally(client.outbound, 100, |_| {
+        get("http://reviews:9080/", &[("x-canary", "true")])
+    })
+    .await;
+    assert_eq!(
+        canary.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v2".into()), 100)]
+    );
+    let stable = tally(client.outbound, 100, |_| {
+        get("http://reviews:9080/", &[("x-canary", "false")])
+    })
+    .await;
+    assert_eq!(
+        stable.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v1".into()), 100)]
+    );
+}
+
+#[tokio::test]
+async fn rewritten_path_and_headers_arrive_at_the_backend() {
+    let v1 = app("reviews-v1").await;
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("rewrite")
+        .pod("shop", "reviews-v1", V1, v1.addr, false);
+    let client = client_for(&manifests).await;
+    let mut conn = client::http1(client.outbound).await.unwrap();
+    let req = Request::get("http://reviews:9080/legacy/items?page=2")
+        .header("x-internal-token", "secret")
+        .header("x-env", "prod")
+        .body(client::empty())
+        .unwrap();
+    let resp = conn.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-rewritten"],
+        "yes",
+        "the response filter ran"
+    );
+    let (_, body) = client::text(resp).await.unwrap();
+    let head: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        head["uri"], "/head/items?page=2",
+        "ReplacePrefixMatch kept the rest of the path and the query"
+    );
+    let headers = &head["headers"];
+    assert_eq!(headers["host"], "reviews.internal");
+    assert_eq!(headers["x-env"], "canary", "set replaces");
+    assert_eq!(headers["x-via"], "weft", "add adds");
+    assert!(
+        headers.get("x-internal-token").is_none(),
+        "remove removes: {headers}"
+    );
+}
+
+#[tokio::test]
+async fn the_mirror_receives_copies() {
+    let (v1, shadow) = (app("reviews-v1").await, app("reviews-shadow").await);
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("mirror")
+        .pod("shop", "reviews-v1", V1, v1.addr, false)
+        .pod(
+            "shop",
+            "reviews-shadow",
+            &[("app", "reviews-shadow")],
+            shadow.addr,
+            false,
+        );
+    let client = client_for(&manifests).await;
+    let mut conn = client::http1(client.outbound).await.unwrap();
+    for i in 0..10 {
+        conn.ready().await.unwrap();
+        let req = Request::post(format!("http://reviews:9080/record/{i}"))
+            .body(client::body(format!("copy-me-{i}")))
+            .unwrap();
+        let resp = conn.send_request(req).await.unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), served_by(&resp)),
+            (200, "reviews-v1".into())
+        );
+        client::text(resp).await.unwrap();
+    }
+    let copies = eventually("ten mirrored copies", Duration::from_secs(10), || async {
+        let r = shadow.recorded();
+        (r.len() == 10).then_some(r)
+    })
+    .await;
+    let mut copies = copies;
+    copies.sort();
+    let mut originals = v1.recorded();
+    originals.sort();
+    assert_eq!(
+        copies, originals,
+        "the copies carry the original path and body"
+    );
+    assert_eq!(
+        client
+            .metric(r#"weft_mirror_requests_total{backend="shop/reviews-shadow:9080",result="ok"}"#)
+            .await,
+        10.0
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_mirror_never_slows_the_real_request() {
+    let v1 = app("reviews-v1").await;
+    // The shadow accepts connections and never answers.
+    let black_hole = TcpListener::bind(at(pod_ip(), 9080)).await.unwrap();
+    let shadow_addr = black_hole.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = black_hole.accept().await {
+            held.push(s);
+        }
+    });
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("mirror")
+        .pod("shop", "reviews-v1", V1, v1.addr, false)
+        .pod(
+            "shop",
+            "reviews-shadow",
+            &[("app", "reviews-shadow")],
+            shadow_addr,
+            false,
+        );
+    let client = client_for(&manifests).await;
+    // Well past the proxy's limit of mirrored copies in flight: the excess is dropped.
+    let counts = tally(client.outbound, 100, |i| {
+        get(&format!("http://reviews:9080/{i}"), &[])
+    })
+    .await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v1".into()), 100)]
+    );
+    assert!(
+        client
+            .metric(
+                r#"weft_mirror_requests_total{backend="shop/reviews-shadow:9080",result="dropped"}"#
+            )
+            .await
+            > 0.0
+    );
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_a_user_on_one_endpoint() {
+    let (a, b, c) = (
+        app("reviews-a").await,
+        app("reviews-b").await,
+        app("reviews-c").await,
+    );
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("load-balancing")
+        .pod("shop", "reviews-a", V1, a.addr, false)
+        .pod("shop", "reviews-b", V1, b.addr, false)
+        .pod("shop", "reviews-c", V2, c.addr, false);
+    let client = client_for(&manifests).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let header = format!("user-{user}");
+        let counts = tally(client.outbound, 10, |_| {
+            get("http://reviews:9080/", &[("x-user", header.as_str())])
+        })
+        .await;
+        assert_eq!(
+            counts.len(),
+            1,
+            "{header} was served by more than one endpoint: {counts:?}"
+        );
+        seen.extend(counts.into_keys().map(|(_, who)| who));
+    }
+    assert_eq!(seen.len(), 3, "users spread over all endpoints: {seen:?}");
+}
+
+#[tokio::test]
+async fn grpc_routes_match_methods_and_retry_on_status() {
+    use weft_tests::workloads::grpc::EchoRequest;
+    use weft_tests::workloads::grpc::echo_client::EchoClient;
+    let ip = pod_ip();
+    let _server =
+        weft_tests::workloads::grpc_echo(TcpListener::bind(at(ip, 50051)).await.unwrap()).await;
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("grpc-route")
+        .pod("shop", "echo", &[("app", "echo")], at(ip, 50051), false);
+    let client_proxy = client_for(&manifests).await;
+    let proxy = client_proxy.outbound;
+    let channel = tonic::transport::Endpoint::from_static("http://echo.shop:50051")
+        .connect_with_connector(tower::service_fn(move |_| async move {
+            TcpStream::connect(proxy).await.map(TokioIo::new)
+        }))
+        .await
+        .unwrap();
+    let mut echo = EchoClient::new(channel);
+    assert_eq!(
+        echo.unary(EchoRequest {
+            message: "hi".into(),
+            fail_with: 0
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message,
+        "hi"
+    );
+    let status = echo
+        .unary(EchoRequest {
+            message: "x".into(),
+            fail_with: tonic::Code::Unavailable as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let retries = client_proxy.metric(r#"weft_retries_total{direction="outbound",route="shop/echo",backend="shop/echo:50051",reason="grpc-status"}"#).await;
+    assert_eq!(
+        retries, 2.0,
+        "UNAVAILABLE was retried twice, as the route's annotations say"
+    );
+    let status = echo
+        .unary(EchoRequest {
+            message: "x".into(),
+            fail_with: tonic::Code::NotFound as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::NotFound,
+        "other codes are not retried"
+    );
+    let after = client_proxy.metric(r#"weft_retries_total{direction="outbound",route="shop/echo",backend="shop/echo:50051",reason="grpc-status"}"#).await;
+    assert_eq!(after, 2.0);
+}
