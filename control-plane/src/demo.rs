@@ -1,9 +1,9 @@
 //! `weft demo`: a small mesh on loopback addresses, with no cluster and no root.
 //!
 //! Each pod is a loopback address (SPEC "Local mode"). The demo starts sample workloads
-//! in-process and a real `weft-proxy` process beside each meshed one, gives the client's
-//! sidecar a static config, sends traffic through it as an application would (the sidecar is
-//! its `http_proxy`), and prints what happened.
+//! in-process and a real `weft-proxy` process beside each meshed one, compiles the example
+//! manifests of `manifests/examples/` into the client sidecar's config, sends traffic through
+//! it as an application would (the sidecar is its `http_proxy`), and prints what happened.
 
 pub mod app;
 
@@ -19,9 +19,18 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use weft_api::config::{Backend, Endpoint, MeshPeer, Protocol, ProxyConfig, Service, ServicePort};
+use weft_api::config::ProxyConfig;
+use weft_api::resources::check::check;
+use weft_api::resources::parse_file;
 
+use crate::compile::{Index, MeshSettings, Target};
 use app::Workload;
+
+/// The example manifests the demo applies, built into the binary.
+const WORKLOADS: &str = include_str!("../../manifests/examples/workloads.yaml");
+const SPLIT: &str = include_str!("../../manifests/examples/traffic-split.yaml");
+const CANARY: &str = include_str!("../../manifests/examples/canary-by-header.yaml");
+const RESILIENCE: &str = include_str!("../../manifests/examples/resilience.yaml");
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -31,7 +40,7 @@ pub struct DemoArgs {
     /// The `weft-proxy` binary [default: next to `weft`, else on PATH].
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
-    /// Keep the sidecars' logs in this directory.
+    /// Keep the sidecars' logs and configs in this directory.
     #[arg(long)]
     pub logs: Option<PathBuf>,
 }
@@ -81,91 +90,76 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&logs)?;
     let ip = |host| pod_ip(args.subnet, host);
-    let (client_ip, v1_ip, v2_ip, ratings_ip) = (ip(1), ip(2), ip(3), ip(4));
+    let (client_ip, v1_ip, v2_ip, shadow_ip) = (ip(1), ip(2), ip(3), ip(5));
+    // The examples place their pods on 127.0.10.0/24; follow --subnet.
+    let [a, b, c, _] = args.subnet.octets();
+    let workloads = WORKLOADS.replace("127.0.10.", &format!("{a}.{b}.{c}."));
 
-    heading("The pods");
-    let _apps = [
-        app::serve(
-            SocketAddr::new(v1_ip, 9080),
-            Workload {
-                service: "reviews",
-                version: "v1",
-                pod: "reviews-v1".into(),
-            },
-        )
-        .await?,
-        app::serve(
-            SocketAddr::new(v2_ip, 9080),
-            Workload {
-                service: "reviews",
-                version: "v2",
-                pod: "reviews-v2".into(),
-            },
-        )
-        .await?,
-        app::serve(
-            SocketAddr::new(ratings_ip, 9080),
-            Workload {
-                service: "ratings",
-                version: "v1",
-                pod: "ratings".into(),
-            },
-        )
-        .await?,
-    ];
+    heading("The pods (manifests/examples/workloads.yaml)");
+    let who = |service, version, pod: &str| Workload {
+        service,
+        version,
+        pod: pod.into(),
+    };
+    let _v1 = app::serve(
+        SocketAddr::new(v1_ip, 9080),
+        who("reviews", "v1", "reviews-v1"),
+    )
+    .await?;
+    let v2 = app::serve(
+        SocketAddr::new(v2_ip, 9080),
+        who("reviews", "v2", "reviews-v2"),
+    )
+    .await?;
+    let shadow = app::serve(
+        SocketAddr::new(shadow_ip, 9080),
+        who("reviews-shadow", "v1", "reviews-shadow"),
+    )
+    .await?;
     println!(
-        "  productpage  {client_ip:<12} the client: its app sends through its sidecar (http_proxy)"
+        "  productpage     {client_ip:<12} the client: its app sends through its sidecar (http_proxy)"
     );
-    println!("  reviews-v1   {v1_ip:<12} app on :9080, behind a sidecar (meshed)");
-    println!("  reviews-v2   {v2_ip:<12} app on :9080, behind a sidecar (meshed)");
-    println!("  ratings      {ratings_ip:<12} app on :9080, no sidecar");
+    println!("  reviews-v1      {v1_ip:<12} app on :9080 behind a sidecar (meshed)");
+    println!("  reviews-v2      {v2_ip:<12} app on :9080 behind a sidecar (meshed)");
+    println!("  reviews-shadow  {shadow_ip:<12} app on :9080, no sidecar");
 
-    let config = demo_config(v1_ip, v2_ip, ratings_ip);
-    let config_path = logs.join("productpage.json");
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
-    let empty_path = logs.join("empty.json");
-    std::fs::write(
-        &empty_path,
-        serde_json::to_vec_pretty(&ProxyConfig {
-            version: "server-1".into(),
+    let empty = write_config(
+        &logs,
+        "server",
+        &ProxyConfig {
+            version: "server".into(),
             ..Default::default()
-        })?,
+        },
     )?;
-
-    let sidecars = [
-        start_sidecar(&proxy_bin, "productpage", client_ip, &config_path, &logs)?,
-        start_sidecar(&proxy_bin, "reviews-v1", v1_ip, &empty_path, &logs)?,
-        start_sidecar(&proxy_bin, "reviews-v2", v2_ip, &empty_path, &logs)?,
+    let servers = [
+        start_sidecar(&proxy_bin, "reviews-v1", v1_ip, &empty, &logs)?,
+        start_sidecar(&proxy_bin, "reviews-v2", v2_ip, &empty, &logs)?,
     ];
-    for s in &sidecars {
+    for s in &servers {
         wait_ready(s).await?;
     }
-    let client = &sidecars[0];
-    println!("\n  sidecars ready; logs in {}", logs.display());
 
-    heading("HTTP/1.1: 12 requests to reviews.shop:9080, one keep-alive connection");
-    let mut conn = http1(client.outbound()).await?;
-    let mut tally = BTreeMap::new();
-    for _ in 0..12 {
-        let resp = conn
-            .send_request(
-                Request::get("http://reviews.shop:9080/reviews").body(Empty::<Bytes>::new())?,
-            )
-            .await?;
-        let who = served_by(&resp);
-        resp.into_body().collect().await?;
-        *tally.entry(who).or_insert(0) += 1;
-    }
-    for (who, n) in &tally {
-        println!("  {who:<12} {n:>3} {}", "#".repeat(*n));
-    }
+    heading("1. Weighted split: 90% to v1, 10% to v2 (traffic-split.yaml)");
+    let config = compile(&[&workloads, SPLIT])?;
+    let client = start_sidecar(
+        &proxy_bin,
+        "productpage",
+        client_ip,
+        &write_config(&logs, "split", &config)?,
+        &logs,
+    )?;
+    wait_ready(&client).await?;
     println!(
-        "  each request went productpage sidecar -> reviews pod's sidecar (port 15143) -> app"
+        "  productpage's sidecar runs config {}; logs in {}",
+        config.version,
+        logs.display()
     );
-
-    heading("HTTP/2 (prior knowledge): 12 concurrent streams on one connection");
+    show(&send(client.outbound(), 200, &[], "/reviews").await?, 200);
+    println!(
+        "  (each request crossed from productpage's sidecar to the reviews pod's sidecar on 15143)"
+    );
     let h2 = http2(client.outbound()).await?;
-    let calls: Vec<_> = (0..12)
+    let calls: Vec<_> = (0..20)
         .map(|_| {
             let mut h2 = h2.clone();
             tokio::spawn(async move {
@@ -173,47 +167,79 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
                     .version(http::Version::HTTP_2)
                     .body(Empty::<Bytes>::new())?;
                 let resp = h2.send_request(req).await?;
-                anyhow::Ok((resp.status().as_u16(), served_by(&resp)))
+                anyhow::Ok(format!(
+                    "{} {} over {:?}",
+                    resp.status().as_u16(),
+                    served_by(&resp),
+                    resp.version()
+                ))
             })
         })
         .collect();
     let mut tally = BTreeMap::new();
     for call in calls {
-        let (status, who) = call.await??;
-        *tally.entry(format!("{status} {who}")).or_insert(0) += 1;
+        *tally.entry(call.await??).or_insert(0) += 1;
     }
-    for (what, n) in &tally {
-        println!("  {what:<16} {n:>3}");
-    }
+    println!("  and 20 concurrent HTTP/2 streams on one connection:");
+    show(&tally, 20);
 
-    heading("A workload without a sidecar, and a name that is no Service");
-    conn.ready().await?;
-    let resp = conn
-        .send_request(Request::get("http://ratings.shop:9080/").body(Empty::<Bytes>::new())?)
-        .await?;
-    println!(
-        "  GET http://ratings.shop:9080/   -> {} from {}",
-        resp.status(),
-        served_by(&resp)
+    heading("2. Header canary: x-canary: true goes to v2 (canary-by-header.yaml)");
+    let client = restart(
+        client,
+        &proxy_bin,
+        &compile(&[&workloads, CANARY])?,
+        &logs,
+        "canary",
+    )
+    .await?;
+    show(
+        &send(client.outbound(), 20, &[("x-canary", "true")], "/reviews").await?,
+        20,
     );
-    resp.into_body().collect().await?;
-    let resp = conn
-        .send_request(Request::get("http://unknown.shop:9080/").body(Empty::<Bytes>::new())?)
-        .await?;
-    let err = resp
-        .headers()
-        .get("x-weft-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    show(&send(client.outbound(), 20, &[], "/reviews").await?, 20);
+
+    heading("3. Resilience: retries, a breaker, a mirror and a timeout (resilience.yaml)");
+    let client = restart(
+        client,
+        &proxy_bin,
+        &compile(&[&workloads, RESILIENCE])?,
+        &logs,
+        "resilience",
+    )
+    .await?;
+    v2.set_failing(true);
+    println!("  reviews-v2 now answers 500 to everything.");
+    let before = shadow.requests();
+    show(&send(client.outbound(), 100, &[], "/reviews").await?, 100);
+    let metrics = admin_get(client.admin(), "/metrics").await?;
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    println!("  retries hid the failures, and the breaker ejected v2 after 3 in a row:");
+    println!("{}", sample("weft_retries_total"));
+    println!("{}", sample("weft_breaker_ejections_total"));
     println!(
-        "  GET http://unknown.shop:9080/   -> {} with x-weft-error: {err}",
-        resp.status()
+        "  the shadow received {} mirrored copies; their answers went nowhere",
+        shadow.requests() - before
     );
-    resp.into_body().collect().await?;
+    let (status, error) = get_once(client.outbound(), "http://reviews.shop:9080/slow").await?;
+    println!(
+        "  GET /slow (the app takes 2s; the route allows 300ms) -> {status}, x-weft-error: {error}"
+    );
+    v2.set_failing(false);
+    println!(
+        "  reviews-v2 recovers; once its ejection time has passed, one probe is let through..."
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    show(&send(client.outbound(), 40, &[], "/reviews").await?, 40);
 
     heading("What the sidecars counted (GET /metrics on their admin port)");
-    for s in &sidecars {
+    for s in servers.iter().chain(std::iter::once(&client)) {
         let metrics = admin_get(s.admin(), "/metrics").await?;
         for line in metrics.lines().filter(|l| {
             l.starts_with("weft_requests_total") || l.starts_with("weft_proxy_errors_total")
@@ -224,78 +250,116 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
 
     heading("Drain: SIGTERM the productpage sidecar");
     let start = Instant::now();
-    let status = Command::new("kill")
+    let mut client = client;
+    if !Command::new("kill")
         .args(["-TERM", &client.child.id().to_string()])
-        .status()?;
-    if !status.success() {
+        .status()?
+        .success()
+    {
         bail!("kill -TERM failed");
     }
-    let mut sidecars = sidecars;
-    let exited = wait_exit(&mut sidecars[0].child, Duration::from_secs(30)).await?;
+    let exited = wait_exit(&mut client.child, Duration::from_secs(30)).await?;
     println!(
         "  it stopped accepting, finished in-flight work and exited ({exited}) in {:?}",
         start.elapsed()
     );
-    println!("\nDone. `weft-proxy run --help` lists every flag; README.md explains the rest.");
+    println!("\nDone. README.md explains what you saw; manifests/examples/ holds the manifests.");
     Ok(())
 }
 
-/// The productpage sidecar's config: two Services, one meshed with two pods.
-fn demo_config(v1: IpAddr, v2: IpAddr, ratings: IpAddr) -> ProxyConfig {
-    let meshed = |ip: IpAddr| Endpoint {
-        address: SocketAddr::new(ip, 9080),
-        mesh: Some(MeshPeer {
-            identity: "spiffe://cluster.local/ns/shop/sa/reviews".into(),
-            inbound_port: 15143,
-        }),
-        pod: None,
-    };
-    ProxyConfig {
-        version: "demo-1".into(),
-        services: vec![
-            Service {
-                name: "reviews".into(),
-                namespace: "shop".into(),
-                cluster_ips: vec!["10.96.0.20".parse().expect("ip")],
-                ports: vec![ServicePort {
-                    port: 9080,
-                    name: None,
-                    protocol: Protocol::Detect,
-                    backend: "shop/reviews:9080".into(),
-                    routes: vec![],
-                }],
-            },
-            Service {
-                name: "ratings".into(),
-                namespace: "shop".into(),
-                cluster_ips: vec![],
-                ports: vec![ServicePort {
-                    port: 9080,
-                    name: None,
-                    protocol: Protocol::Detect,
-                    backend: "shop/ratings:9080".into(),
-                    routes: vec![],
-                }],
-            },
-        ],
-        backends: vec![
-            Backend {
-                name: "shop/reviews:9080".into(),
-                endpoints: vec![meshed(v1), meshed(v2)],
-                policy: Default::default(),
-            },
-            Backend {
-                name: "shop/ratings:9080".into(),
-                endpoints: vec![Endpoint {
-                    address: SocketAddr::new(ratings, 9080),
-                    mesh: None,
-                    pod: None,
-                }],
-                policy: Default::default(),
-            },
-        ],
-        ..ProxyConfig::default()
+/// Compiles manifests into the config of a proxy in namespace `shop`.
+fn compile(texts: &[&str]) -> anyhow::Result<ProxyConfig> {
+    let mut manifests = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let (m, errors) = parse_file(&format!("example-{i}.yaml"), text);
+        if let Some(e) = errors.first() {
+            bail!("{e}");
+        }
+        manifests.extend(m);
     }
+    let checked = check(manifests);
+    if let Some(e) = checked.errors.first() {
+        bail!("{e}");
+    }
+    Ok(Index::new(&checked.accepted).compile(
+        &Target {
+            namespace: "shop".into(),
+        },
+        &MeshSettings::default(),
+    ))
+}
+
+fn write_config(logs: &Path, name: &str, config: &ProxyConfig) -> anyhow::Result<PathBuf> {
+    let path = logs.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
+    Ok(path)
+}
+
+/// Replaces a sidecar with one running `config`.
+async fn restart(
+    mut old: Sidecar,
+    bin: &Path,
+    config: &ProxyConfig,
+    logs: &Path,
+    name: &str,
+) -> anyhow::Result<Sidecar> {
+    Command::new("kill")
+        .args(["-TERM", &old.child.id().to_string()])
+        .status()?;
+    wait_exit(&mut old.child, Duration::from_secs(30)).await?;
+    let sidecar = start_sidecar(
+        bin,
+        old.name,
+        old.ip,
+        &write_config(logs, name, config)?,
+        logs,
+    )?;
+    wait_ready(&sidecar).await?;
+    Ok(sidecar)
+}
+
+/// Sends `n` requests to reviews through the sidecar, counting answers by status and replier.
+async fn send(
+    proxy: SocketAddr,
+    n: usize,
+    headers: &[(&str, &str)],
+    path: &str,
+) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut conn = http1(proxy).await?;
+    let mut tally = BTreeMap::new();
+    for _ in 0..n {
+        conn.ready().await?;
+        let mut req = Request::get(format!("http://reviews.shop:9080{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = conn.send_request(req.body(Empty::<Bytes>::new())?).await?;
+        let key = format!("{} {}", resp.status().as_u16(), served_by(&resp));
+        resp.into_body().collect().await?;
+        *tally.entry(key).or_insert(0) += 1;
+    }
+    Ok(tally)
+}
+
+fn show(tally: &BTreeMap<String, usize>, total: usize) {
+    for (what, n) in tally {
+        let bar = "#".repeat((n * 50).div_ceil(total.max(1)));
+        println!("  {what:<18} {n:>4}  {bar}");
+    }
+}
+
+async fn get_once(proxy: SocketAddr, url: &str) -> anyhow::Result<(u16, String)> {
+    let mut conn = http1(proxy).await?;
+    let resp = conn
+        .send_request(Request::get(url).body(Empty::<Bytes>::new())?)
+        .await?;
+    let error = resp
+        .headers()
+        .get("x-weft-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok((resp.status().as_u16(), error))
 }
 
 fn find_proxy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
