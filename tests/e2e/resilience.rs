@@ -354,3 +354,61 @@ async fn weft_check_names_every_invalid_field() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn at_the_connection_limit_requests_queue_briefly_and_the_excess_is_refused() {
+    let backend = app("one-at-a-time").await;
+    let policy = "apiVersion: policy.weft.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: one, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: reviews}]\n  connectionLimits: {maxConnections: 1, maxPendingRequests: 1, pendingTimeout: 10s}\n";
+    let manifests = Manifests::new().example("workloads").doc(policy).pod(
+        "shop",
+        "one",
+        REVIEWS,
+        backend.addr,
+        false,
+    );
+    let client = client_for(&manifests).await;
+    let proxy = client.outbound;
+    // The only connection is busy with a held request.
+    let first = tokio::spawn(async move { client::get(proxy, "http://reviews:9080/hold").await });
+    eventually(
+        "the first request held",
+        Duration::from_secs(10),
+        || async { (backend.held() == 1).then_some(()) },
+    )
+    .await;
+    // The second waits for the connection.
+    let second =
+        tokio::spawn(async move { client::get(proxy, "http://reviews:9080/queued").await });
+    eventually("one request pending", Duration::from_secs(10), || async {
+        let (_, clusters) = client.admin_get("/clusters").await.ok()?;
+        let clusters: serde_json::Value = serde_json::from_str(&clusters).ok()?;
+        let b = clusters["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["name"] == "shop/reviews:9080")?
+            .clone();
+        (b["pending"] == 1).then_some(())
+    })
+    .await;
+    // The queue is full: the third is refused at once.
+    let resp = client::get(proxy, "http://reviews:9080/refused")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), error_header(&resp)),
+        (503, "overloaded".into())
+    );
+    backend.release();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let resp = second.await.unwrap().unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), served_by(&resp)),
+        (200, "one-at-a-time".into()),
+        "the queued request got the connection"
+    );
+    assert_eq!(
+        backend.connections(),
+        1,
+        "one upstream connection served both"
+    );
+}
