@@ -1,14 +1,27 @@
 //! `weft-control`: the control plane and the operator's CLI.
 //!
 //! # Layout
+//! - [`control`]: `weft control`: [`watch`] keeps the [`store`] in step with the manifest
+//!   directory; every rebuild is published to the [`hub`], from which [`server`] streams each
+//!   proxy its config; [`admin`] serves `/status` and `/metrics`.
 //! - [`compile`]: from accepted manifests to one proxy's config.
+//! - [`status`]: `weft status`.
 //! - [`load`]: reading manifests from files and directories.
+//! - [`store`]: the manifest store: files, the accepted set, last good versions, errors.
 //! - [`demo`]: `weft demo`, the mesh on loopback, with its sample workloads in
 //!   [`demo::app`].
 //!
 //! Invariant: `weft-control` never depends on `weft-proxy`. The two share only `weft-api`;
 //! `weft demo` starts proxies as processes, as a cluster would.
 
+pub mod admin;
 pub mod compile;
+pub mod control;
 pub mod demo;
+pub mod hub;
 pub mod load;
+pub mod metrics;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod watch;

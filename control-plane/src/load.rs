@@ -69,5 +69,6 @@ fn unreadable(path: &Path, e: &std::io::Error) -> ManifestError {
         },
         path: String::new(),
         message: format!("cannot read: {e}"),
+        subject: weft_api::resources::Subject::Unidentified,
     }
 }

@@ -38,6 +38,10 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "yaml")]
         output: Output,
     },
+    /// Run the control plane: serve a manifest directory to the proxies.
+    Control(Box<weft_control::control::ControlArgs>),
+    /// Show the connected proxies, the config versions they run, and rejected manifests.
+    Status(weft_control::status::StatusArgs),
     /// Run a small mesh on loopback addresses and show what it does (no cluster, no root).
     Demo(weft_control::demo::DemoArgs),
 }
@@ -57,6 +61,14 @@ fn main() -> ExitCode {
             namespace,
             output,
         } => compile_command(&paths, namespace, output),
+        Command::Control(args) => weft_control::control::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => weft_control::status::run(&args).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }),
         Command::Demo(args) => weft_control::demo::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -8,15 +8,19 @@
 //!   manifests alike.
 //! - [`gateway`]: Gateway API value types (matches, header modifiers, URL rewrites) shared by
 //!   manifests and the compiled config.
+//! - [`proto`]: the config stream between the control plane and the proxies (gRPC, compiled
+//!   by protox at build time).
 //! - [`resources`]: the manifests operators apply (Service, Pod, EndpointSlice, HTTPRoute,
 //!   GRPCRoute, BackendPolicy): parsing with `file:document:field` errors, and checks.
 //! - [`validate`]: problems collected with their field paths.
 //!
 //! Invariant: this crate knows nothing about tokio, sockets or processes. It is plain data,
-//! parsing and validation, so that both binaries and the tests can depend on it cheaply.
+//! parsing and validation, and the generated protocol types and service traits (tonic's
+//! `codegen` only, no transport), so that both binaries and the tests can depend on it cheaply.
 
 pub mod config;
 pub mod duration;
 pub mod gateway;
+pub mod proto;
 pub mod resources;
 pub mod validate;

@@ -38,6 +38,20 @@ pub struct ManifestError {
     pub origin: Source,
     pub path: String,
     pub message: String,
+    /// What the document was meant to be.
+    pub subject: Subject,
+}
+
+/// What a failed document was meant to be.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A resource of a kind weft reads: its last good version can keep serving.
+    Resource(ResourceKey),
+    /// Something that is not weft's to read (another kind or API version).
+    Foreign,
+    /// A document that cannot be told apart: invalid YAML, or no kind or name. A file in that
+    /// state may be half-written.
+    Unidentified,
 }
 
 /// The metadata weft reads; other metadata fields are ignored.
@@ -169,10 +183,15 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Manifest>, Vec<ManifestError>)
         match parse_document(doc) {
             Ok(Some(resource)) => manifests.push(Manifest { source, resource }),
             Ok(None) => {}
-            Err((path, message)) => errors.push(ManifestError {
+            Err(DocError {
+                path,
+                message,
+                subject,
+            }) => errors.push(ManifestError {
                 origin: source,
                 path,
                 message,
+                subject,
             }),
         }
     }
@@ -201,65 +220,107 @@ fn split_documents(text: &str) -> Vec<&str> {
     docs
 }
 
-type DocError = (String, String);
+struct DocError {
+    path: String,
+    message: String,
+    subject: Subject,
+}
+
+impl DocError {
+    fn new(path: impl Into<String>, message: impl Into<String>, subject: Subject) -> DocError {
+        DocError {
+            path: path.into(),
+            message: message.into(),
+            subject,
+        }
+    }
+}
 
 fn parse_document(text: &str) -> Result<Option<Resource>, DocError> {
     let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
-        (
-            String::new(),
+        DocError::new(
+            "",
             format!("invalid YAML: {}", first_line(&e.to_string())),
+            Subject::Unidentified,
         )
     })?;
     if value.is_null() {
         return Ok(None);
     }
     let Some(obj) = value.as_object() else {
-        return Err((
-            String::new(),
-            "a manifest must be a mapping with apiVersion, kind, metadata".into(),
+        return Err(DocError::new(
+            "",
+            "a manifest must be a mapping with apiVersion, kind, metadata",
+            Subject::Unidentified,
         ));
     };
     let api_version = obj
         .get("apiVersion")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| ("apiVersion".into(), "is required".into()))?;
+        .ok_or_else(|| DocError::new("apiVersion", "is required", Subject::Unidentified))?;
     let kind = obj
         .get("kind")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| ("kind".into(), "is required".into()))?;
-    let Some((_, versions)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        .ok_or_else(|| DocError::new("kind", "is required", Subject::Unidentified))?;
+    let Some((kind, versions)) = KINDS.iter().find(|(k, _)| *k == kind) else {
         let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
-        return Err((
-            "kind".into(),
+        return Err(DocError::new(
+            "kind",
             format!("unknown kind {kind:?}; weft reads {}", known.join(", ")),
+            Subject::Foreign,
         ));
     };
     if !versions.contains(&api_version) {
-        return Err((
-            "apiVersion".into(),
+        return Err(DocError::new(
+            "apiVersion",
             format!(
                 "{kind} is read as {}, not {api_version:?}",
                 versions.join(" or ")
             ),
+            Subject::Foreign,
         ));
     }
-    let resource = match kind {
-        "Service" => Resource::Service(typed(value)?),
-        "Pod" => Resource::Pod(typed(value)?),
-        "EndpointSlice" => Resource::EndpointSlice(typed(value)?),
-        "HTTPRoute" => Resource::HttpRoute(typed(value)?),
-        "GRPCRoute" => Resource::GrpcRoute(typed(value)?),
-        _ => Resource::BackendPolicy(typed(value)?),
+    let meta = obj.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty());
+    let Some(name) = name else {
+        return Err(DocError::new(
+            "metadata.name",
+            "is required",
+            Subject::Unidentified,
+        ));
+    };
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    let subject = Subject::Resource(ResourceKey {
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    });
+    let resource = match *kind {
+        "Service" => Resource::Service(typed(value, &subject)?),
+        "Pod" => Resource::Pod(typed(value, &subject)?),
+        "EndpointSlice" => Resource::EndpointSlice(typed(value, &subject)?),
+        "HTTPRoute" => Resource::HttpRoute(typed(value, &subject)?),
+        "GRPCRoute" => Resource::GrpcRoute(typed(value, &subject)?),
+        _ => Resource::BackendPolicy(typed(value, &subject)?),
     };
     Ok(Some(resource))
 }
 
 /// Deserializes with the path of the failing field.
-fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, DocError> {
+fn typed<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    subject: &Subject,
+) -> Result<T, DocError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        (path, first_line(&e.inner().to_string()).to_owned())
+        DocError::new(path, first_line(&e.inner().to_string()), subject.clone())
     })
 }
 

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,6 +14,7 @@ use weft_api::config::ProxyConfig;
 use crate::admin::{self, Admin};
 use crate::backends::Registry;
 use crate::cli::RunArgs;
+use crate::config_client::{self, Identity};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::state::Snapshot;
@@ -45,7 +45,12 @@ async fn serve(
     log: telemetry::LogHandle,
 ) -> anyhow::Result<()> {
     tracing::info!(settings = %serde_json::to_string(&settings).unwrap_or_default(), "starting weft-proxy");
-    let config = ProxyConfig::load(&args.config)?;
+    // A static config is in force from the start; from a control plane, readiness waits for
+    // the first snapshot.
+    let config = match &args.config {
+        Some(path) => Some(ProxyConfig::load(path)?),
+        None => None,
+    };
 
     // Bind everything before serving anything: a taken port fails the start, loudly.
     let outbound_listener = bind(settings.outbound_addr, "outbound").await?;
@@ -63,14 +68,15 @@ async fn serve(
         },
         metrics.clone(),
     );
-    let version = config.version.clone();
     let registry = Registry::default();
-    let state = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-        config,
-        &settings.namespace,
-        &registry,
-    )));
-    metrics.config_applied(&version);
+    let loaded = config.is_some();
+    let version = config.as_ref().map(|c| c.version.clone());
+    let initial = Snapshot::build(config.unwrap_or_default(), &settings.namespace, &registry);
+    let state = Arc::new(ArcSwap::from_pointee(initial));
+    if let Some(version) = &version {
+        metrics.config_applied(version);
+        tracing::info!(%version, "static config applied");
+    }
     let shared = Arc::new(Shared {
         settings,
         state,
@@ -78,12 +84,23 @@ async fn serve(
         metrics,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
-        config_loaded: Default::default(),
+        config_loaded: loaded.into(),
         registry,
         mirrors_in_flight: Default::default(),
     });
-    shared.config_loaded.store(true, Ordering::Release);
-    tracing::info!(%version, "config applied");
+    if let Some(control_plane) = &args.control_plane {
+        let identity = Identity {
+            namespace: shared.settings.namespace.clone(),
+            service_account: args.service_account.clone(),
+            pod_name: shared.settings.pod_name.clone().unwrap_or_default(),
+            pod_ip: shared.settings.pod_ip,
+        };
+        tokio::spawn(config_client::run(
+            shared.clone(),
+            control_plane.clone(),
+            identity,
+        ));
+    }
 
     tokio::spawn(admin::serve(
         admin_listener,

@@ -28,9 +28,21 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A static config file (YAML, or JSON by extension) in the compiled format.
-    #[arg(long, env = "WEFT_CONFIG")]
-    pub config: PathBuf,
+    /// A static config file (YAML, or JSON by extension) in the compiled format, instead of a
+    /// control plane.
+    #[arg(
+        long,
+        env = "WEFT_CONFIG",
+        conflicts_with = "control_plane",
+        required_unless_present = "control_plane"
+    )]
+    pub config: Option<PathBuf>,
+    /// The control plane's config stream, `host:port`.
+    #[arg(long, env = "WEFT_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// The pod's service account: its identity in the mesh.
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
 
     /// Local mode: the pod's loopback address; every listener binds it.
     #[arg(long, env = "WEFT_POD_IP")]

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod app;
 pub mod backends;
 pub mod cli;
+pub mod config_client;
 pub mod detect;
 pub mod errors;
 pub mod filters;

@@ -404,6 +404,12 @@ impl Metrics {
             .inc();
     }
 
+    pub fn config_rejected(&self) {
+        self.config_updates
+            .get_or_create(&ResultLabels { result: "rejected" })
+            .inc();
+    }
+
     pub fn set_draining(&self) {
         self.draining.set(1);
     }

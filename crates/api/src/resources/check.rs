@@ -11,7 +11,7 @@ use super::core::{IntOrString, SERVICE_NAME_LABEL, Service};
 use super::routes::{
     BackendRef, FilterSpec, GrpcRouteManifest, HttpRouteManifest, ParentRef, grpc_annotations,
 };
-use super::{Manifest, ManifestError, ObjectMeta, Resource};
+use super::{Manifest, ManifestError, ObjectMeta, Resource, Subject};
 use crate::config::route::{MAX_WEIGHT, Retry, Timeouts, default_backoff};
 use crate::config::{is_dns_label, is_dns_name};
 use crate::duration::Dur;
@@ -68,6 +68,7 @@ pub fn check(manifests: Vec<Manifest>) -> Checked {
                     origin: m.source.clone(),
                     path: p.path,
                     message: p.message,
+                    subject: Subject::Resource(m.resource.key()),
                 }));
         }
     }
@@ -88,6 +89,7 @@ fn reject_or_keep(
             origin: m.source.clone(),
             path: p.path,
             message: p.message,
+            subject: Subject::Resource(m.resource.key()),
         }));
     }
 }
@@ -97,6 +99,7 @@ fn error(m: &Manifest, path: &str, message: String) -> ManifestError {
         origin: m.source.clone(),
         path: path.to_owned(),
         message,
+        subject: Subject::Resource(m.resource.key()),
     }
 }
 

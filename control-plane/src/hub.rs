@@ -1,0 +1,176 @@
+//! The hub between the manifest store and the subscribed proxies.
+//!
+//! Every rebuild of the store publishes a [`Generation`]: the accepted manifests, the errors,
+//! and, compiled on first demand and then shared, the config of each proxy namespace. Proxy
+//! streams watch the current generation and send a snapshot only when their namespace's
+//! config version differs from what their proxy runs. The hub also records every proxy: what
+//! it was sent, what it acknowledged or refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+use weft_api::resources::{Manifest, ManifestError};
+
+use crate::compile::{Index, MeshSettings, Target};
+use crate::metrics::ControlMetrics;
+
+/// One namespace's compiled config, serialised once for every proxy that receives it.
+#[derive(Debug)]
+pub struct Compiled {
+    pub version: String,
+    pub json: Bytes,
+}
+
+/// The accepted manifests at one moment, and what they compile to.
+pub struct Generation {
+    pub number: u64,
+    pub accepted: Arc<Vec<Manifest>>,
+    pub errors: Arc<Vec<ManifestError>>,
+    /// When the change that produced it was noticed.
+    pub since: Instant,
+    mesh: MeshSettings,
+    compiled: Mutex<HashMap<String, Arc<Compiled>>>,
+}
+
+impl Generation {
+    pub fn new(
+        number: u64,
+        accepted: Arc<Vec<Manifest>>,
+        errors: Arc<Vec<ManifestError>>,
+        mesh: MeshSettings,
+    ) -> Generation {
+        Generation {
+            number,
+            accepted,
+            errors,
+            since: Instant::now(),
+            mesh,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The config of proxies in `namespace`, compiled once per generation.
+    pub fn for_namespace(&self, namespace: &str) -> Arc<Compiled> {
+        if let Some(c) = lock(&self.compiled).get(namespace) {
+            return c.clone();
+        }
+        let config = Index::new(&self.accepted).compile(
+            &Target {
+                namespace: namespace.to_owned(),
+            },
+            &self.mesh,
+        );
+        let json = Bytes::from(serde_json::to_vec(&config).unwrap_or_default());
+        let compiled = Arc::new(Compiled {
+            version: config.version,
+            json,
+        });
+        lock(&self.compiled)
+            .entry(namespace.to_owned())
+            .or_insert(compiled)
+            .clone()
+    }
+}
+
+/// What the control plane knows about one connected proxy.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRecord {
+    pub id: u64,
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_name: String,
+    pub pod_ip: String,
+    pub proxy_version: String,
+    #[serde(serialize_with = "unix_seconds")]
+    pub connected_at: SystemTime,
+    /// The version last sent (or that the proxy already ran when it connected).
+    pub sent: Option<String>,
+    pub acked: Option<String>,
+    /// The last refused version, and why.
+    pub nacked: Option<(String, String)>,
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+pub struct Hub {
+    current: watch::Sender<Arc<Generation>>,
+    proxies: Mutex<BTreeMap<u64, ProxyRecord>>,
+    next_id: AtomicU64,
+    pub metrics: Arc<ControlMetrics>,
+    pub mesh: MeshSettings,
+}
+
+impl Hub {
+    pub fn new(mesh: MeshSettings, metrics: Arc<ControlMetrics>) -> Arc<Hub> {
+        let empty = Generation::new(0, Arc::default(), Arc::default(), mesh.clone());
+        Arc::new(Hub {
+            current: watch::Sender::new(Arc::new(empty)),
+            proxies: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            metrics,
+            mesh,
+        })
+    }
+
+    /// Publishes a new generation to every proxy stream.
+    pub fn publish(
+        &self,
+        number: u64,
+        accepted: Arc<Vec<Manifest>>,
+        errors: Arc<Vec<ManifestError>>,
+    ) {
+        self.metrics.generation(number, errors.len());
+        self.current.send_replace(Arc::new(Generation::new(
+            number,
+            accepted,
+            errors,
+            self.mesh.clone(),
+        )));
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Generation>> {
+        self.current.subscribe()
+    }
+
+    pub fn register(&self, record: ProxyRecord) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.proxies).insert(id, ProxyRecord { id, ..record });
+        self.metrics.proxies(lock(&self.proxies).len());
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        let mut proxies = lock(&self.proxies);
+        proxies.remove(&id);
+        self.metrics.proxies(proxies.len());
+    }
+
+    pub fn update(&self, id: u64, f: impl FnOnce(&mut ProxyRecord)) {
+        if let Some(r) = lock(&self.proxies).get_mut(&id) {
+            f(r);
+        }
+    }
+
+    pub fn proxies(&self) -> Vec<ProxyRecord> {
+        lock(&self.proxies).values().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
