@@ -11,6 +11,7 @@
 
 mod admin;
 mod bad_input;
+mod control_plane;
 mod drain;
 mod grpc;
 mod http1;

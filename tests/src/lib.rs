@@ -5,6 +5,7 @@
 //! - [`pods`]: a unique loopback address per pod, so tests run in parallel without sharing a
 //!   port.
 //! - [`proxy`]: a `weft-proxy run` process, its admin API, its memory, its exit.
+//! - [`control`]: a `weft control` process serving a manifest directory.
 //! - [`mesh`]: building the compiled config a proxy runs on.
 //! - [`manifests`]: the examples in `manifests/examples/` with the test's own pods, compiled by
 //!   `weft compile`.
@@ -18,6 +19,7 @@
 )]
 
 pub mod client;
+pub mod control;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;

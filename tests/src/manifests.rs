@@ -84,6 +84,11 @@ impl Manifests {
         self
     }
 
+    /// The manifests as one YAML stream.
+    pub fn yaml(&self) -> String {
+        self.docs.join("---\n")
+    }
+
     /// Writes the manifests to a directory and returns it.
     pub fn write(&self) -> PathBuf {
         let dir = scratch_dir("manifests");

@@ -59,16 +59,35 @@ impl Proxy {
     pub fn spawn(pod_ip: IpAddr, config: &ProxyConfig, extra: &[&str]) -> Proxy {
         let dir = scratch_dir("proxy");
         let config_path = dir.join("config.json");
-        std::fs::write(
-            &config_path,
-            serde_json::to_vec_pretty(config).expect("config json"),
-        )
-        .expect("write config");
+        let json = serde_json::to_vec_pretty(config).expect("config json");
+        std::fs::write(&config_path, json).expect("write config");
+        let source = ["--config".to_owned(), config_path.display().to_string()];
+        Proxy::spawn_with(dir, pod_ip, &source, extra)
+    }
+
+    /// Starts a proxy that takes its config from a control plane, and waits until it has one.
+    pub async fn subscribed(pod_ip: IpAddr, control_plane: SocketAddr, extra: &[&str]) -> Proxy {
+        let proxy = Proxy::spawn_subscribed(pod_ip, control_plane, extra);
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// Starts a proxy that takes its config from a control plane, without waiting.
+    pub fn spawn_subscribed(pod_ip: IpAddr, control_plane: SocketAddr, extra: &[&str]) -> Proxy {
+        let source = ["--control-plane".to_owned(), control_plane.to_string()];
+        Proxy::spawn_with(scratch_dir("proxy"), pod_ip, &source, extra)
+    }
+
+    fn spawn_with(
+        dir: std::path::PathBuf,
+        pod_ip: IpAddr,
+        source: &[String],
+        extra: &[&str],
+    ) -> Proxy {
         let log = std::fs::File::create(dir.join("proxy.log")).expect("log file");
         let child = Command::new(bin_path("weft-proxy"))
             .arg("run")
-            .arg("--config")
-            .arg(&config_path)
+            .args(source)
             .arg("--pod-ip")
             .arg(pod_ip.to_string())
             .args(["--log-level", "info,weft_proxy=debug"])

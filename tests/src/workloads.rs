@@ -234,6 +234,22 @@ async fn respond(
             let _ = released.wait_for(|r| *r).await;
             Response::new(full("released"))
         }
+        p if p.starts_with("/drip/") => {
+            // A long response: 1 KiB every 20 ms.
+            let n: u64 = p["/drip/".len()..].parse().unwrap_or(0);
+            static KIB: [u8; 1024] = [b'd'; 1024];
+            let stream = futures_util::stream::unfold(0, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((
+                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(&KIB))),
+                    i + 1,
+                ))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
         p if p.starts_with("/bytes/") => {
             let n: u64 = p["/bytes/".len()..].parse().unwrap_or(0);
             Response::new(stream_bytes(n))

@@ -1,0 +1,413 @@
+//! The control plane end to end: manifests in a directory, `weft control`, proxies subscribed
+//! to it. Edits propagate, bad manifests are refused alone, nothing is dropped while configs
+//! change, and the proxies ride out control-plane outages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use weft_tests::client::{self, served_by};
+use weft_tests::control::ControlPlane;
+use weft_tests::eventually;
+use weft_tests::manifests::Manifests;
+use weft_tests::pods::pod_ip;
+use weft_tests::proxy::{Proxy, bin_path};
+
+use crate::{ServerPod, app, get, tally};
+
+const V1: &[(&str, &str)] = &[("app", "reviews"), ("version", "v1")];
+const V2: &[(&str, &str)] = &[("app", "reviews"), ("version", "v2")];
+
+fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: reviews-split, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: reviews, port: 9080}}]\n  rules:\n    - backendRefs:\n        - {{name: reviews-v1, port: 9080, weight: {v1}}}\n        - {{name: reviews-v2, port: 9080, weight: {v2}}}\n"
+    )
+}
+
+/// The version a proxy in `shop` runs once the control plane has read `manifests`: the same
+/// compiler, so the same digest.
+fn version_of(manifests: &Manifests) -> String {
+    manifests.compile("shop").version
+}
+
+/// Waits until the control plane reports `proxies` proxies, all having acknowledged `version`.
+async fn acked(cp: &ControlPlane, proxies: usize, version: &str) {
+    eventually(
+        &format!("{proxies} proxies to ack {version}"),
+        Duration::from_secs(10),
+        || async {
+            let status = cp.status().await;
+            let list = status["proxies"].as_array()?;
+            let all = list.len() == proxies
+                && list
+                    .iter()
+                    .all(|p| p["acked"] == version && p["upToDate"] == true);
+            all.then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_weight_edit_moves_the_split_within_a_second() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let (v1, v2) = (app("reviews-v1").await, app("reviews-v2").await);
+    let pods = Manifests::new()
+        .example("workloads")
+        .pod("shop", "v1", V1, v1.addr, false)
+        .pod("shop", "v2", V2, v2.addr, false);
+    cp.write("workloads.yaml", &pods.yaml());
+    cp.write("split.yaml", &split(100, 0));
+    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    acked(&cp, 1, &version_of(&pods.clone().doc(&split(100, 0)))).await;
+    let before = tally(proxy.outbound, 50, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        before.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v1".into()), 50)]
+    );
+
+    cp.write("split.yaml", &split(0, 100));
+    let edited = Instant::now();
+    let mut conn = client::http1(proxy.outbound).await.unwrap();
+    loop {
+        conn.ready().await.unwrap();
+        let resp = conn
+            .send_request(get("http://reviews:9080/", &[]))
+            .await
+            .unwrap();
+        let who = served_by(&resp);
+        client::text(resp).await.unwrap();
+        if who == "reviews-v2" {
+            break;
+        }
+        assert!(
+            edited.elapsed() < Duration::from_secs(1),
+            "the edit had not reached the proxy after a second"
+        );
+    }
+    eprintln!("the split moved {:?} after the edit", edited.elapsed());
+    let after = tally(proxy.outbound, 50, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        after.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v2".into()), 50)]
+    );
+}
+
+#[tokio::test]
+async fn fifty_config_changes_under_load_fail_no_request() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let v1 = ServerPod::start("reviews-v1").await;
+    let v2 = ServerPod::start("reviews-v2").await;
+    let extra = app("reviews-v1b").await;
+    let base = Manifests::new()
+        .example("workloads")
+        .pod("shop", "v1", V1, v1.app.addr, true)
+        .pod("shop", "v2", V2, v2.app.addr, true);
+    let with_extra = base.clone().pod("shop", "v1b", V1, extra.addr, false);
+    cp.write("workloads.yaml", &base.yaml());
+    cp.write("split.yaml", &split(50, 50));
+    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    acked(&cp, 1, &version_of(&base.clone().doc(&split(50, 50)))).await;
+    // The four configs the changes cycle through.
+    let version = |pods: &Manifests, a, b| version_of(&pods.clone().doc(&split(a, b)));
+    let versions = [
+        [version(&base, 90, 10), version(&base, 10, 90)],
+        [version(&with_extra, 90, 10), version(&with_extra, 10, 90)],
+    ];
+    let applied_before = proxy
+        .metric(r#"weft_config_updates_total{result="applied"}"#)
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    // HTTP/1 keep-alive clients.
+    for _ in 0..2 {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), proxy.outbound);
+        load.push(tokio::spawn(async move {
+            let mut conn = client::http1(addr).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                conn.ready().await.unwrap();
+                let good = match conn.send_request(get("http://reviews:9080/", &[])).await {
+                    Ok(resp) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if good {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
+            }
+        }));
+    }
+    // HTTP/2 streams.
+    {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), proxy.outbound);
+        load.push(tokio::spawn(async move {
+            let h2 = client::http2(addr).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<_> = (0..8)
+                    .map(|_| {
+                        let mut h2 = h2.clone();
+                        let req = Request::get("http://reviews:9080/")
+                            .version(http::Version::HTTP_2)
+                            .body(client::empty())
+                            .unwrap();
+                        tokio::spawn(async move {
+                            let resp = h2.send_request(req).await?;
+                            let status = resp.status();
+                            resp.into_body().collect().await?;
+                            anyhow::Ok(status)
+                        })
+                    })
+                    .collect();
+                for call in batch {
+                    match call.await.unwrap() {
+                        Ok(s) if s == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }
+        }));
+    }
+    // Long streaming responses that span many config changes.
+    let drips: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = proxy.outbound;
+            tokio::spawn(async move {
+                let resp = client::get(addr, "http://reviews:9080/drip/300").await?;
+                anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+                Ok(resp.body().len())
+            })
+        })
+        .collect();
+
+    for change in 0..50 {
+        // The weights flip every time; an extra v1 pod comes and goes every fifth time, so
+        // the endpoint set changes under load too.
+        let (a, b) = if change % 2 == 0 { (90, 10) } else { (10, 90) };
+        let extra_pod = (change / 5) % 2 == 0;
+        if change % 5 == 0 {
+            cp.write(
+                "workloads.yaml",
+                &if extra_pod { &with_extra } else { &base }.yaml(),
+            );
+        }
+        cp.write("split.yaml", &split(a, b));
+        acked(&cp, 1, &versions[usize::from(extra_pod)][change % 2]).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    for d in drips {
+        assert_eq!(
+            d.await.unwrap().unwrap(),
+            300 * 1024,
+            "a long stream was cut"
+        );
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let applied = proxy
+        .metric(r#"weft_config_updates_total{result="applied"}"#)
+        .await
+        - applied_before;
+    eprintln!("{ok} requests succeeded, {failed} failed, across {applied} configs applied");
+    assert_eq!(failed, 0, "requests failed while configs changed");
+    assert!(ok > 500, "the load ran: {ok}");
+    assert!(applied >= 50.0, "every change was applied: {applied}");
+    assert!(
+        extra.requests() > 0,
+        "the extra endpoint served while it was there"
+    );
+}
+
+#[tokio::test]
+async fn the_last_config_serves_through_a_control_plane_outage() {
+    let mut cp = ControlPlane::start(pod_ip()).await;
+    let (v1, v2) = (app("reviews-v1").await, app("reviews-v2").await);
+    let pods = Manifests::new()
+        .example("workloads")
+        .pod("shop", "v1", V1, v1.addr, false)
+        .pod("shop", "v2", V2, v2.addr, false);
+    cp.write("workloads.yaml", &pods.yaml());
+    cp.write("split.yaml", &split(100, 0));
+    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    let version = version_of(&pods.clone().doc(&split(100, 0)));
+    acked(&cp, 1, &version).await;
+    let applied = proxy
+        .metric(r#"weft_config_updates_total{result="applied"}"#)
+        .await;
+
+    cp.kill();
+    let during = tally(proxy.outbound, 100, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        during.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v1".into()), 100)]
+    );
+    assert_eq!(
+        proxy.admin_get("/ready").await.unwrap().0,
+        200,
+        "still ready on its last config"
+    );
+
+    cp.restart().await;
+    acked(&cp, 1, &version).await;
+    let after = proxy
+        .metric(r#"weft_config_updates_total{result="applied"}"#)
+        .await;
+    assert_eq!(
+        after, applied,
+        "an unchanged config was not sent again on reconnect"
+    );
+
+    cp.write("split.yaml", &split(0, 100));
+    eventually(
+        "the resynced proxy follows a new edit",
+        Duration::from_secs(10),
+        || async {
+            let t = tally(proxy.outbound, 5, |_| get("http://reviews:9080/", &[])).await;
+            (t.keys().all(|(_, who)| who == "reviews-v2")).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_manifest_is_refused_alone_while_traffic_keeps_its_config() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let (v1, v2, ratings) = (
+        app("reviews-v1").await,
+        app("reviews-v2").await,
+        app("ratings").await,
+    );
+    let pods = Manifests::new()
+        .example("workloads")
+        .pod("shop", "v1", V1, v1.addr, false)
+        .pod("shop", "v2", V2, v2.addr, false);
+    cp.write("workloads.yaml", &pods.yaml());
+    cp.write("split.yaml", &split(100, 0));
+    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    acked(&cp, 1, &version_of(&pods.clone().doc(&split(100, 0)))).await;
+
+    // A broken edit of the route, and a new Service in another file.
+    cp.write(
+        "split.yaml",
+        &split(100, 0)
+            .replace("weight: 100", "weight: -100")
+            .replace("weight: 0", "weight: 100"),
+    );
+    let new_service = Manifests::new()
+        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: shop}\nspec: {selector: {app: ratings}, ports: [{port: 9080}]}\n")
+        .pod("shop", "ratings", &[("app", "ratings")], ratings.addr, false);
+    cp.write("ratings.yaml", &new_service.yaml());
+    let errors = eventually("the error is reported", Duration::from_secs(10), || async {
+        let status = cp.status().await;
+        let errors = status["manifests"]["errors"].as_array()?.clone();
+        (!errors.is_empty()).then_some(errors)
+    })
+    .await;
+    let file = cp.manifests.join("split.yaml");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let error = errors[0].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "{}:1:spec.rules[0].backendRefs[0].weight: invalid value: integer `-100`",
+            file.display()
+        )),
+        "{error}"
+    );
+    // What the proxy runs: the last good route, and the new Service.
+    acked(
+        &cp,
+        1,
+        &version_of(&pods.clone().doc(&split(100, 0)).doc(&new_service.yaml())),
+    )
+    .await;
+    let counts = tally(proxy.outbound, 30, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v1".into()), 30)],
+        "the last good route serves"
+    );
+    let counts = tally(proxy.outbound, 5, |_| get("http://ratings:9080/", &[])).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((200, "ratings".into()), 5)],
+        "the good manifest applied"
+    );
+
+    let out = tokio::process::Command::new(bin_path("weft"))
+        .args(["status", "--control-plane", &cp.admin.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "weft status reports trouble");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("MANIFEST ERRORS (1)")
+            && table.contains("split.yaml:1:spec.rules[0].backendRefs[0].weight"),
+        "{table}"
+    );
+    assert!(
+        table.contains("shop/") && table.contains("up to date"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn breaker_state_survives_a_config_swap() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let (a, b, bad) = (app("good-a").await, app("good-b").await, app("bad").await);
+    bad.fail_with(500);
+    let policy = "apiVersion: policy.weft.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: breaker, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: reviews}]\n  loadBalancer: {type: RoundRobin}\n  circuitBreaker: {consecutiveFailures: 3, baseEjectionTime: 5m, maxEjectionTime: 5m}\n";
+    let pods = Manifests::new()
+        .example("workloads")
+        .doc(policy)
+        .pod("shop", "a", V1, a.addr, false)
+        .pod("shop", "b", V1, b.addr, false)
+        .pod("shop", "bad", V1, bad.addr, false);
+    cp.write("workloads.yaml", &pods.yaml());
+    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    acked(&cp, 1, &version_of(&pods)).await;
+    tally(proxy.outbound, 30, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(bad.requests(), 3, "ejected");
+
+    // A change elsewhere: a new Service.
+    let other = "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\nspec: {selector: {app: other}, ports: [{port: 80}]}\n";
+    cp.write("other.yaml", other);
+    acked(&cp, 1, &version_of(&pods.clone().doc(other))).await;
+    let counts = tally(proxy.outbound, 30, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        bad.requests(),
+        3,
+        "still ejected after the swap: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_is_not_ready_until_its_first_config() {
+    let ip = pod_ip();
+    let proxy = Proxy::spawn_subscribed(
+        pod_ip(),
+        std::net::SocketAddr::new(ip, 15190),
+        &["--namespace", "shop"],
+    );
+    eventually("the admin API answers", Duration::from_secs(10), || async {
+        proxy.admin_get("/live").await.ok()
+    })
+    .await;
+    let (status, body) = proxy.admin_get("/ready").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "waiting for a first config\n")
+    );
+    let cp = ControlPlane::start(ip).await;
+    cp.write(
+        "workloads.yaml",
+        &Manifests::new().example("workloads").yaml(),
+    );
+    proxy.wait_ready().await;
+}

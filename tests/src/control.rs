@@ -1,0 +1,132 @@
+//! A `weft control` process serving a manifest directory, for tests.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client;
+use crate::proxy::{bin_path, scratch_dir};
+
+/// A running control plane on its own loopback address. Killed when dropped.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub ip: IpAddr,
+    pub stream: SocketAddr,
+    pub admin: SocketAddr,
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+    log: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on `ip` with an empty manifest directory.
+    pub async fn start(ip: IpAddr) -> ControlPlane {
+        let dir = scratch_dir("control");
+        let manifests = dir.join("manifests");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&manifests).expect("manifest dir");
+        let mut cp = ControlPlane {
+            child: None,
+            ip,
+            stream: SocketAddr::new(ip, 15190),
+            admin: SocketAddr::new(ip, 15192),
+            manifests,
+            state,
+            log: dir.join("control.log"),
+        };
+        cp.restart().await;
+        cp
+    }
+
+    /// (Re)starts the process on the same directories and addresses.
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(bin_path("weft"))
+            .arg("control")
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--state")
+            .arg(&self.state)
+            .args([
+                "--listen",
+                &self.stream.to_string(),
+                "--admin-listen",
+                &self.admin.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning weft control");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.get("/ready").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the control plane never became ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        client::request_text(
+            self.admin,
+            "GET",
+            &format!("http://{}{path}", self.admin),
+            "",
+        )
+        .await
+    }
+
+    /// The control plane's `/status`.
+    pub async fn status(&self) -> serde_json::Value {
+        let (_, body) = self.get("/status").await.expect("status");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Writes a manifest file the way editors and tools do: a temporary file, renamed into place.
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("writing a manifest");
+        std::fs::rename(&tmp, self.manifests.join(name)).expect("renaming a manifest into place");
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.manifests.join(name)).expect("removing a manifest");
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of the control plane on {} ---\n{}",
+                self.ip,
+                self.log()
+            );
+        }
+    }
+}
