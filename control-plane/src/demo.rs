@@ -1,9 +1,10 @@
 //! `weft demo`: a small mesh on loopback addresses, with no cluster and no root.
 //!
 //! Each pod is a loopback address (SPEC "Local mode"). The demo starts sample workloads
-//! in-process and a real `weft-proxy` process beside each meshed one, compiles the example
-//! manifests of `manifests/examples/` into the client sidecar's config, sends traffic through
-//! it as an application would (the sidecar is its `http_proxy`), and prints what happened.
+//! in-process, and `weft control` and a `weft-proxy` beside each meshed workload as processes.
+//! It applies the example manifests of `manifests/examples/` by writing them into the control
+//! plane's directory (with a weight edit while traffic runs), sends traffic through the client's
+//! sidecar as an application would (the sidecar is its `http_proxy`), and prints what happened.
 
 pub mod app;
 
@@ -14,17 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use app::Workload;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use weft_api::config::ProxyConfig;
-use weft_api::resources::check::check;
-use weft_api::resources::parse_file;
-
-use crate::compile::{Index, MeshSettings, Target};
-use app::Workload;
 
 /// The example manifests the demo applies, built into the binary.
 const WORKLOADS: &str = include_str!("../../manifests/examples/workloads.yaml");
@@ -88,12 +84,23 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("weft-demo-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&logs)?;
+    let manifests = logs.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
     let ip = |host| pod_ip(args.subnet, host);
-    let (client_ip, v1_ip, v2_ip, shadow_ip) = (ip(1), ip(2), ip(3), ip(5));
+    let (client_ip, v1_ip, v2_ip, shadow_ip, control_ip) = (ip(1), ip(2), ip(3), ip(5), ip(100));
     // The examples place their pods on 127.0.10.0/24; follow --subnet.
     let [a, b, c, _] = args.subnet.octets();
     let workloads = WORKLOADS.replace("127.0.10.", &format!("{a}.{b}.{c}."));
+
+    heading("The control plane");
+    let control = ControlPlane::start(&logs, &manifests, control_ip)?;
+    control.wait_ready().await?;
+    println!(
+        "  weft control --manifests {} (config stream {}, admin {})",
+        manifests.display(),
+        control.stream(),
+        control.admin()
+    );
 
     heading("The pods (manifests/examples/workloads.yaml)");
     let who = |service, version, pod: &str| Workload {
@@ -122,38 +129,31 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!("  reviews-v1      {v1_ip:<12} app on :9080 behind a sidecar (meshed)");
     println!("  reviews-v2      {v2_ip:<12} app on :9080 behind a sidecar (meshed)");
     println!("  reviews-shadow  {shadow_ip:<12} app on :9080, no sidecar");
-
-    let empty = write_config(
-        &logs,
-        "server",
-        &ProxyConfig {
-            version: "server".into(),
-            ..Default::default()
-        },
-    )?;
-    let servers = [
-        start_sidecar(&proxy_bin, "reviews-v1", v1_ip, &empty, &logs)?,
-        start_sidecar(&proxy_bin, "reviews-v2", v2_ip, &empty, &logs)?,
+    let generation = control.generation().await?;
+    apply(&manifests, "workloads.yaml", &workloads)?;
+    apply(&manifests, "routes.yaml", SPLIT)?;
+    let sidecars = [
+        start_sidecar(
+            &proxy_bin,
+            "productpage",
+            client_ip,
+            control.stream(),
+            &logs,
+        )?,
+        start_sidecar(&proxy_bin, "reviews-v1", v1_ip, control.stream(), &logs)?,
+        start_sidecar(&proxy_bin, "reviews-v2", v2_ip, control.stream(), &logs)?,
     ];
-    for s in &servers {
+    for s in &sidecars {
         wait_ready(s).await?;
     }
-
-    heading("1. Weighted split: 90% to v1, 10% to v2 (traffic-split.yaml)");
-    let config = compile(&[&workloads, SPLIT])?;
-    let client = start_sidecar(
-        &proxy_bin,
-        "productpage",
-        client_ip,
-        &write_config(&logs, "split", &config)?,
-        &logs,
-    )?;
-    wait_ready(&client).await?;
+    let client = &sidecars[0];
+    control.wait_settled(sidecars.len(), generation).await?;
     println!(
-        "  productpage's sidecar runs config {}; logs in {}",
-        config.version,
+        "  three sidecars subscribed to the control plane; logs in {}",
         logs.display()
     );
+
+    heading("1. Weighted split: 90% to v1, 10% to v2 (traffic-split.yaml)");
     show(&send(client.outbound(), 200, &[], "/reviews").await?, 200);
     println!(
         "  (each request crossed from productpage's sidecar to the reviews pod's sidecar on 15143)"
@@ -183,30 +183,48 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!("  and 20 concurrent HTTP/2 streams on one connection:");
     show(&tally, 20);
 
-    heading("2. Header canary: x-canary: true goes to v2 (canary-by-header.yaml)");
-    let client = restart(
-        client,
-        &proxy_bin,
-        &compile(&[&workloads, CANARY])?,
-        &logs,
-        "canary",
-    )
-    .await?;
+    heading("2. A live edit: the weights change while traffic flows");
+    let traffic = tokio::spawn(windows(client.outbound(), 6, Duration::from_millis(500)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Swap the two weights: 90/10 becomes 10/90.
+    let swapped = SPLIT
+        .replace("weight: 90", "weight: V1")
+        .replace("weight: 10", "weight: 90")
+        .replace("weight: V1", "weight: 10");
+    let generation = control.generation().await?;
+    let edited = Instant::now();
+    apply(&manifests, "routes.yaml", &swapped)?;
+    control.wait_settled(sidecars.len(), generation).await?;
+    println!(
+        "  t=1.0s  routes.yaml now says 10/90; every sidecar acknowledged it {:?} after the write",
+        edited.elapsed()
+    );
+    for (i, window) in traffic.await??.iter().enumerate() {
+        let v2 = window.get("200 reviews-v2").copied().unwrap_or(0);
+        let total: usize = window.values().sum();
+        println!(
+            "  t={:.1}s  {:>3} requests, v2 {:>3}%  {}",
+            i as f64 * 0.5,
+            total,
+            v2 * 100 / total.max(1),
+            "#".repeat(v2 * 40 / total.max(1))
+        );
+    }
+
+    heading("3. Header canary: x-canary: true goes to v2 (canary-by-header.yaml)");
+    let generation = control.generation().await?;
+    apply(&manifests, "routes.yaml", CANARY)?;
+    control.wait_settled(sidecars.len(), generation).await?;
     show(
         &send(client.outbound(), 20, &[("x-canary", "true")], "/reviews").await?,
         20,
     );
     show(&send(client.outbound(), 20, &[], "/reviews").await?, 20);
 
-    heading("3. Resilience: retries, a breaker, a mirror and a timeout (resilience.yaml)");
-    let client = restart(
-        client,
-        &proxy_bin,
-        &compile(&[&workloads, RESILIENCE])?,
-        &logs,
-        "resilience",
-    )
-    .await?;
+    heading("4. Resilience: retries, a breaker, a mirror and a timeout (resilience.yaml)");
+    let generation = control.generation().await?;
+    apply(&manifests, "routes.yaml", RESILIENCE)?;
+    control.wait_settled(sidecars.len(), generation).await?;
     v2.set_failing(true);
     println!("  reviews-v2 now answers 500 to everything.");
     let before = shadow.requests();
@@ -238,8 +256,21 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     show(&send(client.outbound(), 40, &[], "/reviews").await?, 40);
 
+    heading("5. A bad edit is refused; the last good version keeps serving");
+    apply(
+        &manifests,
+        "routes.yaml",
+        &RESILIENCE.replace("attempts: 2", "attempts: -2"),
+    )?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    show(&send(client.outbound(), 20, &[], "/reviews").await?, 20);
+    println!("  weft status:");
+    for line in crate::status::render(&control.status().await?).lines() {
+        println!("    {line}");
+    }
+
     heading("What the sidecars counted (GET /metrics on their admin port)");
-    for s in servers.iter().chain(std::iter::once(&client)) {
+    for s in &sidecars {
         let metrics = admin_get(s.admin(), "/metrics").await?;
         for line in metrics.lines().filter(|l| {
             l.starts_with("weft_requests_total") || l.starts_with("weft_proxy_errors_total")
@@ -250,7 +281,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
 
     heading("Drain: SIGTERM the productpage sidecar");
     let start = Instant::now();
-    let mut client = client;
+    let [mut client, _v1_sidecar, _v2_sidecar] = sidecars;
     if !Command::new("kill")
         .args(["-TERM", &client.child.id().to_string()])
         .status()?
@@ -267,55 +298,129 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Compiles manifests into the config of a proxy in namespace `shop`.
-fn compile(texts: &[&str]) -> anyhow::Result<ProxyConfig> {
-    let mut manifests = Vec::new();
-    for (i, text) in texts.iter().enumerate() {
-        let (m, errors) = parse_file(&format!("example-{i}.yaml"), text);
-        if let Some(e) = errors.first() {
-            bail!("{e}");
+/// Writes a manifest into the control plane's directory as editors do: a temporary file
+/// renamed into place.
+fn apply(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// Sends requests continuously for `n` windows of `width`, counting each window's answers.
+async fn windows(
+    proxy: SocketAddr,
+    n: usize,
+    width: Duration,
+) -> anyhow::Result<Vec<BTreeMap<String, usize>>> {
+    let mut conn = http1(proxy).await?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let end = Instant::now() + width;
+        let mut tally = BTreeMap::new();
+        while Instant::now() < end {
+            conn.ready().await?;
+            let resp = conn
+                .send_request(
+                    Request::get("http://reviews.shop:9080/reviews").body(Empty::<Bytes>::new())?,
+                )
+                .await?;
+            let key = format!("{} {}", resp.status().as_u16(), served_by(&resp));
+            resp.into_body().collect().await?;
+            *tally.entry(key).or_insert(0) += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        manifests.extend(m);
+        out.push(tally);
     }
-    let checked = check(manifests);
-    if let Some(e) = checked.errors.first() {
-        bail!("{e}");
-    }
-    Ok(Index::new(&checked.accepted).compile(
-        &Target {
-            namespace: "shop".into(),
-        },
-        &MeshSettings::default(),
-    ))
+    Ok(out)
 }
 
-fn write_config(logs: &Path, name: &str, config: &ProxyConfig) -> anyhow::Result<PathBuf> {
-    let path = logs.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
-    Ok(path)
+/// `weft control` as a process of its own, as in a cluster.
+struct ControlPlane {
+    child: Child,
+    ip: IpAddr,
 }
 
-/// Replaces a sidecar with one running `config`.
-async fn restart(
-    mut old: Sidecar,
-    bin: &Path,
-    config: &ProxyConfig,
-    logs: &Path,
-    name: &str,
-) -> anyhow::Result<Sidecar> {
-    Command::new("kill")
-        .args(["-TERM", &old.child.id().to_string()])
-        .status()?;
-    wait_exit(&mut old.child, Duration::from_secs(30)).await?;
-    let sidecar = start_sidecar(
-        bin,
-        old.name,
-        old.ip,
-        &write_config(logs, name, config)?,
-        logs,
-    )?;
-    wait_ready(&sidecar).await?;
-    Ok(sidecar)
+impl ControlPlane {
+    fn start(logs: &Path, manifests: &Path, ip: IpAddr) -> anyhow::Result<ControlPlane> {
+        let log = std::fs::File::create(logs.join("control.log"))?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("control")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--state")
+            .arg(logs.join("state"))
+            .args([
+                "--listen",
+                &SocketAddr::new(ip, 15190).to_string(),
+                "--admin-listen",
+                &SocketAddr::new(ip, 15192).to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting weft control")?;
+        Ok(ControlPlane { child, ip })
+    }
+
+    fn stream(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15190)
+    }
+
+    fn admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15192)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while admin_get(self.admin(), "/ready")
+            .await
+            .map(|b| b.trim() != "ready")
+            .unwrap_or(true)
+        {
+            if Instant::now() > deadline {
+                bail!("the control plane did not become ready on {}", self.admin());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &admin_get(self.admin(), "/status").await?,
+        )?)
+    }
+
+    async fn generation(&self) -> anyhow::Result<u64> {
+        Ok(self.status().await?["generation"].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until the control plane has read a change made after `generation`, and `proxies`
+    /// proxies have acknowledged the config it produced.
+    async fn wait_settled(&self, proxies: usize, generation: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status().await?;
+            let list = status["proxies"].as_array().cloned().unwrap_or_default();
+            let newer = status["generation"].as_u64().unwrap_or(0) > generation;
+            if newer && list.len() == proxies && list.iter().all(|p| p["upToDate"] == true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the sidecars did not acknowledge the config: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Sends `n` requests to reviews through the sidecar, counting answers by status and replier.
@@ -377,19 +482,19 @@ fn start_sidecar(
     bin: &Path,
     name: &'static str,
     ip: IpAddr,
-    config: &Path,
+    control_plane: SocketAddr,
     logs: &Path,
 ) -> anyhow::Result<Sidecar> {
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
     let child = Command::new(bin)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
+        .args(["run", "--control-plane", &control_plane.to_string()])
         .args([
             "--pod-ip",
             &ip.to_string(),
             "--namespace",
             "shop",
+            "--pod-name",
+            name,
             "--drain-grace",
             "5s",
         ])

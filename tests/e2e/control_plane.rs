@@ -418,8 +418,9 @@ struct FakeControlPlane {
     replies: tokio::sync::mpsc::Sender<weft_api::proto::ProxyMessage>,
 }
 
-type SnapshotStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<weft_api::proto::Snapshot, tonic::Status>> + Send>>;
+type SnapshotStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<weft_api::proto::Snapshot, tonic::Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl weft_api::proto::config_service_server::ConfigService for FakeControlPlane {
@@ -436,17 +437,29 @@ impl weft_api::proto::config_service_server::ConfigService for FakeControlPlane 
                 let _ = replies.send(m).await;
             }
         });
-        let rx = self.snapshots.lock().unwrap().take().ok_or_else(|| tonic::Status::unavailable("one subscriber only"))?;
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (Ok(s), rx)) });
+        let rx = self
+            .snapshots
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| tonic::Status::unavailable("one subscriber only"))?;
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|s| (Ok(s), rx))
+        });
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 }
 
 /// The next ACK or NACK from the proxy.
-async fn next_reply(replies: &mut tokio::sync::mpsc::Receiver<weft_api::proto::ProxyMessage>) -> weft_api::proto::proxy_message::Message {
+async fn next_reply(
+    replies: &mut tokio::sync::mpsc::Receiver<weft_api::proto::ProxyMessage>,
+) -> weft_api::proto::proxy_message::Message {
     use weft_api::proto::proxy_message::Message;
     loop {
-        let reply = tokio::time::timeout(Duration::from_secs(10), replies.recv()).await.expect("a reply in time").expect("replies");
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.recv())
+            .await
+            .expect("a reply in time")
+            .expect("replies");
         match reply.message {
             Some(Message::Ack(a)) => return Message::Ack(a),
             Some(Message::Nack(n)) => return Message::Nack(n),
@@ -463,8 +476,13 @@ async fn a_snapshot_the_proxy_refuses_is_nacked_and_the_old_config_keeps_serving
     let backend = app("kept").await;
     let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::channel(4);
     let (reply_tx, mut replies) = tokio::sync::mpsc::channel(16);
-    let fake = Arc::new(FakeControlPlane { snapshots: std::sync::Mutex::new(Some(snapshot_rx)), replies: reply_tx });
-    let listener = tokio::net::TcpListener::bind(weft_tests::pods::at(pod_ip(), 0)).await.unwrap();
+    let fake = Arc::new(FakeControlPlane {
+        snapshots: std::sync::Mutex::new(Some(snapshot_rx)),
+        replies: reply_tx,
+    });
+    let listener = tokio::net::TcpListener::bind(weft_tests::pods::at(pod_ip(), 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let service = weft_api::proto::config_service_server::ConfigServiceServer::from_arc(fake);
@@ -478,7 +496,9 @@ async fn a_snapshot_the_proxy_refuses_is_nacked_and_the_old_config_keeps_serving
     });
     let proxy = Proxy::spawn_subscribed(pod_ip(), addr, &["--namespace", "shop"]);
 
-    let good = Mesh::new("good-1").service("shop", "kept", None, 80, &[Ep::direct(backend.addr)]).build();
+    let good = Mesh::new("good-1")
+        .service("shop", "kept", None, 80, &[Ep::direct(backend.addr)])
+        .build();
     let send = |config: &weft_api::config::ProxyConfig| weft_api::proto::Snapshot {
         version: config.version.clone(),
         config: serde_json::to_vec(config).unwrap().into(),
@@ -494,14 +514,32 @@ async fn a_snapshot_the_proxy_refuses_is_nacked_and_the_old_config_keeps_serving
     match next_reply(&mut replies).await {
         Message::Nack(n) => {
             assert_eq!(n.version, "bad-2");
-            assert!(n.reason.contains("services[0].ports[0].backend: no backend named \"nowhere\""), "{}", n.reason);
+            assert!(
+                n.reason
+                    .contains("services[0].ports[0].backend: no backend named \"nowhere\""),
+                "{}",
+                n.reason
+            );
         }
         other => panic!("expected a NACK, got {other:?}"),
     }
     let (_, dump) = proxy.admin_get("/config_dump").await.unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
-    assert_eq!(dump["version"], "good-1", "the refused config did not replace the good one");
-    let resp = client::get(proxy.outbound, "http://kept.shop/").await.unwrap();
-    assert_eq!((resp.status().as_u16(), served_by(&resp)), (200, "kept".into()));
-    assert_eq!(proxy.metric(r#"weft_config_updates_total{result="rejected"}"#).await, 1.0);
+    assert_eq!(
+        dump["version"], "good-1",
+        "the refused config did not replace the good one"
+    );
+    let resp = client::get(proxy.outbound, "http://kept.shop/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), served_by(&resp)),
+        (200, "kept".into())
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"weft_config_updates_total{result="rejected"}"#)
+            .await,
+        1.0
+    );
 }
