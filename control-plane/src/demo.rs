@@ -132,16 +132,17 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let generation = control.generation().await?;
     apply(&manifests, "workloads.yaml", &workloads)?;
     apply(&manifests, "routes.yaml", SPLIT)?;
+    let join = |name, ip, service_account| Join {
+        name,
+        ip,
+        service_account,
+        control: &control,
+        logs: &logs,
+    };
     let sidecars = [
-        start_sidecar(
-            &proxy_bin,
-            "productpage",
-            client_ip,
-            control.stream(),
-            &logs,
-        )?,
-        start_sidecar(&proxy_bin, "reviews-v1", v1_ip, control.stream(), &logs)?,
-        start_sidecar(&proxy_bin, "reviews-v2", v2_ip, control.stream(), &logs)?,
+        start_sidecar(&proxy_bin, join("productpage", client_ip, "productpage"))?,
+        start_sidecar(&proxy_bin, join("reviews-v1", v1_ip, "reviews"))?,
+        start_sidecar(&proxy_bin, join("reviews-v2", v2_ip, "reviews"))?,
     ];
     for s in &sidecars {
         wait_ready(s).await?;
@@ -339,6 +340,7 @@ async fn windows(
 struct ControlPlane {
     child: Child,
     ip: IpAddr,
+    state: PathBuf,
 }
 
 impl ControlPlane {
@@ -361,7 +363,11 @@ impl ControlPlane {
             .stderr(log)
             .spawn()
             .context("starting weft control")?;
-        Ok(ControlPlane { child, ip })
+        Ok(ControlPlane {
+            child,
+            ip,
+            state: logs.join("state"),
+        })
     }
 
     fn stream(&self) -> SocketAddr {
@@ -478,26 +484,47 @@ fn find_proxy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from("weft-proxy"))
 }
 
-fn start_sidecar(
-    bin: &Path,
+/// What a sidecar needs to join the mesh.
+struct Join<'a> {
     name: &'static str,
     ip: IpAddr,
-    control_plane: SocketAddr,
-    logs: &Path,
-) -> anyhow::Result<Sidecar> {
+    service_account: &'static str,
+    control: &'a ControlPlane,
+    logs: &'a Path,
+}
+
+fn start_sidecar(bin: &Path, join: Join<'_>) -> anyhow::Result<Sidecar> {
+    let Join {
+        name,
+        ip,
+        service_account,
+        control,
+        logs,
+    } = join;
+    // A bootstrap token from the control plane's state, as `weft token create` makes.
+    let token = crate::token::Tokens::open(&control.state)?.create(
+        "shop",
+        service_account,
+        Duration::from_secs(86_400),
+    );
+    let token_file = logs.join(format!("{name}.token"));
+    std::fs::write(&token_file, token)?;
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
     let child = Command::new(bin)
-        .args(["run", "--control-plane", &control_plane.to_string()])
+        .args(["run", "--control-plane", &control.stream().to_string()])
+        .arg("--trust-anchor")
+        .arg(control.state.join("trust-anchor.pem"))
+        .arg("--token-file")
+        .arg(&token_file)
         .args([
             "--pod-ip",
             &ip.to_string(),
             "--namespace",
             "shop",
-            "--pod-name",
-            name,
-            "--drain-grace",
-            "5s",
+            "--service-account",
+            service_account,
         ])
+        .args(["--pod-name", name, "--drain-grace", "5s"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -15,6 +15,7 @@
 //! `weft demo` starts proxies as processes, as a cluster would.
 
 pub mod admin;
+pub mod ca;
 pub mod compile;
 pub mod control;
 pub mod demo;
@@ -24,4 +25,6 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod tls;
+pub mod token;
 pub mod watch;

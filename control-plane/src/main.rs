@@ -40,10 +40,30 @@ enum Command {
     },
     /// Run the control plane: serve a manifest directory to the proxies.
     Control(Box<weft_control::control::ControlArgs>),
+    /// Bootstrap tokens for local mode.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show the connected proxies, the config versions they run, and rejected manifests.
     Status(weft_control::status::StatusArgs),
     /// Run a small mesh on loopback addresses and show what it does (no cluster, no root).
     Demo(weft_control::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a token that proves NAMESPACE/SERVICE_ACCOUNT to the control plane using --state.
+    Create {
+        /// The control plane's state directory (its token secret).
+        #[arg(long, env = "WEFT_STATE")]
+        state: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "8760h")]
+        ttl: weft_api::duration::Dur,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -62,6 +82,12 @@ fn main() -> ExitCode {
             output,
         } => compile_command(&paths, namespace, output),
         Command::Control(args) => weft_control::control::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Token(TokenCommand::Create {
+            state,
+            namespace,
+            service_account,
+            ttl,
+        }) => create_token(&state, &namespace, &service_account, ttl.0),
         Command::Status(args) => weft_control::status::run(&args).map(|ok| {
             if ok {
                 ExitCode::SUCCESS
@@ -121,5 +147,25 @@ fn compile_command(
         Output::Yaml => serde_saphyr::to_string(&config)?,
     };
     println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create_token(
+    state: &std::path::Path,
+    namespace: &str,
+    service_account: &str,
+    ttl: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        weft_api::config::is_dns_label(namespace),
+        "--namespace {namespace:?} is not a DNS label"
+    );
+    anyhow::ensure!(
+        weft_api::config::is_dns_name(service_account),
+        "--service-account {service_account:?} is not a DNS name"
+    );
+    std::fs::create_dir_all(state)?;
+    let tokens = weft_control::token::Tokens::open(state)?;
+    println!("{}", tokens.create(namespace, service_account, ttl));
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@ pub struct ControlMetrics {
     snapshots: Counter,
     replies: Family<ResultLabels, Counter>,
     ack_latency: Histogram,
+    certificates: Family<ResultLabels, Counter>,
 }
 
 impl ControlMetrics {
@@ -72,6 +73,12 @@ impl ControlMetrics {
             "From noticing a manifest change to a proxy's ACK of the config it produced",
             ack_latency.clone(),
         );
+        let certificates = Family::default();
+        registry.register(
+            "certificates",
+            "Certificate requests, by result",
+            certificates.clone(),
+        );
         Arc::new(ControlMetrics {
             registry,
             proxies,
@@ -81,6 +88,7 @@ impl ControlMetrics {
             snapshots,
             replies,
             ack_latency,
+            certificates,
         })
     }
 
@@ -116,6 +124,14 @@ impl ControlMetrics {
         if let Some(l) = latency {
             self.ack_latency.observe(l.as_secs_f64());
         }
+    }
+
+    pub fn certificate(&self, issued: bool) {
+        self.certificates
+            .get_or_create(&ResultLabels {
+                result: if issued { "issued" } else { "refused" },
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -1,9 +1,15 @@
-//! The config stream: `weft.config.v1.ConfigService/Subscribe` over gRPC (HTTP/2) on 15190.
+//! The control plane's gRPC port (15190, TLS 1.3): certificate signing and the config stream.
 //!
-//! A proxy says hello with its identity and the version it runs; the stream then sends its
-//! namespace's config whenever that differs from what the proxy has, and records the proxy's
-//! ACK or NACK of each. The service is served by hyper directly, one HTTP/2 connection per
-//! proxy.
+//! - `weft.identity.v1.IdentityService/Sign`: a CSR and a token proving an identity; the CA
+//!   signs a certificate for exactly that identity. No client certificate is needed: this is
+//!   how a proxy gets its first one.
+//! - `weft.config.v1.ConfigService/Subscribe`: a proxy says hello with its identity and the
+//!   version it runs, and must present a certificate for that identity; the stream then sends
+//!   its namespace's config whenever that differs from what the proxy has, and records the
+//!   proxy's ACK or NACK of each.
+//!
+//! Both are served by hyper's HTTP/2 directly, one connection per proxy; the peer's verified
+//! SPIFFE ID travels with each request as a [`PeerIdentity`] extension.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,20 +17,59 @@ use std::time::SystemTime;
 
 use futures_util::Stream;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::config::is_dns_label;
+use weft_api::identity::{SpiffeId, spiffe_id_of};
 use weft_api::proto::config_service_server::{ConfigService, ConfigServiceServer};
+use weft_api::proto::identity::identity_service_server::{IdentityService, IdentityServiceServer};
+use weft_api::proto::identity::{SignRequest, SignResponse};
 use weft_api::proto::proxy_message::Message;
 use weft_api::proto::{Hello, ProxyMessage, Snapshot};
 
+use crate::ca::Ca;
 use crate::hub::{Hub, ProxyRecord};
+use crate::token::Tokens;
+
+/// The SPIFFE ID of the client certificate the connection presented, if any.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Option<String>);
 
 pub struct ConfigServer {
     hub: Arc<Hub>,
+}
+
+/// Signs workload certificates.
+pub struct Signer {
+    pub ca: Arc<Ca>,
+    pub tokens: Tokens,
+    pub trust_domain: String,
+    pub hub: Arc<Hub>,
+}
+
+#[tonic::async_trait]
+impl IdentityService for Signer {
+    async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let req = request.into_inner();
+        let (namespace, service_account) = self.tokens.verify(&req.token).map_err(|e| {
+            tracing::warn!(error = %e, "certificate refused: bad token");
+            self.hub.metrics.certificate(false);
+            Status::unauthenticated(format!("token refused: {e}"))
+        })?;
+        let identity = SpiffeId::new(&self.trust_domain, &namespace, &service_account);
+        let issued = self.ca.sign_csr(&req.csr, &identity).map_err(|e| {
+            tracing::warn!(%identity, error = %e, "certificate refused");
+            self.hub.metrics.certificate(false);
+            Status::permission_denied(e.to_string())
+        })?;
+        self.hub.metrics.certificate(true);
+        Ok(Response::new(SignResponse {
+            certificate_chain: issued.chain_pem,
+            trust_anchors: self.ca.anchors_pem().to_owned(),
+        }))
+    }
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send + 'static>>;
@@ -139,28 +184,77 @@ async fn serve_proxy(
     }
 }
 
-/// Serves the config stream until `shutdown`.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
-    let service = ConfigServiceServer::from_arc(Arc::new(ConfigServer { hub }))
+/// Serves the gRPC port until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    signer: Arc<Signer>,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    let config = ConfigServiceServer::from_arc(Arc::new(ConfigServer { hub }))
         .max_encoding_message_size(usize::MAX);
+    let identity = IdentityServiceServer::from_arc(signer);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "config stream accept failed");
+                    tracing::warn!(error = %e, "gRPC accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
-        let shutdown = shutdown.clone();
+        let (config, identity, acceptor, shutdown) = (
+            config.clone(),
+            identity.clone(),
+            acceptor.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake on the gRPC port failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let presented = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| spiffe_id_of(c.as_ref()));
+            let identity_of_peer = PeerIdentity(presented.and_then(Result::ok));
+            let service =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(identity_of_peer.clone());
+                    let (mut config, mut identity) = (config.clone(), identity.clone());
+                    async move {
+                        use tower_service::Service as _;
+                        if req
+                            .uri()
+                            .path()
+                            .starts_with("/weft.identity.v1.IdentityService/")
+                        {
+                            identity.call(req).await
+                        } else {
+                            config.call(req).await
+                        }
+                    }
+                });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -170,7 +264,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationT
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "config stream connection ended");
+                tracing::debug!(%peer, error = %e, "gRPC connection ended");
             }
         });
     }

@@ -2,7 +2,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["weft/config/v1/config.proto"], ["proto"])?;
+    let fds = protox::compile(
+        [
+            "weft/config/v1/config.proto",
+            "weft/identity/v1/identity.proto",
+        ],
+        ["proto"],
+    )?;
     // Snapshot payloads are shared between proxies, not copied: `bytes::Bytes`.
     tonic_prost_build::configure()
         .bytes(".")

@@ -60,7 +60,7 @@ async fn a_weight_edit_moves_the_split_within_a_second() {
         .pod("shop", "v2", V2, v2.addr, false);
     cp.write("workloads.yaml", &pods.yaml());
     cp.write("split.yaml", &split(100, 0));
-    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
     acked(&cp, 1, &version_of(&pods.clone().doc(&split(100, 0)))).await;
     let before = tally(proxy.outbound, 50, |_| get("http://reviews:9080/", &[])).await;
     assert_eq!(
@@ -108,7 +108,7 @@ async fn fifty_config_changes_under_load_fail_no_request() {
     let with_extra = base.clone().pod("shop", "v1b", V1, extra.addr, false);
     cp.write("workloads.yaml", &base.yaml());
     cp.write("split.yaml", &split(50, 50));
-    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
     acked(&cp, 1, &version_of(&base.clone().doc(&split(50, 50)))).await;
     // The four configs the changes cycle through.
     let version = |pods: &Manifests, a, b| version_of(&pods.clone().doc(&split(a, b)));
@@ -234,7 +234,7 @@ async fn the_last_config_serves_through_a_control_plane_outage() {
         .pod("shop", "v2", V2, v2.addr, false);
     cp.write("workloads.yaml", &pods.yaml());
     cp.write("split.yaml", &split(100, 0));
-    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
     let version = version_of(&pods.clone().doc(&split(100, 0)));
     acked(&cp, 1, &version).await;
     let applied = proxy
@@ -289,7 +289,7 @@ async fn a_bad_manifest_is_refused_alone_while_traffic_keeps_its_config() {
         .pod("shop", "v2", V2, v2.addr, false);
     cp.write("workloads.yaml", &pods.yaml());
     cp.write("split.yaml", &split(100, 0));
-    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
     acked(&cp, 1, &version_of(&pods.clone().doc(&split(100, 0)))).await;
 
     // A broken edit of the route, and a new Service in another file.
@@ -370,7 +370,7 @@ async fn breaker_state_survives_a_config_swap() {
         .pod("shop", "b", V1, b.addr, false)
         .pod("shop", "bad", V1, bad.addr, false);
     cp.write("workloads.yaml", &pods.yaml());
-    let proxy = Proxy::subscribed(pod_ip(), cp.stream, &["--namespace", "shop"]).await;
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
     acked(&cp, 1, &version_of(&pods)).await;
     tally(proxy.outbound, 30, |_| get("http://reviews:9080/", &[])).await;
     assert_eq!(bad.requests(), 3, "ejected");
@@ -388,13 +388,18 @@ async fn breaker_state_survives_a_config_swap() {
 }
 
 #[tokio::test]
-async fn a_proxy_is_not_ready_until_its_first_config() {
-    let ip = pod_ip();
-    let proxy = Proxy::spawn_subscribed(
-        pod_ip(),
-        std::net::SocketAddr::new(ip, 15190),
-        &["--namespace", "shop"],
+async fn a_proxy_is_not_ready_until_it_is_certified() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    cp.write(
+        "workloads.yaml",
+        &Manifests::new().example("workloads").yaml(),
     );
+    let mut flags = cp.proxy_flags("shop", "productpage");
+    // The token file does not exist yet: the CA cannot be asked.
+    let token = cp.state.join("token-later");
+    let at = flags.iter().position(|f| f == "--token-file").unwrap() + 1;
+    let issued = std::mem::replace(&mut flags[at], token.display().to_string());
+    let proxy = Proxy::spawn_raw(pod_ip(), &flags);
     eventually("the admin API answers", Duration::from_secs(10), || async {
         proxy.admin_get("/live").await.ok()
     })
@@ -402,52 +407,24 @@ async fn a_proxy_is_not_ready_until_its_first_config() {
     let (status, body) = proxy.admin_get("/ready").await.unwrap();
     assert_eq!(
         (status, body.as_str()),
-        (503, "waiting for a first config\n")
+        (503, "waiting for a certificate\n")
     );
-    let cp = ControlPlane::start(ip).await;
-    cp.write(
-        "workloads.yaml",
-        &Manifests::new().example("workloads").yaml(),
-    );
+    std::fs::copy(&issued, &token).unwrap();
     proxy.wait_ready().await;
-}
-
-/// A control plane in the test process that sends whatever snapshots the test gives it.
-struct FakeControlPlane {
-    snapshots: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<weft_api::proto::Snapshot>>>,
-    replies: tokio::sync::mpsc::Sender<weft_api::proto::ProxyMessage>,
-}
-
-type SnapshotStream = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = Result<weft_api::proto::Snapshot, tonic::Status>> + Send>,
->;
-
-#[tonic::async_trait]
-impl weft_api::proto::config_service_server::ConfigService for FakeControlPlane {
-    type SubscribeStream = SnapshotStream;
-
-    async fn subscribe(
-        &self,
-        request: tonic::Request<tonic::Streaming<weft_api::proto::ProxyMessage>>,
-    ) -> Result<tonic::Response<SnapshotStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let replies = self.replies.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = inbound.message().await {
-                let _ = replies.send(m).await;
-            }
-        });
-        let rx = self
-            .snapshots
-            .lock()
+    let (_, certs) = proxy.admin_get("/certs").await.unwrap();
+    let certs: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    assert_eq!(
+        certs["spiffeId"],
+        "spiffe://cluster.local/ns/shop/sa/productpage"
+    );
+    assert_eq!(certs["certified"], true);
+    assert!(
+        certs["trustAnchorFingerprint"]
+            .as_str()
             .unwrap()
-            .take()
-            .ok_or_else(|| tonic::Status::unavailable("one subscriber only"))?;
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|s| (Ok(s), rx))
-        });
-        Ok(tonic::Response::new(Box::pin(stream)))
-    }
+            .starts_with("sha256:"),
+        "{certs}"
+    );
 }
 
 /// The next ACK or NACK from the proxy.
@@ -474,27 +451,9 @@ async fn a_snapshot_the_proxy_refuses_is_nacked_and_the_old_config_keeps_serving
     use weft_tests::mesh::{Ep, Mesh};
 
     let backend = app("kept").await;
-    let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::channel(4);
-    let (reply_tx, mut replies) = tokio::sync::mpsc::channel(16);
-    let fake = Arc::new(FakeControlPlane {
-        snapshots: std::sync::Mutex::new(Some(snapshot_rx)),
-        replies: reply_tx,
-    });
-    let listener = tokio::net::TcpListener::bind(weft_tests::pods::at(pod_ip(), 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let service = weft_api::proto::config_service_server::ConfigServiceServer::from_arc(fake);
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper_util::service::TowerToHyperService::new(service.clone());
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-            );
-        }
-    });
-    let proxy = Proxy::spawn_subscribed(pod_ip(), addr, &["--namespace", "shop"]);
+    let mut fake = weft_tests::fake_control::FakeControlPlane::start(pod_ip()).await;
+    let proxy = Proxy::spawn_raw(pod_ip(), &fake.proxy_flags());
+    let (snapshot_tx, replies) = (fake.snapshots.clone(), &mut fake.replies);
 
     let good = Mesh::new("good-1")
         .service("shop", "kept", None, 80, &[Ep::direct(backend.addr)])
@@ -504,14 +463,14 @@ async fn a_snapshot_the_proxy_refuses_is_nacked_and_the_old_config_keeps_serving
         config: serde_json::to_vec(config).unwrap().into(),
     };
     snapshot_tx.send(send(&good)).await.unwrap();
-    assert!(matches!(next_reply(&mut replies).await, Message::Ack(a) if a.version == "good-1"));
+    assert!(matches!(next_reply(replies).await, Message::Ack(a) if a.version == "good-1"));
     proxy.wait_ready().await;
 
     let mut bad = good.clone();
     bad.version = "bad-2".into();
     bad.services[0].ports[0].backend = "nowhere".into();
     snapshot_tx.send(send(&bad)).await.unwrap();
-    match next_reply(&mut replies).await {
+    match next_reply(replies).await {
         Message::Nack(n) => {
             assert_eq!(n.version, "bad-2");
             assert!(

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::client;
+
+static TOKENS: AtomicU32 = AtomicU32::new(0);
 use crate::proxy::{bin_path, scratch_dir};
 
 /// A running control plane on its own loopback address. Killed when dropped.
@@ -104,6 +108,55 @@ impl ControlPlane {
     pub async fn status(&self) -> serde_json::Value {
         let (_, body) = self.get("/status").await.expect("status");
         serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// The trust anchors the control plane's CA wrote.
+    pub fn trust_anchor(&self) -> PathBuf {
+        self.state.join("trust-anchor.pem")
+    }
+
+    /// A token file proving `namespace/service_account`, by `weft token create`.
+    pub fn token(&self, namespace: &str, service_account: &str) -> PathBuf {
+        let out = Command::new(bin_path("weft"))
+            .args([
+                "token",
+                "create",
+                "--namespace",
+                namespace,
+                "--service-account",
+                service_account,
+                "--state",
+            ])
+            .arg(&self.state)
+            .output()
+            .expect("weft token create");
+        assert!(
+            out.status.success(),
+            "weft token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.state.join(format!(
+            "token-{namespace}-{service_account}-{}",
+            TOKENS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, out.stdout).expect("token file");
+        path
+    }
+
+    /// The flags a proxy in `namespace` running as `service_account` needs to join.
+    pub fn proxy_flags(&self, namespace: &str, service_account: &str) -> Vec<String> {
+        vec![
+            "--control-plane".into(),
+            self.stream.to_string(),
+            "--trust-anchor".into(),
+            self.trust_anchor().display().to_string(),
+            "--token-file".into(),
+            self.token(namespace, service_account).display().to_string(),
+            "--namespace".into(),
+            namespace.into(),
+            "--service-account".into(),
+            service_account.into(),
+        ]
     }
 
     /// Writes a manifest file the way editors and tools do: a temporary file, renamed into place.

@@ -6,6 +6,8 @@
 //!   port.
 //! - [`proxy`]: a `weft-proxy run` process, its admin API, its memory, its exit.
 //! - [`control`]: a `weft control` process serving a manifest directory.
+//! - [`fake_control`]: a control plane in the test process (real protocol, test CA), for what
+//!   the real one never does.
 //! - [`mesh`]: building the compiled config a proxy runs on.
 //! - [`manifests`]: the examples in `manifests/examples/` with the test's own pods, compiled by
 //!   `weft compile`.
@@ -20,6 +22,7 @@
 
 pub mod client;
 pub mod control;
+pub mod fake_control;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;

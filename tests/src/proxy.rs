@@ -65,17 +65,35 @@ impl Proxy {
         Proxy::spawn_with(dir, pod_ip, &source, extra)
     }
 
-    /// Starts a proxy that takes its config from a control plane, and waits until it has one.
-    pub async fn subscribed(pod_ip: IpAddr, control_plane: SocketAddr, extra: &[&str]) -> Proxy {
-        let proxy = Proxy::spawn_subscribed(pod_ip, control_plane, extra);
+    /// Starts a proxy that joins `cp` as `namespace/service_account`, and waits until it is
+    /// ready (certified, with a first config).
+    pub async fn joined(
+        pod_ip: IpAddr,
+        cp: &crate::control::ControlPlane,
+        namespace: &str,
+        service_account: &str,
+        extra: &[&str],
+    ) -> Proxy {
+        let proxy = Proxy::join(pod_ip, cp, namespace, service_account, extra);
         proxy.wait_ready().await;
         proxy
     }
 
-    /// Starts a proxy that takes its config from a control plane, without waiting.
-    pub fn spawn_subscribed(pod_ip: IpAddr, control_plane: SocketAddr, extra: &[&str]) -> Proxy {
-        let source = ["--control-plane".to_owned(), control_plane.to_string()];
+    /// Starts a proxy that joins `cp`, without waiting.
+    pub fn join(
+        pod_ip: IpAddr,
+        cp: &crate::control::ControlPlane,
+        namespace: &str,
+        service_account: &str,
+        extra: &[&str],
+    ) -> Proxy {
+        let source = cp.proxy_flags(namespace, service_account);
         Proxy::spawn_with(scratch_dir("proxy"), pod_ip, &source, extra)
+    }
+
+    /// Starts a proxy with flags of the caller's choosing and no config source added.
+    pub fn spawn_raw(pod_ip: IpAddr, flags: &[String]) -> Proxy {
+        Proxy::spawn_with(scratch_dir("proxy"), pod_ip, flags, &[])
     }
 
     fn spawn_with(

@@ -8,6 +8,8 @@
 //!   manifests alike.
 //! - [`gateway`]: Gateway API value types (matches, header modifiers, URL rewrites) shared by
 //!   manifests and the compiled config.
+//! - [`identity`]: SPIFFE IDs, reading them from certificates, and the certificate checks of
+//!   mesh connections (pure crypto: rustls with ring, x509-parser).
 //! - [`proto`]: the config stream between the control plane and the proxies (gRPC, compiled
 //!   by protox at build time).
 //! - [`resources`]: the manifests operators apply (Service, Pod, EndpointSlice, HTTPRoute,
@@ -21,6 +23,7 @@
 pub mod config;
 pub mod duration;
 pub mod gateway;
+pub mod identity;
 pub mod proto;
 pub mod resources;
 pub mod validate;

@@ -76,6 +76,12 @@ impl Admin {
             }
             (Method::GET, "/config_dump") => json_response(&self.config_dump()),
             (Method::GET, "/clusters") => json_response(&self.clusters()),
+            (Method::GET, "/certs") => match &self.shared.identity {
+                Some(identity) => json_response(&identity.describe()),
+                None => json_response(
+                    &json!({"spiffeId": null, "certified": false, "note": "no CA configured (--trust-anchor)"}),
+                ),
+            },
             (Method::GET, "/log-level") => text(StatusCode::OK, &format!("{}\n", self.log.get())),
             (Method::PUT, "/log-level") => self.set_log_level(req).await,
             (Method::POST, "/drain") => {
@@ -86,8 +92,8 @@ impl Admin {
             (Method::GET, "/") => self.index(),
             (
                 _,
-                "/live" | "/ready" | "/metrics" | "/config_dump" | "/clusters" | "/log-level"
-                | "/drain" | "/",
+                "/live" | "/ready" | "/metrics" | "/config_dump" | "/clusters" | "/certs"
+                | "/log-level" | "/drain" | "/",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -98,6 +104,16 @@ impl Admin {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         } else if self.shared.is_ready() {
             text(StatusCode::OK, "ready\n")
+        } else if self
+            .shared
+            .identity
+            .as_ref()
+            .is_some_and(|i| !i.is_certified())
+        {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for a certificate\n",
+            )
         } else {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -160,6 +176,7 @@ impl Admin {
             "metrics",
             "config_dump",
             "clusters",
+            "certs",
             "log-level",
         ] {
             let _ = write!(html, "<a href=\"/{path}\">/{path}</a> ");

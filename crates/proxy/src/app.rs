@@ -14,12 +14,14 @@ use weft_api::config::ProxyConfig;
 use crate::admin::{self, Admin};
 use crate::backends::Registry;
 use crate::cli::RunArgs;
-use crate::config_client::{self, Identity};
+use crate::config_client::{self, Subscriber};
+use crate::identity::{Identity, Issuer};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::state::Snapshot;
 use crate::upstream::{Connector, PoolSettings, Pools};
 use crate::{inbound, outbound, telemetry};
+use weft_api::identity::SpiffeId;
 
 /// `weft-proxy run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -68,6 +70,33 @@ async fn serve(
         },
         metrics.clone(),
     );
+    // With a CA, the proxy has an identity and gets its certificate from the control plane.
+    let (identity, issuer) = match (&args.trust_anchor, &args.token_file, &args.control_plane) {
+        (Some(anchor), Some(token_file), Some(control_plane)) => {
+            let pem = std::fs::read_to_string(anchor)
+                .with_context(|| format!("reading {}", anchor.display()))?;
+            let id = SpiffeId::new(
+                &args.trust_domain,
+                &settings.namespace,
+                &args.service_account,
+            );
+            let identity =
+                Identity::new(id, &pem).with_context(|| format!("loading {}", anchor.display()))?;
+            let control_plane_identity = args.control_plane_identity.clone().unwrap_or_else(|| {
+                SpiffeId::new(&args.trust_domain, "weft-system", "weft-control").to_string()
+            });
+            let issuer = Issuer {
+                control_plane: control_plane.clone(),
+                control_plane_identity,
+                token_file: token_file.clone(),
+            };
+            (Some(identity), Some(issuer))
+        }
+        (Some(_), _, None) => {
+            anyhow::bail!("--trust-anchor needs --control-plane, whose CA issues the certificate")
+        }
+        _ => (None, None),
+    };
     let registry = Registry::default();
     let loaded = config.is_some();
     let version = config.as_ref().map(|c| c.version.clone());
@@ -87,9 +116,18 @@ async fn serve(
         config_loaded: loaded.into(),
         registry,
         mirrors_in_flight: Default::default(),
+        identity,
+        issuer,
     });
+    if let (Some(identity), Some(issuer)) = (&shared.identity, &shared.issuer) {
+        tokio::spawn(crate::identity::run(
+            identity.clone(),
+            issuer.clone(),
+            shared.metrics.clone(),
+        ));
+    }
     if let Some(control_plane) = &args.control_plane {
-        let identity = Identity {
+        let subscriber = Subscriber {
             namespace: shared.settings.namespace.clone(),
             service_account: args.service_account.clone(),
             pod_name: shared.settings.pod_name.clone().unwrap_or_default(),
@@ -98,7 +136,7 @@ async fn serve(
         tokio::spawn(config_client::run(
             shared.clone(),
             control_plane.clone(),
-            identity,
+            subscriber,
         ));
     }
 

@@ -43,6 +43,18 @@ pub struct RunArgs {
     /// The pod's service account: its identity in the mesh.
     #[arg(long, env = "WEFT_SERVICE_ACCOUNT", default_value = "default")]
     pub service_account: String,
+    /// The trust anchors (PEM) of the mesh's CA. With a control plane, the proxy gets a
+    /// certificate for its identity and speaks mutual TLS to meshed peers.
+    #[arg(long, env = "WEFT_TRUST_ANCHOR", requires = "token_file")]
+    pub trust_anchor: Option<PathBuf>,
+    /// A file holding the token that proves the proxy's identity to the CA.
+    #[arg(long, env = "WEFT_TOKEN_FILE", requires = "trust_anchor")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// The control plane's SPIFFE ID [default: spiffe://<trust-domain>/ns/weft-system/sa/weft-control].
+    #[arg(long, env = "WEFT_CONTROL_PLANE_IDENTITY")]
+    pub control_plane_identity: Option<String>,
 
     /// Local mode: the pod's loopback address; every listener binds it.
     #[arg(long, env = "WEFT_POD_IP")]

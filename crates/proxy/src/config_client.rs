@@ -19,7 +19,6 @@ use std::time::Duration;
 use http::Uri;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use weft_api::config::ProxyConfig;
 use weft_api::proto::config_service_client::ConfigServiceClient;
@@ -31,7 +30,7 @@ use crate::state;
 
 /// Who this proxy is, as the control plane should know it.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct Subscriber {
     pub namespace: String,
     pub service_account: String,
     pub pod_name: String,
@@ -45,8 +44,10 @@ const MAX_SNAPSHOT: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("connecting to {0}: {1}")]
-    Connect(String, std::io::Error),
+    #[error("{0}")]
+    Tls(crate::identity::IdentityError),
+    #[error("the config stream needs an identity: run with --trust-anchor and --token-file")]
+    NoIdentity,
     #[error("HTTP/2 handshake: {0}")]
     Handshake(hyper::Error),
     #[error("the config stream failed: {0}")]
@@ -56,7 +57,7 @@ enum SessionError {
 }
 
 /// Keeps the proxy subscribed until the process exits.
-pub async fn run(shared: Arc<Shared>, control_plane: String, identity: Identity) {
+pub async fn run(shared: Arc<Shared>, control_plane: String, identity: Subscriber) {
     let mut failures = 0u32;
     loop {
         match session(&shared, &control_plane, &identity, &mut failures).await {
@@ -78,19 +79,17 @@ pub async fn run(shared: Arc<Shared>, control_plane: String, identity: Identity)
 async fn session(
     shared: &Arc<Shared>,
     control_plane: &str,
-    identity: &Identity,
+    identity: &Subscriber,
     failures: &mut u32,
 ) -> Result<(), SessionError> {
-    let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(control_plane))
+    // The stream is authenticated by this proxy's certificate: wait for the first one.
+    let (Some(workload), Some(issuer)) = (&shared.identity, &shared.issuer) else {
+        return Err(SessionError::NoIdentity);
+    };
+    workload.certified().await;
+    let stream = crate::identity::connect_control_plane(workload, issuer)
         .await
-        .map_err(|_| {
-            SessionError::Connect(
-                control_plane.to_owned(),
-                std::io::ErrorKind::TimedOut.into(),
-            )
-        })?
-        .map_err(|e| SessionError::Connect(control_plane.to_owned(), e))?;
-    let _ = stream.set_nodelay(true);
+        .map_err(SessionError::Tls)?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
@@ -187,7 +186,7 @@ fn apply(shared: &Shared, snapshot: &Snapshot) -> Result<(), String> {
 
 /// A gRPC transport over one hyper HTTP/2 connection.
 #[derive(Clone)]
-struct H2(http2::SendRequest<tonic::body::Body>);
+pub(crate) struct H2(pub(crate) http2::SendRequest<tonic::body::Body>);
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
     type Response = http::Response<hyper::body::Incoming>;

@@ -20,6 +20,7 @@ pub mod detect;
 pub mod errors;
 pub mod filters;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod io;

@@ -156,6 +156,16 @@ pub struct Metrics {
     ejections: Family<EjectionLabels, Counter>,
     breaker_state: Family<EndpointLabels, Gauge>,
     mirrors: Family<MirrorLabels, Counter>,
+    identity_expiry: Gauge,
+    identity_renewals: Family<ResultLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeLabels {
+    direction: Direction,
+    result: &'static str,
+    reason: &'static str,
 }
 
 impl Metrics {
@@ -248,6 +258,24 @@ impl Metrics {
             "Mirrored request copies, by result",
             mirrors.clone(),
         );
+        let identity_expiry = Gauge::default();
+        registry.register(
+            "identity_expiry_timestamp_seconds",
+            "When the workload certificate in force expires (Unix time; 0 without one)",
+            identity_expiry.clone(),
+        );
+        let identity_renewals = Family::default();
+        registry.register(
+            "identity_renewals",
+            "Certificate requests to the CA, by result",
+            identity_renewals.clone(),
+        );
+        let handshakes = Family::default();
+        registry.register(
+            "tls_handshakes",
+            "Mesh TLS handshakes, by result and failure reason",
+            handshakes.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -265,6 +293,9 @@ impl Metrics {
             ejections,
             breaker_state,
             mirrors,
+            identity_expiry,
+            identity_renewals,
+            handshakes,
         })
     }
 
@@ -407,6 +438,30 @@ impl Metrics {
     pub fn config_rejected(&self) {
         self.config_updates
             .get_or_create(&ResultLabels { result: "rejected" })
+            .inc();
+    }
+
+    pub fn identity_renewed(&self, ok: bool, not_after: i64) {
+        self.identity_renewals
+            .get_or_create(&ResultLabels {
+                result: if ok { "issued" } else { "failed" },
+            })
+            .inc();
+        self.identity_expiry.set(not_after);
+    }
+
+    /// Counts a mesh TLS handshake; `reason` is empty for a success.
+    pub fn handshake(&self, direction: Direction, reason: Option<&'static str>) {
+        let (result, reason) = match reason {
+            None => ("ok", ""),
+            Some(r) => ("error", r),
+        };
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                direction,
+                result,
+                reason,
+            })
             .inc();
     }
 

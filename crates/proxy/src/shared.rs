@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backends::Registry;
+use crate::identity::{Identity, Issuer};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::state::State;
@@ -28,10 +29,16 @@ pub struct Shared {
     pub registry: Registry,
     /// Mirrored copies in flight.
     pub mirrors_in_flight: AtomicUsize,
+    /// The workload's identity, when the proxy has a CA to get certificates from.
+    pub identity: Option<Arc<Identity>>,
+    /// Where certificates come from.
+    pub issuer: Option<Issuer>,
 }
 
 impl Shared {
     pub fn is_ready(&self) -> bool {
-        self.config_loaded.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+        self.config_loaded.load(Ordering::Acquire)
+            && self.identity.as_ref().is_none_or(|i| i.is_certified())
+            && !self.shutdown.is_cancelled()
     }
 }
