@@ -98,8 +98,8 @@ async fn a_weight_edit_moves_the_split_within_a_second() {
 #[tokio::test]
 async fn fifty_config_changes_under_load_fail_no_request() {
     let cp = ControlPlane::start(pod_ip()).await;
-    let v1 = ServerPod::start("reviews-v1").await;
-    let v2 = ServerPod::start("reviews-v2").await;
+    let v1 = ServerPod::joined("reviews-v1", &cp, "v1").await;
+    let v2 = ServerPod::joined("reviews-v2", &cp, "v2").await;
     let extra = app("reviews-v1b").await;
     let base = Manifests::new()
         .example("workloads")
@@ -109,7 +109,7 @@ async fn fifty_config_changes_under_load_fail_no_request() {
     cp.write("workloads.yaml", &base.yaml());
     cp.write("split.yaml", &split(50, 50));
     let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
-    acked(&cp, 1, &version_of(&base.clone().doc(&split(50, 50)))).await;
+    acked(&cp, 3, &version_of(&base.clone().doc(&split(50, 50)))).await;
     // The four configs the changes cycle through.
     let version = |pods: &Manifests, a, b| version_of(&pods.clone().doc(&split(a, b)));
     let versions = [
@@ -196,7 +196,7 @@ async fn fifty_config_changes_under_load_fail_no_request() {
             );
         }
         cp.write("split.yaml", &split(a, b));
-        acked(&cp, 1, &versions[usize::from(extra_pod)][change % 2]).await;
+        acked(&cp, 3, &versions[usize::from(extra_pod)][change % 2]).await;
     }
     stop.store(true, Ordering::Relaxed);
     for l in load {

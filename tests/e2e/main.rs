@@ -41,6 +41,19 @@ impl ServerPod {
         ServerPod { app, proxy }
     }
 
+    /// A server pod whose sidecar joins `cp` as `shop/<service_account>` (the service account
+    /// its Pod manifest names).
+    pub async fn joined(
+        name: &str,
+        cp: &weft_tests::control::ControlPlane,
+        service_account: &str,
+    ) -> ServerPod {
+        let ip = pod_ip();
+        let app = HttpBackend::start(at(ip, 8080), name).await;
+        let proxy = Proxy::joined(ip, cp, "shop", service_account, &[]).await;
+        ServerPod { app, proxy }
+    }
+
     pub fn endpoint(&self) -> Ep {
         Ep::meshed(self.app.addr)
     }

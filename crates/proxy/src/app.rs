@@ -60,16 +60,6 @@ async fn serve(
     let admin_listener = bind(settings.admin_addr, "admin").await?;
 
     let metrics = Metrics::new();
-    let pools = Pools::new(
-        Connector {
-            connect_timeout: settings.connect_timeout.0,
-        },
-        PoolSettings {
-            idle_timeout: settings.upstream_idle_timeout.0,
-            max_idle_per_key: 256,
-        },
-        metrics.clone(),
-    );
     // With a CA, the proxy has an identity and gets its certificate from the control plane.
     let (identity, issuer) = match (&args.trust_anchor, &args.token_file, &args.control_plane) {
         (Some(anchor), Some(token_file), Some(control_plane)) => {
@@ -97,6 +87,18 @@ async fn serve(
         }
         _ => (None, None),
     };
+    let pools = Pools::new(
+        Connector {
+            connect_timeout: settings.connect_timeout.0,
+            identity: identity.clone(),
+            metrics: metrics.clone(),
+        },
+        PoolSettings {
+            idle_timeout: settings.upstream_idle_timeout.0,
+            max_idle_per_key: 256,
+        },
+        metrics.clone(),
+    );
     let registry = Registry::default();
     let loaded = config.is_some();
     let version = config.as_ref().map(|c| c.version.clone());

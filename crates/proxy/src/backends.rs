@@ -460,6 +460,7 @@ impl Registry {
                             Some(mesh) => Dial::Peer {
                                 proxy: SocketAddr::new(e.address.ip(), mesh.inbound_port),
                                 port: e.address.port(),
+                                identity: mesh.identity.as_str().into(),
                             },
                             None => Dial::Direct(e.address),
                         },

@@ -125,6 +125,12 @@ pub enum ProxyError {
     },
     #[error("connecting to {addr}: no answer within {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("mesh TLS with {addr} failed ({reason}): {detail}")]
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        detail: String,
+    },
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -160,6 +166,7 @@ impl ProxyError {
             ProxyError::NoEndpoints(_) => Reason::NoHealthyEndpoints,
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => Reason::ConnectFailed,
             ProxyError::Upstream { source, .. } if source.is_timeout() => Reason::Timeout,
             ProxyError::Upstream { .. } => Reason::UpstreamReset,
@@ -186,6 +193,7 @@ impl ProxyError {
             ProxyError::Upstream { source, .. } if source.is_user() => Blame::Downstream,
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::Timeout(_) => Blame::Upstream,
@@ -198,11 +206,20 @@ impl ProxyError {
         match self {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => true,
             ProxyError::Upstream { source, .. } => {
                 source.is_canceled() || is_refused_stream(source)
             }
             _ => false,
+        }
+    }
+
+    /// For a TLS failure, its reason (`unknown-ca`, `identity-mismatch`, ...).
+    pub fn tls_reason(&self) -> &'static str {
+        match self {
+            ProxyError::Tls { reason, .. } => reason,
+            _ => "",
         }
     }
 

@@ -350,7 +350,7 @@ mod tests {
         use std::time::{Duration, UNIX_EPOCH};
         assert_eq!(super::humantime_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(
-            super::humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_478_400)),
+            super::humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_392_000)),
             "2026-11-23T00:00:00Z"
         );
         assert_eq!(

@@ -1,28 +1,31 @@
 //! The inbound side: connections from the mesh to the local application.
 //!
-//! accept → target port → detect → forward to the application at `<pod IP>:<port>`.
+//! accept → mesh TLS → target port → detect → forward to the application at `<pod IP>:<port>`.
 //!
-//! The target port comes from the connection's metadata: the original destination when
-//! iptables redirected it (a client without a proxy), or the transport header that a peer
-//! proxy sends first when it dials the inbound port directly (every meshed connection, and
-//! all of local mode).
+//! A connection dialled straight at the inbound port comes from a peer proxy. When this proxy
+//! has an identity it is mutual TLS: terminated here, the client's certificate verified against
+//! the trust anchors and its SPIFFE ID read. Inside, the transport header names the target port
+//! and protocol. A connection iptables redirected here comes from a client without a proxy: its
+//! original destination names the port, and any TLS in it is the application's own, passed
+//! through untouched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::detect::{self, Protocol, Undecided};
 use crate::errors::{self, ProxyError, Reason};
 use crate::http::body::Body;
 use crate::http::forward;
 use crate::http::server::{self, Head};
-use crate::io::Rewind;
+use crate::io::{Conn, Rewind};
 use crate::metrics::{Direction, Name};
 use crate::orig_dst::{canonical, original_dst};
 use crate::shared::Shared;
@@ -32,27 +35,55 @@ use crate::upstream::Dial;
 
 const DIRECTION: Direction = Direction::Inbound;
 
+/// The header that tells the application which workload called, set from the caller's
+/// certificate (and removed from any request that did not come over mesh TLS).
+pub const PEER_IDENTITY_HEADER: &str = "x-weft-peer-identity";
+
+/// Who is on the other end of an inbound connection.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The SPIFFE ID of the client certificate, for a mesh TLS connection that presented one.
+    pub identity: Option<Arc<str>>,
+    /// Whether the connection was mesh TLS.
+    pub tls: bool,
+}
+
 /// Handles one accepted inbound connection to its end.
-pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr) {
+pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     let _open = shared.metrics.connection_opened(DIRECTION);
     let Ok(local) = stream.local_addr().map(canonical) else {
         return;
     };
-    let mut buf = BytesMut::with_capacity(4096);
     let detect_timeout = shared.settings.detect_timeout.0;
-    let (app, hint) = match original_dst(&stream) {
-        Some(orig) => (orig, None),
-        None => match read_header(&mut stream, &mut buf, detect_timeout).await {
-            Ok(header) => (
-                SocketAddr::new(local.ip(), header.port),
-                Some(header.protocol),
-            ),
-            Err(e) => {
-                shared.metrics.proxy_error(DIRECTION, Reason::BadRequest);
-                tracing::info!(%client, error = %e, "inbound connection without a target; closing");
+    let (mut conn, mut buf, peer, app, hint) = match original_dst(&stream) {
+        Some(orig) => (
+            Conn::Tcp(stream),
+            BytesMut::with_capacity(4096),
+            Peer::default(),
+            orig,
+            None,
+        ),
+        None => {
+            let mut buf = BytesMut::with_capacity(4096);
+            let Some((mut conn, peer)) = accept_mesh(&shared, stream, &mut buf, client).await
+            else {
                 return;
+            };
+            match read_header(&mut conn, &mut buf, detect_timeout).await {
+                Ok(header) => (
+                    conn,
+                    buf,
+                    peer,
+                    SocketAddr::new(local.ip(), header.port),
+                    Some(header.protocol),
+                ),
+                Err(e) => {
+                    shared.metrics.proxy_error(DIRECTION, Reason::BadRequest);
+                    tracing::info!(%client, error = %e, "inbound connection without a target; closing");
+                    return;
+                }
             }
-        },
+        }
     };
     if app.ip() == local.ip() && shared.settings.is_own_port(app.port()) {
         tracing::warn!(%client, %app, "refusing to forward to the proxy's own listener");
@@ -69,7 +100,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         Some(transport_header::Protocol::Opaque) => Protocol::Opaque,
         Some(transport_header::Protocol::Http1) => Protocol::Http1,
         Some(transport_header::Protocol::Http2) => Protocol::Http2,
-        None => match detect::read_and_classify(&mut stream, &mut buf, detect_timeout).await {
+        None => match detect::read_and_classify(&mut conn, &mut buf, detect_timeout).await {
             Ok(Ok(p)) => p,
             Ok(Err(Undecided::Timeout)) => Protocol::Opaque,
             Ok(Err(Undecided::Eof)) | Err(_) => return,
@@ -82,22 +113,22 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         Protocol::Http1 | Protocol::Http2 => {
             let http2 = protocol == Protocol::Http2;
             if !http2 {
-                let limits = limits(&shared);
-                match server::check_first_head(&mut stream, &mut buf, limits).await {
+                match server::check_first_head(&mut conn, &mut buf, limits(&shared)).await {
                     Head::Ok => {}
                     Head::Refuse(reason) => {
                         shared.metrics.proxy_error(DIRECTION, reason);
-                        server::refuse(&mut stream, reason).await;
+                        server::refuse(&mut conn, reason).await;
                         return;
                     }
                     Head::Closed => return,
                 }
             }
-            let io = Rewind::new(buf.freeze(), stream);
+            let io = Rewind::new(buf.freeze(), conn);
             let handler = Arc::new(Http {
                 shared: shared.clone(),
                 app,
                 backend: Name(app.to_string().into()),
+                peer,
             });
             server::serve(
                 io,
@@ -113,10 +144,75 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
             tcp::forward(
                 &shared,
                 DIRECTION,
-                Rewind::new(buf.freeze(), stream),
+                Rewind::new(buf.freeze(), conn),
                 Dial::Direct(app),
             )
             .await
+        }
+    }
+}
+
+/// For a connection a peer proxy dialled: terminates mesh TLS when this proxy has an identity
+/// and the peer speaks TLS. Plaintext is left as it is (the bytes read stay in `buf`).
+async fn accept_mesh(
+    shared: &Shared,
+    mut stream: TcpStream,
+    buf: &mut BytesMut,
+    client: SocketAddr,
+) -> Option<(Conn, Peer)> {
+    let Some(identity) = &shared.identity else {
+        return Some((Conn::Tcp(stream), Peer::default()));
+    };
+    let timeout = shared.settings.detect_timeout.0.max(Duration::from_secs(1));
+    match detect::read_and_classify(&mut stream, buf, timeout).await {
+        Ok(Ok(Protocol::Tls)) => {}
+        Ok(Ok(_)) => return Some((Conn::Tcp(stream), Peer::default())),
+        Ok(Err(_)) | Err(_) => return None,
+    }
+    let config = match identity.server_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no TLS server config");
+            return None;
+        }
+    };
+    let rewind = Rewind::new(std::mem::take(buf).freeze(), stream);
+    let handshake = tokio::time::timeout(
+        Duration::from_secs(10),
+        TlsAcceptor::from(config).accept(rewind),
+    )
+    .await;
+    match handshake {
+        Ok(Ok(tls)) => {
+            shared.metrics.handshake(DIRECTION, None);
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| weft_api::identity::spiffe_id_of(c.as_ref()).ok())
+                .map(Arc::from);
+            Some((
+                Conn::TlsServer(Box::new(tls)),
+                Peer {
+                    identity,
+                    tls: true,
+                },
+            ))
+        }
+        Ok(Err(e)) => {
+            let reason = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map_or("handshake", weft_api::identity::failure_reason);
+            shared.metrics.handshake(DIRECTION, Some(reason));
+            tracing::info!(%client, reason, error = %e, "mesh TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            shared.metrics.handshake(DIRECTION, Some("timeout"));
+            tracing::info!(%client, "mesh TLS handshake timed out");
+            None
         }
     }
 }
@@ -141,14 +237,16 @@ enum HeaderError {
 }
 
 /// Reads the transport header, leaving whatever followed it in `buf`.
-async fn read_header(
-    stream: &mut TcpStream,
+async fn read_header<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> Result<Header, HeaderError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some((header, used)) = Header::decode(buf)? {
+        if !buf.is_empty()
+            && let Some((header, used)) = Header::decode(buf)?
+        {
             buf.advance(used);
             return Ok(header);
         }
@@ -166,16 +264,27 @@ struct Http {
     shared: Arc<Shared>,
     app: SocketAddr,
     backend: Name,
+    peer: Peer,
 }
 
 static INBOUND_ROUTE: std::sync::LazyLock<Name> =
     std::sync::LazyLock::new(|| Name("inbound".into()));
 
 impl Http {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let grpc = errors::is_grpc(&req);
         let method: Method = req.method().clone();
+        let headers = req.headers_mut();
+        headers.remove(PEER_IDENTITY_HEADER);
+        if let Some(id) = self
+            .peer
+            .identity
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert(PEER_IDENTITY_HEADER, id);
+        }
         let result: Result<Response<Body>, ProxyError> = forward::forward(
             &self.shared.pools,
             &self.shared.tasks,
@@ -203,6 +312,7 @@ impl Http {
                 direction = "inbound",
                 %method,
                 app = %self.app,
+                peer = self.peer.identity.as_deref().unwrap_or("-"),
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
             );

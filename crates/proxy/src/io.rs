@@ -92,6 +92,78 @@ where
     Ok(Spliced { sent, received })
 }
 
+/// A connection as the proxy holds it: plain TCP, or mesh TLS as client or as server.
+pub enum Conn {
+    Tcp(tokio::net::TcpStream),
+    TlsClient(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    /// Accepted TLS; the bytes read to detect it are replayed to the handshake.
+    TlsServer(Box<tokio_rustls::server::TlsStream<Rewind<tokio::net::TcpStream>>>),
+}
+
+macro_rules! each_conn {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Conn::Tcp($s) => $e,
+            Conn::TlsClient($s) => $e,
+            Conn::TlsServer($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_conn!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_conn!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_conn!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::TlsClient(s) => s.is_write_vectored(),
+            Conn::TlsServer(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_conn!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_conn!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Tcp(_) => "Conn::Tcp",
+            Conn::TlsClient(_) => "Conn::TlsClient",
+            Conn::TlsServer(_) => "Conn::TlsServer",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

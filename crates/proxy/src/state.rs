@@ -371,7 +371,8 @@ mod tests {
             reviews.backend.endpoints[0].dial,
             Dial::Peer {
                 proxy: "127.0.10.1:15143".parse().unwrap(),
-                port: 9080
+                port: 9080,
+                identity: "spiffe://cluster.local/ns/shop/sa/x".into(),
             }
         );
         let ratings = s.by_authority("ratings.data").unwrap();

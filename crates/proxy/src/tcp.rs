@@ -1,12 +1,11 @@
 //! Opaque TCP: a connection forwarded byte for byte, half-close included.
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::backends::{Backend, NoEndpoint};
 use crate::errors::{ProxyError, Reason};
-use crate::io::splice;
+use crate::io::{Conn, splice};
 use crate::metrics::Direction;
 use crate::policy::breaker::Outcome;
 use crate::shared::Shared;
@@ -84,7 +83,7 @@ where
     }
 }
 
-async fn relay<I>(shared: &Shared, direction: Direction, mut io: I, mut upstream: TcpStream)
+async fn relay<I>(shared: &Shared, direction: Direction, mut io: I, mut upstream: Conn)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {

@@ -20,23 +20,34 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use crate::backends::ConnLimiter;
 use crate::errors::ProxyError;
 use crate::http::body::Body;
+use crate::identity::{Identity, MESH_ALPN};
+use crate::io::Conn;
+use crate::metrics::Direction;
 use crate::metrics::Metrics;
 use crate::transport_header::{self, Header};
 
 /// How to reach an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Dial {
     /// Connect to the address itself.
     Direct(SocketAddr),
-    /// Connect to the weft proxy in front of the endpoint and ask it for `port`.
-    Peer { proxy: SocketAddr, port: u16 },
+    /// Connect to the weft proxy in front of the endpoint and ask it for `port`. When this
+    /// proxy has an identity, the connection is mutual TLS and the peer must present
+    /// `identity`.
+    Peer {
+        proxy: SocketAddr,
+        port: u16,
+        identity: Arc<str>,
+    },
 }
 
 impl Dial {
@@ -50,20 +61,32 @@ impl Dial {
 }
 
 /// Opens upstream connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connector {
     pub connect_timeout: Duration,
+    /// With an identity, connections to meshed peers are mutual TLS.
+    pub identity: Option<Arc<Identity>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl Connector {
-    /// Connects and, for a peer proxy, sends the transport header that says what follows.
+    /// Connects, and to a peer proxy: with TLS when this proxy has an identity, then the
+    /// transport header that says what follows.
     pub async fn connect(
         &self,
         dial: &Dial,
         protocol: transport_header::Protocol,
-    ) -> Result<TcpStream, ProxyError> {
+    ) -> Result<Conn, ProxyError> {
         let addr = dial.addr();
-        let mut stream =
+        let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
@@ -76,19 +99,71 @@ impl Connector {
             };
         // Latency matters more than packet count for request/response traffic.
         let _ = stream.set_nodelay(true);
-        if let Dial::Peer { port, .. } = dial {
-            let mut header = BytesMut::new();
-            Header {
-                port: *port,
-                protocol,
-            }
-            .encode(&mut header);
-            stream
-                .write_all(&header)
-                .await
-                .map_err(|source| ProxyError::Connect { addr, source })?;
+        let Dial::Peer {
+            port,
+            identity: expected,
+            ..
+        } = dial
+        else {
+            return Ok(Conn::Tcp(stream));
+        };
+        let mut conn = match &self.identity {
+            Some(identity) => Conn::TlsClient(Box::new(
+                self.handshake(identity, expected, addr, stream).await?,
+            )),
+            None => Conn::Tcp(stream),
+        };
+        let mut header = BytesMut::new();
+        Header {
+            port: *port,
+            protocol,
         }
-        Ok(stream)
+        .encode(&mut header);
+        conn.write_all(&header)
+            .await
+            .map_err(|source| ProxyError::Connect { addr, source })?;
+        Ok(conn)
+    }
+
+    async fn handshake(
+        &self,
+        identity: &Arc<Identity>,
+        expected: &str,
+        addr: SocketAddr,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let tls = |reason: &'static str, detail: String| ProxyError::Tls {
+            addr,
+            reason,
+            detail,
+        };
+        let config = identity
+            .client_config(expected, MESH_ALPN)
+            .map_err(|e| tls("config", e.to_string()))?;
+        let name = ServerName::try_from("weft-mesh").map_err(|e| tls("config", e.to_string()))?;
+        let connecting = TlsConnector::from(config).connect(name, stream);
+        let result = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => {
+                let reason = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .map_or("handshake", weft_api::identity::failure_reason);
+                Err(tls(reason, e.to_string()))
+            }
+            Err(_) => Err(tls(
+                "timeout",
+                format!("no TLS handshake within {:?}", self.connect_timeout),
+            )),
+        };
+        self.metrics.handshake(
+            Direction::Outbound,
+            result.as_ref().err().map(|e| e.tls_reason()),
+        );
+        if let Err(e) = &result {
+            tracing::warn!(%addr, %expected, error = %e, "mesh TLS handshake failed");
+        }
+        result
     }
 }
 
@@ -144,7 +219,7 @@ pub struct PoolSettings {
     pub max_idle_per_key: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     dial: Dial,
     http2: bool,
@@ -401,7 +476,7 @@ impl Pools {
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let slot = {
             let mut pools = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-            pools.entry(*key).or_default().clone()
+            pools.entry(key.clone()).or_default().clone()
         };
         let mut slot = slot.lock().await;
         if let Some(sender) = slot.as_ref()
@@ -437,14 +512,17 @@ impl Pools {
         Ok(sender)
     }
 
-    async fn connect(&self, key: &Key, opts: &SendOptions) -> Result<TcpStream, ProxyError> {
+    async fn connect(&self, key: &Key, opts: &SendOptions) -> Result<Conn, ProxyError> {
         let protocol = if key.http2 {
             transport_header::Protocol::Http2
         } else {
             transport_header::Protocol::Http1
         };
         let connector = match opts.connect_timeout {
-            Some(connect_timeout) => Connector { connect_timeout },
+            Some(connect_timeout) => Connector {
+                connect_timeout,
+                ..self.connector.clone()
+            },
             None => self.connector.clone(),
         };
         let result = connector.connect(&key.dial, protocol).await;
@@ -475,8 +553,8 @@ impl Pools {
         let mut out = Vec::new();
         let stat = |key: &Key, idle: usize| PoolStats {
             addr: key.dial.addr(),
-            peer_port: match key.dial {
-                Dial::Peer { port, .. } => Some(port),
+            peer_port: match &key.dial {
+                Dial::Peer { port, .. } => Some(*port),
                 Dial::Direct(_) => None,
             },
             http2: key.http2,

@@ -257,7 +257,10 @@ impl Http {
             };
             tried.push(picked.index);
             let sent_at = Instant::now();
-            let send = self.shared.pools.send(picked.endpoint.dial, req, &opts);
+            let send = self
+                .shared
+                .pools
+                .send(picked.endpoint.dial.clone(), req, &opts);
             let result = match rule.backend_timeout {
                 Some(t) => tokio::time::timeout(t, send)
                     .await
@@ -337,7 +340,7 @@ impl Http {
                     .pick(req.headers(), &[], Instant::now())
                     .map_err(|_| "no-endpoint")?;
                 let opts = SendOptions::reusable();
-                let send = shared.pools.send(picked.endpoint.dial, req, &opts);
+                let send = shared.pools.send(picked.endpoint.dial.clone(), req, &opts);
                 match tokio::time::timeout(MIRROR_TIMEOUT, send).await {
                     Ok(Ok(resp)) => {
                         // Read the answer so the connection can be reused.
