@@ -72,7 +72,7 @@ pub fn status(hub: &Hub) -> serde_json::Value {
         .proxies()
         .into_iter()
         .map(|p| {
-            let current = generation.for_namespace(&p.namespace).version.clone();
+            let current = generation.for_target(&p.target()).version.clone();
             let up_to_date = p.acked.as_deref() == Some(current.as_str());
             let mut v = serde_json::to_value(&p).unwrap_or_default();
             v["current"] = json!(current);

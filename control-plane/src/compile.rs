@@ -17,7 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use weft_api::config::route::{
     Filter, HttpRoute, RouteRule, Timeouts, WeightedBackend, default_backoff,
 };
-use weft_api::config::{self, DEFAULT_INBOUND_PORT, MeshPeer, ProxyConfig};
+use weft_api::config::server::ServerPolicySpec;
+use weft_api::config::{self, DEFAULT_INBOUND_PORT, MeshPeer, MtlsMode, ProxyConfig, ServerPolicy};
 use weft_api::gateway::{HttpRouteMatch, MatchType, PathMatch, PathMatchType};
 use weft_api::resources::check::grpc_route_extras;
 use weft_api::resources::core::{EndpointSlice, IntOrString, Pod, SERVICE_NAME_LABEL, Service};
@@ -28,10 +29,23 @@ use weft_api::resources::{Manifest, ObjectMeta, Resource};
 use weft_api::validate::Problems;
 
 /// Who a config is compiled for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Target {
     /// The proxy's namespace: short names and consumer routes depend on it.
     pub namespace: String,
+    /// The proxy's pod, by name (in `namespace`) or else by IP: its labels pick the
+    /// ServerPolicies compiled into the inbound side.
+    pub pod_name: Option<String>,
+    pub pod_ip: Option<IpAddr>,
+}
+
+impl Target {
+    pub fn namespace(namespace: impl Into<String>) -> Target {
+        Target {
+            namespace: namespace.into(),
+            ..Target::default()
+        }
+    }
 }
 
 /// Settings of the mesh as a whole.
@@ -59,6 +73,8 @@ pub struct Index<'a> {
     grpc_routes: Vec<&'a GrpcRouteManifest>,
     /// The policy for each Service, by `(namespace, name)`: the first by name wins.
     policies: HashMap<(&'a str, &'a str), (&'a str, &'a config::BackendPolicySpec)>,
+    /// By namespace and name.
+    server_policies: BTreeMap<(&'a str, &'a str), &'a ServerPolicySpec>,
 }
 
 impl<'a> Index<'a> {
@@ -70,6 +86,7 @@ impl<'a> Index<'a> {
             http_routes: Vec::new(),
             grpc_routes: Vec::new(),
             policies: HashMap::new(),
+            server_policies: BTreeMap::new(),
         };
         for m in manifests {
             match &m.resource {
@@ -90,6 +107,11 @@ impl<'a> Index<'a> {
                 }
                 Resource::HttpRoute(r) => index.http_routes.push(r),
                 Resource::GrpcRoute(r) => index.grpc_routes.push(r),
+                Resource::ServerPolicy(p) => {
+                    index
+                        .server_policies
+                        .insert((p.metadata.namespace(), &p.metadata.name), &p.spec);
+                }
                 Resource::BackendPolicy(p) => {
                     for t in &p.spec.target_refs {
                         let key = (p.metadata.namespace(), t.name.as_str());
@@ -111,6 +133,61 @@ impl<'a> Index<'a> {
     /// Compiles the config for one proxy. The version is a digest of the content, so an
     /// unchanged result has an unchanged version.
     pub fn compile(&self, target: &Target, mesh: &MeshSettings) -> ProxyConfig {
+        let mut config = self.compile_namespace(&target.namespace, mesh);
+        let policies = self.inbound_policies(target);
+        if !policies.is_empty() {
+            config.inbound.policies = policies;
+            config.version = digest(&config);
+        }
+        config
+    }
+
+    /// The pod a proxy runs in: by name, else by IP.
+    fn pod_of(&self, target: &Target) -> Option<&'a Pod> {
+        let in_ns = |p: &&&Pod| p.metadata.namespace() == target.namespace;
+        match &target.pod_name {
+            Some(name) if !name.is_empty() => self
+                .pods
+                .iter()
+                .filter(in_ns)
+                .find(|p| p.metadata.name == *name)
+                .copied(),
+            _ => {
+                let ip = target.pod_ip?;
+                self.pods
+                    .iter()
+                    .filter(in_ns)
+                    .find(|p| {
+                        p.status
+                            .pod_ip
+                            .as_deref()
+                            .and_then(|a| a.parse::<IpAddr>().ok())
+                            == Some(ip)
+                    })
+                    .copied()
+            }
+        }
+    }
+
+    /// The ServerPolicies that select the target's pod, by name.
+    pub fn inbound_policies(&self, target: &Target) -> Vec<ServerPolicy> {
+        self.pod_of(target)
+            .map(|pod| self.policies_of(pod))
+            .unwrap_or_default()
+    }
+
+    fn policies_of(&self, pod: &Pod) -> Vec<ServerPolicy> {
+        let ns = pod.metadata.namespace();
+        self.server_policies
+            .range((ns, "")..)
+            .take_while(|((n, _), _)| *n == ns)
+            .filter(|(_, spec)| spec.selector.selects(&pod.metadata.labels))
+            .map(|((n, name), spec)| ServerPolicy::new(format!("{n}/{name}"), spec))
+            .collect()
+    }
+
+    /// The config every proxy in `namespace` shares: everything but the inbound policies.
+    pub fn compile_namespace(&self, namespace: &str, mesh: &MeshSettings) -> ProxyConfig {
         let mut config = ProxyConfig {
             cluster_domain: mesh.cluster_domain.clone(),
             ..ProxyConfig::default()
@@ -142,7 +219,7 @@ impl<'a> Index<'a> {
                     name: port.name.clone(),
                     protocol,
                     backend,
-                    routes: self.routes_for(ns, name, port.port, &target.namespace),
+                    routes: self.routes_for(ns, name, port.port, namespace),
                 });
             }
             if ports.is_empty() {
@@ -195,7 +272,7 @@ impl<'a> Index<'a> {
                     let Some(target_port) = target_port else {
                         continue;
                     };
-                    out.push(endpoint(SocketAddr::new(ip, target_port), Some(pod), mesh));
+                    out.push(self.endpoint(SocketAddr::new(ip, target_port), Some(pod), mesh));
                 }
             }
             _ => {
@@ -235,7 +312,11 @@ impl<'a> Index<'a> {
                                 });
                         for addr in &ep.addresses {
                             if let Ok(ip) = addr.parse::<IpAddr>() {
-                                out.push(endpoint(SocketAddr::new(ip, target_port), pod, mesh));
+                                out.push(self.endpoint(
+                                    SocketAddr::new(ip, target_port),
+                                    pod,
+                                    mesh,
+                                ));
                             }
                         }
                     }
@@ -245,6 +326,33 @@ impl<'a> Index<'a> {
         out.sort_by_key(|e| e.address);
         out.dedup_by_key(|e| e.address);
         out
+    }
+
+    fn endpoint(
+        &self,
+        address: SocketAddr,
+        pod: Option<&Pod>,
+        mesh: &MeshSettings,
+    ) -> config::Endpoint {
+        config::Endpoint {
+            address,
+            mesh: pod.filter(|p| p.is_meshed()).map(|p| {
+                let policies = self.policies_of(p);
+                let mtls = ServerPolicy::for_port(&policies, address.port())
+                    .map_or(MtlsMode::default(), |(_, policy)| policy.mtls);
+                MeshPeer {
+                    identity: format!(
+                        "spiffe://{}/ns/{}/sa/{}",
+                        mesh.trust_domain,
+                        p.metadata.namespace(),
+                        p.service_account()
+                    ),
+                    inbound_port: DEFAULT_INBOUND_PORT,
+                    tls: mtls != MtlsMode::Disable,
+                }
+            }),
+            pod: pod.map(|p| format!("{}/{}", p.metadata.namespace(), p.metadata.name)),
+        }
     }
 
     /// The routes attached to a Service port, as a client in `client_ns` sees them.
@@ -294,22 +402,6 @@ pub fn backend_name(ns: &str, name: &str, port: u16) -> String {
 
 fn selects(selector: &BTreeMap<String, String>, meta: &ObjectMeta) -> bool {
     selector.iter().all(|(k, v)| meta.labels.get(k) == Some(v))
-}
-
-fn endpoint(address: SocketAddr, pod: Option<&Pod>, mesh: &MeshSettings) -> config::Endpoint {
-    config::Endpoint {
-        address,
-        mesh: pod.filter(|p| p.is_meshed()).map(|p| MeshPeer {
-            identity: format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                mesh.trust_domain,
-                p.metadata.namespace(),
-                p.service_account()
-            ),
-            inbound_port: DEFAULT_INBOUND_PORT,
-        }),
-        pod: pod.map(|p| format!("{}/{}", p.metadata.namespace(), p.metadata.name)),
-    }
 }
 
 fn cluster_ips(svc: &Service) -> Vec<IpAddr> {
@@ -456,7 +548,7 @@ fn grpc_path(kind: MatchType, service: Option<&str>, method: Option<&str>) -> Pa
 }
 
 /// A short digest of a config's content.
-fn digest(config: &ProxyConfig) -> String {
+pub fn digest(config: &ProxyConfig) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
     serde_json::to_string(config)
         .unwrap_or_default()
@@ -531,12 +623,8 @@ spec:
         assert!(errors.is_empty(), "{errors:?}");
         let checked = check(manifests);
         assert!(checked.errors.is_empty(), "{:?}", checked.errors);
-        let config = Index::new(&checked.accepted).compile(
-            &Target {
-                namespace: client_ns.into(),
-            },
-            &MeshSettings::default(),
-        );
+        let config = Index::new(&checked.accepted)
+            .compile(&Target::namespace(client_ns), &MeshSettings::default());
         config.validate().unwrap_or_else(|e| panic!("{e:?}"));
         config
     }
@@ -634,5 +722,105 @@ spec:
         );
         let method = grpc_path(MatchType::Exact, None, Some("Get.All"));
         assert_eq!(method.value, r"/[^/]+/Get\.All");
+    }
+}
+
+#[cfg(test)]
+mod server_policy_tests {
+    use super::*;
+    use weft_api::resources::{check::check, parse_file};
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{port: 9080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-1, namespace: shop, labels: {app: reviews}, annotations: {weft.dev/inject: enabled}}
+spec: {serviceAccountName: reviews, containers: [{name: app}]}
+status: {podIP: 127.0.10.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}, annotations: {weft.dev/inject: enabled}}
+spec: {serviceAccountName: web, containers: [{name: app}]}
+status: {podIP: 127.0.10.4}
+---
+apiVersion: policy.weft.dev/v1alpha1
+kind: ServerPolicy
+metadata: {name: b-reviews-plain, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  ports: [8080]
+  mtls: DISABLE
+---
+apiVersion: policy.weft.dev/v1alpha1
+kind: ServerPolicy
+metadata: {name: a-everyone, namespace: shop}
+spec:
+  mtls: STRICT
+  rules: [{action: Deny, to: {paths: [/admin*]}}]
+---
+apiVersion: policy.weft.dev/v1alpha1
+kind: ServerPolicy
+metadata: {name: elsewhere, namespace: web}
+spec: {mtls: STRICT}
+"#;
+
+    fn index_of(yaml: &str) -> Vec<Manifest> {
+        let (manifests, errors) = parse_file("pods.yaml", yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let checked = check(manifests);
+        assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+        checked.accepted
+    }
+
+    #[test]
+    fn policies_follow_pod_labels_and_disable_turns_peers_to_plaintext() {
+        let accepted = index_of(PODS);
+        let index = Index::new(&accepted);
+        let names = |t: &Target| -> Vec<String> {
+            index
+                .inbound_policies(t)
+                .into_iter()
+                .map(|p| p.name)
+                .collect()
+        };
+        let by_name = Target {
+            pod_name: Some("reviews-1".into()),
+            ..Target::namespace("shop")
+        };
+        let by_ip = Target {
+            pod_ip: Some("127.0.10.4".parse().unwrap()),
+            ..Target::namespace("shop")
+        };
+        assert_eq!(names(&by_name), ["shop/a-everyone", "shop/b-reviews-plain"]);
+        assert_eq!(names(&by_ip), ["shop/a-everyone"]);
+        assert!(names(&Target::namespace("shop")).is_empty());
+
+        let config = index.compile(&by_name, &MeshSettings::default());
+        config.validate().unwrap();
+        let shared = index.compile(&Target::namespace("shop"), &MeshSettings::default());
+        assert_ne!(config.version, shared.version, "the policies are in the version");
+        // Port 8080 of reviews-1 is DISABLE: its clients send plaintext.
+        let mesh = config.backends[0].endpoints[0].mesh.as_ref().unwrap();
+        assert_eq!(
+            (mesh.identity.as_str(), mesh.tls),
+            ("spiffe://cluster.local/ns/shop/sa/reviews", false)
+        );
+        // The port-specific policy wins on 8080, the catch-all elsewhere.
+        let policies = &config.inbound.policies;
+        assert_eq!(
+            ServerPolicy::for_port(policies, 8080).map(|(_, p)| p.mtls),
+            Some(MtlsMode::Disable)
+        );
+        assert_eq!(
+            ServerPolicy::for_port(policies, 9090).map(|(_, p)| p.mtls),
+            Some(MtlsMode::Strict)
+        );
     }
 }

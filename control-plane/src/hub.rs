@@ -24,6 +24,7 @@ use crate::metrics::ControlMetrics;
 pub struct Compiled {
     pub version: String,
     pub json: Bytes,
+    pub config: Arc<weft_api::config::ProxyConfig>,
 }
 
 /// The accepted manifests at one moment, and what they compile to.
@@ -34,7 +35,8 @@ pub struct Generation {
     /// When the change that produced it was noticed.
     pub since: Instant,
     mesh: MeshSettings,
-    compiled: Mutex<HashMap<String, Arc<Compiled>>>,
+    /// By namespace and the JSON of the inbound policies.
+    compiled: Mutex<HashMap<(String, String), Arc<Compiled>>>,
 }
 
 impl Generation {
@@ -54,26 +56,37 @@ impl Generation {
         }
     }
 
-    /// The config of proxies in `namespace`, compiled once per generation.
-    pub fn for_namespace(&self, namespace: &str) -> Arc<Compiled> {
-        if let Some(c) = lock(&self.compiled).get(namespace) {
+    /// The config of the proxy `target` describes. The part every proxy in a namespace shares
+    /// is compiled once per generation; proxies whose pods have the same ServerPolicies share
+    /// the whole result.
+    pub fn for_target(&self, target: &Target) -> Arc<Compiled> {
+        let index = Index::new(&self.accepted);
+        let policies = index.inbound_policies(target);
+        let key = (
+            target.namespace.clone(),
+            serde_json::to_string(&policies).unwrap_or_default(),
+        );
+        if let Some(c) = lock(&self.compiled).get(&key) {
             return c.clone();
         }
-        let config = Index::new(&self.accepted).compile(
-            &Target {
-                namespace: namespace.to_owned(),
-            },
-            &self.mesh,
-        );
+        let mut config = if policies.is_empty() {
+            index.compile_namespace(&target.namespace, &self.mesh)
+        } else {
+            // The shared part, from the cache (a target without a pod has no policies).
+            let shared = self.for_target(&Target::namespace(target.namespace.as_str()));
+            (*shared.config).clone()
+        };
+        if !policies.is_empty() {
+            config.inbound.policies = policies;
+            config.version = crate::compile::digest(&config);
+        }
         let json = Bytes::from(serde_json::to_vec(&config).unwrap_or_default());
         let compiled = Arc::new(Compiled {
-            version: config.version,
+            version: config.version.clone(),
             json,
+            config: Arc::new(config),
         });
-        lock(&self.compiled)
-            .entry(namespace.to_owned())
-            .or_insert(compiled)
-            .clone()
+        lock(&self.compiled).entry(key).or_insert(compiled).clone()
     }
 }
 
@@ -94,6 +107,17 @@ pub struct ProxyRecord {
     pub acked: Option<String>,
     /// The last refused version, and why.
     pub nacked: Option<(String, String)>,
+}
+
+impl ProxyRecord {
+    /// Whom its config is compiled for.
+    pub fn target(&self) -> Target {
+        Target {
+            namespace: self.namespace.clone(),
+            pod_name: Some(self.pod_name.clone()).filter(|n| !n.is_empty()),
+            pod_ip: self.pod_ip.parse().ok(),
+        }
+    }
 }
 
 fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

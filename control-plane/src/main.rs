@@ -35,6 +35,9 @@ enum Command {
         /// The proxy's namespace.
         #[arg(long, default_value = "default")]
         namespace: String,
+        /// The proxy's pod (in NAMESPACE): the ServerPolicies selecting it are compiled in.
+        #[arg(long)]
+        pod: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "yaml")]
         output: Output,
     },
@@ -79,8 +82,17 @@ fn main() -> ExitCode {
         Command::Compile {
             paths,
             namespace,
+            pod,
             output,
-        } => compile_command(&paths, namespace, output),
+        } => compile_command(
+            &paths,
+            &Target {
+                namespace,
+                pod_name: pod,
+                pod_ip: None,
+            },
+            output,
+        ),
         Command::Control(args) => weft_control::control::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(TokenCommand::Create {
             state,
@@ -126,11 +138,7 @@ fn check_command(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn compile_command(
-    paths: &[PathBuf],
-    namespace: String,
-    output: Output,
-) -> anyhow::Result<ExitCode> {
+fn compile_command(paths: &[PathBuf], target: &Target, output: Output) -> anyhow::Result<ExitCode> {
     let (manifests, mut errors) = load(paths);
     let checked = check(manifests);
     errors.extend(checked.errors);
@@ -140,8 +148,7 @@ fn compile_command(
         }
         anyhow::bail!("{} errors; nothing compiled", errors.len());
     }
-    let config =
-        Index::new(&checked.accepted).compile(&Target { namespace }, &MeshSettings::default());
+    let config = Index::new(&checked.accepted).compile(target, &MeshSettings::default());
     let text = match output {
         Output::Json => serde_json::to_string_pretty(&config)?,
         Output::Yaml => serde_saphyr::to_string(&config)?,

@@ -30,6 +30,7 @@ use weft_api::proto::proxy_message::Message;
 use weft_api::proto::{Hello, ProxyMessage, Snapshot};
 
 use crate::ca::Ca;
+use crate::compile::Target;
 use crate::hub::{Hub, ProxyRecord};
 use crate::token::Tokens;
 
@@ -135,12 +136,17 @@ async fn serve_proxy(
     tx: mpsc::Sender<Result<Snapshot, Status>>,
 ) {
     let mut generations = hub.subscribe();
+    let target = Target {
+        namespace: hello.namespace.clone(),
+        pod_name: Some(hello.pod_name.clone()).filter(|n| !n.is_empty()),
+        pod_ip: hello.pod_ip.parse().ok(),
+    };
     // What the proxy runs; after a reconnect that may already be the current version.
     let mut has = Some(hello.version).filter(|v| !v.is_empty());
     let mut sent_at = None;
     loop {
         let generation = generations.borrow_and_update().clone();
-        let compiled = generation.for_namespace(&hello.namespace);
+        let compiled = generation.for_target(&target);
         if has.as_deref() == Some(compiled.version.as_str()) {
             hub.update(id, |r| {
                 if r.sent.is_none() {

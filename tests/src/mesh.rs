@@ -111,6 +111,7 @@ impl Mesh {
                     mesh: ep.meshed.map(|inbound_port| MeshPeer {
                         identity: format!("spiffe://cluster.local/ns/{namespace}/sa/{name}"),
                         inbound_port,
+                        tls: true,
                     }),
                     pod: None,
                 })

@@ -18,9 +18,11 @@ use crate::validate::Problems;
 
 pub mod policy;
 pub mod route;
+pub mod server;
 
 pub use policy::BackendPolicySpec;
 pub use route::{Filter, HttpRoute, Retry, RouteRule, Timeouts, WeightedBackend};
+pub use server::{MtlsMode, ServerPolicy};
 
 /// The port of a peer proxy's inbound listener, where meshed endpoints are reached.
 pub const DEFAULT_INBOUND_PORT: u16 = 15143;
@@ -146,6 +148,22 @@ pub struct MeshPeer {
     /// The peer proxy's inbound port on the endpoint's IP.
     #[serde(default = "default_inbound_port")]
     pub inbound_port: u16,
+    /// Whether the peer takes mesh TLS; false when its ServerPolicy for the port says
+    /// `mtls: DISABLE`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tls: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_inbound_port() -> u16 {
@@ -160,6 +178,10 @@ pub struct Inbound {
     /// in addition to the proxy's `--opaque-ports`.
     #[serde(default)]
     pub opaque_ports: BTreeSet<u16>,
+    /// The ServerPolicies that select this workload, by name: for each port the first that
+    /// names it applies, else the first that names no port. No policy: PERMISSIVE, allow all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<ServerPolicy>,
 }
 
 /// Why a config file could not be used.
@@ -215,6 +237,9 @@ impl ProxyConfig {
     fn check(&self, errors: &mut Problems) {
         if !is_dns_name(&self.cluster_domain) {
             errors.add("clusterDomain", "must be a DNS name");
+        }
+        for (i, policy) in self.inbound.policies.iter().enumerate() {
+            policy.validate(&format!("inbound.policies[{i}]"), errors);
         }
         let backends: HashMap<&str, usize> = self
             .backends

@@ -86,6 +86,7 @@ pub enum Resource {
     HttpRoute(routes::HttpRouteManifest),
     GrpcRoute(routes::GrpcRouteManifest),
     BackendPolicy(policy::BackendPolicy),
+    ServerPolicy(policy::ServerPolicy),
 }
 
 /// The kinds weft reads, with the API versions accepted for each.
@@ -108,6 +109,7 @@ pub const KINDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("BackendPolicy", &["policy.weft.dev/v1alpha1"]),
+    ("ServerPolicy", &["policy.weft.dev/v1alpha1"]),
 ];
 
 impl Resource {
@@ -119,6 +121,7 @@ impl Resource {
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::BackendPolicy(_) => "BackendPolicy",
+            Resource::ServerPolicy(_) => "ServerPolicy",
         }
     }
 
@@ -130,6 +133,7 @@ impl Resource {
             Resource::HttpRoute(r) => &r.metadata,
             Resource::GrpcRoute(r) => &r.metadata,
             Resource::BackendPolicy(r) => &r.metadata,
+            Resource::ServerPolicy(r) => &r.metadata,
         }
     }
 
@@ -307,7 +311,8 @@ fn parse_document(text: &str) -> Result<Option<Resource>, DocError> {
         "EndpointSlice" => Resource::EndpointSlice(typed(value, &subject)?),
         "HTTPRoute" => Resource::HttpRoute(typed(value, &subject)?),
         "GRPCRoute" => Resource::GrpcRoute(typed(value, &subject)?),
-        _ => Resource::BackendPolicy(typed(value, &subject)?),
+        "BackendPolicy" => Resource::BackendPolicy(typed(value, &subject)?),
+        _ => Resource::ServerPolicy(typed(value, &subject)?),
     };
     Ok(Some(resource))
 }

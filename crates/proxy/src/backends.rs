@@ -429,6 +429,8 @@ type EndpointKey = (Arc<str>, SocketAddr);
 pub struct Registry {
     endpoints: Mutex<HashMap<EndpointKey, Weak<EndpointState>>>,
     backends: Mutex<HashMap<Arc<str>, Weak<BackendShared>>>,
+    /// Inbound rate limits, by ServerPolicy name.
+    inbound_buckets: Mutex<HashMap<String, Weak<Mutex<TokenBucket>>>>,
 }
 
 impl Registry {
@@ -460,7 +462,7 @@ impl Registry {
                             Some(mesh) => Dial::Peer {
                                 proxy: SocketAddr::new(e.address.ip(), mesh.inbound_port),
                                 port: e.address.port(),
-                                identity: mesh.identity.as_str().into(),
+                                identity: mesh.tls.then(|| mesh.identity.as_str().into()),
                             },
                             None => Dial::Direct(e.address),
                         },
@@ -540,6 +542,28 @@ impl Registry {
     pub fn prune(&self) {
         lock(&self.endpoints).retain(|_, w| w.strong_count() > 0);
         lock(&self.backends).retain(|_, w| w.strong_count() > 0);
+        lock(&self.inbound_buckets).retain(|_, w| w.strong_count() > 0);
+    }
+
+    /// The token bucket of a ServerPolicy's rate limit: the same one across swaps while the
+    /// limit is unchanged, so that a config change never refills it.
+    pub fn inbound_bucket(
+        &self,
+        policy: &str,
+        per_second: u32,
+        burst: Option<u32>,
+        now: Instant,
+    ) -> Arc<Mutex<TokenBucket>> {
+        let burst = burst.unwrap_or(per_second);
+        let mut known = lock(&self.inbound_buckets);
+        if let Some(bucket) = known.get(policy).and_then(Weak::upgrade)
+            && lock(&bucket).is_for(per_second, burst)
+        {
+            return bucket;
+        }
+        let bucket = Arc::new(Mutex::new(TokenBucket::new(per_second, burst, now)));
+        known.insert(policy.to_owned(), Arc::downgrade(&bucket));
+        bucket
     }
 }
 

@@ -153,6 +153,9 @@ pub enum ProxyError {
     Overloaded(Arc<str>),
     #[error("{0} is over its rate limit")]
     RateLimited(Arc<str>),
+    /// Refused by the inbound ServerPolicy (403 `unauthorized` or 429 `rate-limited`).
+    #[error("refused by the server's policy ({})", .0.as_str())]
+    Denied(Reason),
     #[error("the retry budget of {0} is exhausted")]
     BudgetExhausted(Arc<str>),
     #[error("no response within {0:?}")]
@@ -175,6 +178,7 @@ impl ProxyError {
             ProxyError::BreakerOpen(_) => Reason::BreakerOpen,
             ProxyError::Overloaded(_) => Reason::Overloaded,
             ProxyError::RateLimited(_) => Reason::RateLimited,
+            ProxyError::Denied(reason) => *reason,
             ProxyError::BudgetExhausted(_) => Reason::RetryBudgetExhausted,
             ProxyError::Timeout(_) => Reason::Timeout,
         }
@@ -189,6 +193,7 @@ impl ProxyError {
             | ProxyError::BreakerOpen(_)
             | ProxyError::Overloaded(_)
             | ProxyError::RateLimited(_)
+            | ProxyError::Denied(_)
             | ProxyError::BudgetExhausted(_) => Blame::Local,
             ProxyError::Upstream { source, .. } if source.is_user() => Blame::Downstream,
             ProxyError::Connect { .. }

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::authz::{self, Denied, InboundPolicy, Operation};
 use crate::detect::{self, Protocol, Undecided};
 use crate::errors::{self, ProxyError, Reason};
 use crate::http::body::Body;
@@ -89,6 +90,14 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
         tracing::warn!(%client, %app, "refusing to forward to the proxy's own listener");
         return;
     }
+    // The mTLS mode decides whether the peer may talk to this port at all; the rules and the
+    // rate limit apply per request (HTTP) or here (opaque TCP).
+    if let Some(policy) = shared.state.load().inbound_policy(app.port())
+        && let Err(denied) = policy.admits(&peer)
+    {
+        deny(&shared, policy, denied, client, app);
+        return;
+    }
     let opaque = shared.settings.opaque_ports.contains(&app.port())
         || shared
             .state
@@ -141,6 +150,12 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
         }
         // Application TLS and other opaque protocols go to the application as they are.
         _ => {
+            if let Some(policy) = shared.state.load().inbound_policy(app.port())
+                && let Err(denied) = policy.check(&peer, None)
+            {
+                deny(&shared, policy, denied, client, app);
+                return;
+            }
             tcp::forward(
                 &shared,
                 DIRECTION,
@@ -184,7 +199,12 @@ async fn accept_mesh(
     .await;
     match handshake {
         Ok(Ok(tls)) => {
-            shared.metrics.handshake(DIRECTION, None);
+            shared.metrics.handshake(
+                DIRECTION,
+                Ok(crate::upstream::tls_version(
+                    tls.get_ref().1.protocol_version(),
+                )),
+            );
             let identity = tls
                 .get_ref()
                 .1
@@ -205,16 +225,28 @@ async fn accept_mesh(
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .map_or("handshake", weft_api::identity::failure_reason);
-            shared.metrics.handshake(DIRECTION, Some(reason));
+            shared.metrics.handshake(DIRECTION, Err(reason));
             tracing::info!(%client, reason, error = %e, "mesh TLS handshake refused");
             None
         }
         Err(_) => {
-            shared.metrics.handshake(DIRECTION, Some("timeout"));
+            shared.metrics.handshake(DIRECTION, Err("timeout"));
             tracing::info!(%client, "mesh TLS handshake timed out");
             None
         }
     }
+}
+
+/// Counts and logs a refusal; the caller closes the connection.
+fn deny(
+    shared: &Shared,
+    policy: &InboundPolicy,
+    denied: Denied,
+    client: SocketAddr,
+    app: SocketAddr,
+) {
+    shared.metrics.inbound_denied(&policy.name, denied.as_str());
+    tracing::info!(%client, %app, policy = %policy.name.0, reason = denied.as_str(), "inbound connection refused by policy");
 }
 
 fn limits(shared: &Shared) -> server::Limits {
@@ -267,6 +299,52 @@ struct Http {
     peer: Peer,
 }
 
+impl Http {
+    /// Applies the port's ServerPolicy to one request, loaded afresh so that a policy change
+    /// reaches long-lived connections. With path rules, the application gets the normalized
+    /// path that was authorized.
+    fn authorize(&self, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+        let snapshot = self.shared.state.load();
+        let Some(policy) = snapshot.inbound_policy(self.app.port()) else {
+            return Ok(());
+        };
+        let refuse = |denied: Denied| {
+            self.shared
+                .metrics
+                .inbound_denied(&policy.name, denied.as_str());
+            tracing::debug!(policy = %policy.name.0, reason = denied.as_str(), peer = self.peer.identity.as_deref().unwrap_or("-"), path = req.uri().path(), "request refused by policy");
+            ProxyError::Denied(denied.reason())
+        };
+        if !policy.matches_paths() {
+            let op = Operation {
+                method: req.method().as_str(),
+                path: req.uri().path(),
+            };
+            return policy.check(&self.peer, Some(op)).map_err(refuse);
+        }
+        let Some(path) = authz::normalize_path(req.uri().path()) else {
+            return Err(refuse(Denied::Unauthorized));
+        };
+        let op = Operation {
+            method: req.method().as_str(),
+            path: &path,
+        };
+        policy.check(&self.peer, Some(op)).map_err(refuse)?;
+        if path != req.uri().path() {
+            let mut parts = req.uri().clone().into_parts();
+            let with_query = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            parts.path_and_query = with_query.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        Ok(())
+    }
+}
+
 static INBOUND_ROUTE: std::sync::LazyLock<Name> =
     std::sync::LazyLock::new(|| Name("inbound".into()));
 
@@ -285,14 +363,19 @@ impl Http {
         {
             headers.insert(PEER_IDENTITY_HEADER, id);
         }
-        let result: Result<Response<Body>, ProxyError> = forward::forward(
-            &self.shared.pools,
-            &self.shared.tasks,
-            Dial::Direct(self.app),
-            req,
-        )
-        .await;
-        let resp = match result {
+        let result = match self.authorize(&mut req) {
+            Ok(()) => {
+                forward::forward(
+                    &self.shared.pools,
+                    &self.shared.tasks,
+                    Dial::Direct(self.app),
+                    req,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let resp: Response<Body> = match result {
             Ok(resp) => resp,
             Err(e) => {
                 let reason = e.reason();

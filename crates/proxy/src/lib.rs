@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod backends;
 pub mod cli;
 pub mod config_client;

@@ -159,12 +159,21 @@ pub struct Metrics {
     identity_expiry: Gauge,
     identity_renewals: Family<ResultLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
+    inbound_denied: Family<DeniedLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HandshakeLabels {
     direction: Direction,
     result: &'static str,
+    reason: &'static str,
+    /// The negotiated version, for a handshake that succeeded.
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeniedLabels {
+    policy: Name,
     reason: &'static str,
 }
 
@@ -276,6 +285,12 @@ impl Metrics {
             "Mesh TLS handshakes, by result and failure reason",
             handshakes.clone(),
         );
+        let inbound_denied = Family::default();
+        registry.register(
+            "inbound_denied",
+            "Inbound requests and connections a ServerPolicy refused, by reason (plaintext, unauthorized, rate-limited)",
+            inbound_denied.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -296,6 +311,7 @@ impl Metrics {
             identity_expiry,
             identity_renewals,
             handshakes,
+            inbound_denied,
         })
     }
 
@@ -451,15 +467,27 @@ impl Metrics {
     }
 
     /// Counts a mesh TLS handshake; `reason` is empty for a success.
-    pub fn handshake(&self, direction: Direction, reason: Option<&'static str>) {
-        let (result, reason) = match reason {
-            None => ("ok", ""),
-            Some(r) => ("error", r),
+    /// A mesh TLS handshake: the negotiated version, or why it failed.
+    pub fn handshake(&self, direction: Direction, result: Result<&'static str, &'static str>) {
+        let (result, reason, version) = match result {
+            Ok(version) => ("ok", "", version),
+            Err(reason) => ("error", reason, ""),
         };
         self.handshakes
             .get_or_create(&HandshakeLabels {
                 direction,
                 result,
+                reason,
+                version,
+            })
+            .inc();
+    }
+
+    /// An inbound request or connection refused by the ServerPolicy `policy`.
+    pub fn inbound_denied(&self, policy: &Name, reason: &'static str) {
+        self.inbound_denied
+            .get_or_create(&DeniedLabels {
+                policy: policy.clone(),
                 reason,
             })
             .inc();

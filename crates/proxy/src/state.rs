@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use weft_api::config::{self, Filter, ProxyConfig, Retry};
 use weft_api::gateway::{HttpRouteMatch, UrlRewrite};
 
+use crate::authz::InboundPolicy;
 use crate::backends::{Backend, Registry};
 use crate::filters::HeaderModifier;
 use crate::metrics::Name;
@@ -31,6 +32,8 @@ pub struct Snapshot {
     by_vip: HashMap<SocketAddr, Arc<Destination>>,
     backends: Vec<Arc<Backend>>,
     pub inbound_opaque_ports: BTreeSet<u16>,
+    /// The ServerPolicies, in the config's order.
+    inbound_policies: Vec<Arc<InboundPolicy>>,
 }
 
 /// One Service port: what a request for it means.
@@ -173,7 +176,22 @@ impl Snapshot {
                 }
             }
         }
+        let inbound_policies = config
+            .inbound
+            .policies
+            .iter()
+            .map(|p| {
+                Arc::new(InboundPolicy {
+                    name: Name(p.name.as_str().into()),
+                    rate: p.rate_limit.as_ref().map(|r| {
+                        registry.inbound_bucket(&p.name, r.requests_per_second, r.burst, now)
+                    }),
+                    spec: p.clone(),
+                })
+            })
+            .collect();
         Snapshot {
+            inbound_policies,
             version: config.version.as_str().into(),
             inbound_opaque_ports: config.inbound.opaque_ports.clone(),
             config,
@@ -181,6 +199,12 @@ impl Snapshot {
             by_vip,
             backends,
         }
+    }
+
+    /// The ServerPolicy for an application port of this workload, if any selects it.
+    pub fn inbound_policy(&self, port: u16) -> Option<&Arc<InboundPolicy>> {
+        let (i, _) = config::ServerPolicy::for_port(&self.config.inbound.policies, port)?;
+        self.inbound_policies.get(i)
     }
 
     /// The Service port at a virtual IP and port.
@@ -310,6 +334,7 @@ mod tests {
                     mesh: meshed.then(|| MeshPeer {
                         identity: "spiffe://cluster.local/ns/shop/sa/x".into(),
                         inbound_port: 15143,
+                        tls: true,
                     }),
                     pod: None,
                 }],
@@ -372,7 +397,7 @@ mod tests {
             Dial::Peer {
                 proxy: "127.0.10.1:15143".parse().unwrap(),
                 port: 9080,
-                identity: "spiffe://cluster.local/ns/shop/sa/x".into(),
+                identity: Some("spiffe://cluster.local/ns/shop/sa/x".into()),
             }
         );
         let ratings = s.by_authority("ratings.data").unwrap();

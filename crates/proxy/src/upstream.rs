@@ -41,12 +41,12 @@ pub enum Dial {
     /// Connect to the address itself.
     Direct(SocketAddr),
     /// Connect to the weft proxy in front of the endpoint and ask it for `port`. When this
-    /// proxy has an identity, the connection is mutual TLS and the peer must present
-    /// `identity`.
+    /// proxy has an identity and the peer takes mesh TLS (`identity` is set), the connection
+    /// is mutual TLS and the peer must present exactly `identity`.
     Peer {
         proxy: SocketAddr,
         port: u16,
-        identity: Arc<str>,
+        identity: Option<Arc<str>>,
     },
 }
 
@@ -107,11 +107,12 @@ impl Connector {
         else {
             return Ok(Conn::Tcp(stream));
         };
-        let mut conn = match &self.identity {
-            Some(identity) => Conn::TlsClient(Box::new(
+        // Plaintext when this proxy has no identity, or the peer's policy disables mesh TLS.
+        let mut conn = match (&self.identity, expected) {
+            (Some(identity), Some(expected)) => Conn::TlsClient(Box::new(
                 self.handshake(identity, expected, addr, stream).await?,
             )),
-            None => Conn::Tcp(stream),
+            _ => Conn::Tcp(stream),
         };
         let mut header = BytesMut::new();
         Header {
@@ -158,7 +159,10 @@ impl Connector {
         };
         self.metrics.handshake(
             Direction::Outbound,
-            result.as_ref().err().map(|e| e.tls_reason()),
+            match &result {
+                Ok(tls) => Ok(tls_version(tls.get_ref().1.protocol_version())),
+                Err(e) => Err(e.tls_reason()),
+            },
         );
         if let Err(e) = &result {
             tracing::warn!(%addr, %expected, error = %e, "mesh TLS handshake failed");
@@ -648,5 +652,14 @@ impl Drop for PooledBody {
         {
             release.give_back();
         }
+    }
+}
+
+/// The label for a negotiated TLS version.
+pub fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "other",
     }
 }

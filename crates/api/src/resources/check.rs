@@ -154,6 +154,7 @@ fn check_one(resource: &Resource, problems: &mut Problems) {
         Resource::HttpRoute(r) => check_http_route(r, problems),
         Resource::GrpcRoute(r) => check_grpc_route(r, problems),
         Resource::BackendPolicy(p) => p.spec.validate("spec", problems),
+        Resource::ServerPolicy(p) => p.spec.validate("spec", problems),
     }
 }
 
@@ -547,7 +548,10 @@ fn check_references(
                 }
             }
         }
-        Resource::Service(_) | Resource::Pod(_) | Resource::EndpointSlice(_) => {}
+        Resource::Service(_)
+        | Resource::Pod(_)
+        | Resource::EndpointSlice(_)
+        | Resource::ServerPolicy(_) => {}
     }
 }
 
