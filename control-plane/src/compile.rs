@@ -805,7 +805,10 @@ spec: {mtls: STRICT}
         let config = index.compile(&by_name, &MeshSettings::default());
         config.validate().unwrap();
         let shared = index.compile(&Target::namespace("shop"), &MeshSettings::default());
-        assert_ne!(config.version, shared.version, "the policies are in the version");
+        assert_ne!(
+            config.version, shared.version,
+            "the policies are in the version"
+        );
         // Port 8080 of reviews-1 is DISABLE: its clients send plaintext.
         let mesh = config.backends[0].endpoints[0].mesh.as_ref().unwrap();
         assert_eq!(

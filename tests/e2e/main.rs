@@ -16,6 +16,7 @@ mod drain;
 mod grpc;
 mod http1;
 mod http2;
+mod identity;
 mod intercept;
 mod resilience;
 mod routes;

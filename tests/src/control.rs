@@ -21,11 +21,17 @@ pub struct ControlPlane {
     pub manifests: PathBuf,
     pub state: PathBuf,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl ControlPlane {
     /// Starts a control plane on `ip` with an empty manifest directory.
     pub async fn start(ip: IpAddr) -> ControlPlane {
+        ControlPlane::start_with(ip, &[]).await
+    }
+
+    /// Starts a control plane with extra `weft control` flags.
+    pub async fn start_with(ip: IpAddr, extra: &[String]) -> ControlPlane {
         let dir = scratch_dir("control");
         let manifests = dir.join("manifests");
         let state = dir.join("state");
@@ -38,6 +44,7 @@ impl ControlPlane {
             manifests,
             state,
             log: dir.join("control.log"),
+            extra: extra.to_vec(),
         };
         cp.restart().await;
         cp
@@ -62,6 +69,7 @@ impl ControlPlane {
                 "--admin-listen",
                 &self.admin.to_string(),
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -24,6 +24,7 @@ use crate::proxy::scratch_dir;
 /// A test CA: a root that signs whatever the test asks.
 pub struct TestCa {
     pub root_pem: String,
+    pub key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -32,9 +33,15 @@ impl TestCa {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Every test CA has a name of its own, as distinct CAs do.
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("weft test CA {:016x}", fastrand::u64(..)),
+        );
         let root = params.self_signed(&key).expect("root");
         TestCa {
             root_pem: root.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -65,6 +72,15 @@ impl TestCa {
             now - time::Duration::minutes(1),
             now + time::Duration::days(1),
         )
+    }
+
+    /// Writes the root and its key into `dir`, for `weft control --ca-cert --ca-key`.
+    pub fn write_files(&self, dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        std::fs::create_dir_all(dir).expect("ca dir");
+        let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        std::fs::write(&cert, &self.root_pem).expect("writing the CA certificate");
+        std::fs::write(&key, &self.key_pem).expect("writing the CA key");
+        (cert, key)
     }
 
     /// Signs a CSR as it asks.

@@ -99,9 +99,20 @@ impl Manifests {
 
     /// The config a proxy in `namespace` gets, by `weft compile`.
     pub fn compile(&self, namespace: &str) -> ProxyConfig {
+        self.compile_for(namespace, None)
+    }
+
+    /// The config of the proxy of pod `<namespace>/<pod>` (its ServerPolicies included).
+    pub fn compile_pod(&self, namespace: &str, pod: &str) -> ProxyConfig {
+        self.compile_for(namespace, Some(pod))
+    }
+
+    fn compile_for(&self, namespace: &str, pod: Option<&str>) -> ProxyConfig {
         let dir = self.write();
         let out = Command::new(bin_path("weft"))
-            .args(["compile", "-o", "json", "--namespace", namespace, "-f"])
+            .args(["compile", "-o", "json", "--namespace", namespace])
+            .args(pod.map(|p| ["--pod", p]).into_iter().flatten())
+            .arg("-f")
             .arg(&dir)
             .output()
             .expect("running weft compile");

@@ -241,6 +241,7 @@ pub fn failure_reason(e: &rustls::Error) -> &'static str {
     match e {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer => "unknown-ca",
+            CertificateError::BadSignature => "bad-signature",
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "not-yet-valid"

@@ -184,7 +184,10 @@ impl Identity {
         let (not_before, not_after) = identity::validity(chain[0].as_ref())?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signing = identity::provider().key_provider.load_private_key(der)?;
-        let renew_at = not_before + (not_after - not_before) * 7 / 10;
+        // 70% of the lifetime from when it was issued: `notBefore` is backdated by the CA's
+        // clock-skew allowance, which would shorten short lifetimes a lot.
+        let issued = not_before.max(unix_now().min(not_after));
+        let renew_at = issued + (not_after - issued) * 7 / 10;
         let creds = Arc::new(Credentials {
             key: Arc::new(CertifiedKey::new(chain, signing)),
             not_before,

@@ -466,7 +466,6 @@ impl Metrics {
         self.identity_expiry.set(not_after);
     }
 
-    /// Counts a mesh TLS handshake; `reason` is empty for a success.
     /// A mesh TLS handshake: the negotiated version, or why it failed.
     pub fn handshake(&self, direction: Direction, result: Result<&'static str, &'static str>) {
         let (result, reason, version) = match result {
