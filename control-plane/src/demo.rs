@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use app::Workload;
 use bytes::Bytes;
-use http::Request;
+use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -27,6 +27,7 @@ const WORKLOADS: &str = include_str!("../../manifests/examples/workloads.yaml");
 const SPLIT: &str = include_str!("../../manifests/examples/traffic-split.yaml");
 const CANARY: &str = include_str!("../../manifests/examples/canary-by-header.yaml");
 const RESILIENCE: &str = include_str!("../../manifests/examples/resilience.yaml");
+const SERVER_POLICY: &str = include_str!("../../manifests/examples/server-policy.yaml");
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -270,6 +271,61 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         println!("    {line}");
     }
 
+    heading("6. Identity: every sidecar holds a SPIFFE certificate from weft control's CA");
+    let certs: serde_json::Value =
+        serde_json::from_str(&admin_get(client.admin(), "/certs").await?)?;
+    println!(
+        "  productpage's sidecar (GET /certs): {}, valid until {}, renews at {}",
+        certs["spiffeId"].as_str().unwrap_or("?"),
+        certs["notAfter"].as_str().unwrap_or("?"),
+        certs["nextRenewal"].as_str().unwrap_or("?"),
+    );
+    let (_, _, body) = call(
+        client.outbound(),
+        Method::GET,
+        "http://reviews.shop:9080/reviews",
+    )
+    .await?;
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    println!(
+        "  {} answered; its sidecar told it the caller is {} (x-weft-peer-identity)",
+        seen["pod"].as_str().unwrap_or("?"),
+        seen["caller"].as_str().unwrap_or("nobody"),
+    );
+    for s in &sidecars[1..] {
+        let metrics = admin_get(s.admin(), "/metrics").await?;
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("weft_tls_handshakes_total"))
+        {
+            println!("  {:<12} {line}", s.name);
+        }
+    }
+
+    heading("7. ServerPolicy: STRICT mTLS, only productpage, only reads (server-policy.yaml)");
+    let generation = control.generation().await?;
+    apply(&manifests, "server-policy.yaml", SERVER_POLICY)?;
+    control.wait_settled(sidecars.len(), generation).await?;
+    for (method, path) in [
+        (Method::GET, "/reviews"),
+        (Method::POST, "/reviews"),
+        (Method::GET, "/admin/users"),
+        (Method::GET, "/reviews/../admin"),
+    ] {
+        let url = format!("http://reviews.shop:9080{path}");
+        let (status, error, _) = call(client.outbound(), method.clone(), &url).await?;
+        println!("  {:<4} {path:<18} -> {status} {error}", method.as_str());
+    }
+    for s in &sidecars[1..] {
+        let metrics = admin_get(s.admin(), "/metrics").await?;
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("weft_inbound_denied_total"))
+        {
+            println!("  {:<12} {line}", s.name);
+        }
+    }
+
     heading("What the sidecars counted (GET /metrics on their admin port)");
     for s in &sidecars {
         let metrics = admin_get(s.admin(), "/metrics").await?;
@@ -460,9 +516,24 @@ fn show(tally: &BTreeMap<String, usize>, total: usize) {
 }
 
 async fn get_once(proxy: SocketAddr, url: &str) -> anyhow::Result<(u16, String)> {
+    let (status, error, _) = call(proxy, Method::GET, url).await?;
+    Ok((status, error))
+}
+
+/// One request: its status, `x-weft-error` and body.
+async fn call(
+    proxy: SocketAddr,
+    method: Method,
+    url: &str,
+) -> anyhow::Result<(u16, String, String)> {
     let mut conn = http1(proxy).await?;
     let resp = conn
-        .send_request(Request::get(url).body(Empty::<Bytes>::new())?)
+        .send_request(
+            Request::builder()
+                .method(method)
+                .uri(url)
+                .body(Empty::<Bytes>::new())?,
+        )
         .await?;
     let error = resp
         .headers()
@@ -470,7 +541,9 @@ async fn get_once(proxy: SocketAddr, url: &str) -> anyhow::Result<(u16, String)>
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    Ok((resp.status().as_u16(), error))
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, error, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn find_proxy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {

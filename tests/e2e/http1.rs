@@ -53,12 +53,16 @@ async fn keep_alive_and_chunked_bodies_reach_direct_and_meshed_endpoints() {
             "{host}: five requests must share one upstream connection"
         );
     }
-    let inbound_http1 = server
-        .proxy
-        .metric(r#"weft_connections_total{direction="inbound",protocol="http1"}"#)
-        .await;
+    // Between the proxies the HTTP/1 requests rode one HTTP/2 connection.
+    let inbound = |protocol: &str| {
+        let sample =
+            format!(r#"weft_connections_total{{direction="inbound",protocol="{protocol}"}}"#);
+        let proxy = &server.proxy;
+        async move { proxy.metric(&sample).await }
+    };
     assert_eq!(
-        inbound_http1, 1.0,
+        (inbound("http2").await, inbound("http1").await),
+        (1.0, 0.0),
         "the client proxy reused one connection to the server proxy"
     );
 }

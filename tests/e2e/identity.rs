@@ -529,3 +529,51 @@ async fn certificates_rotate_three_times_under_load_without_losing_a_request() {
     let (status, seen) = head_seen(fresh.outbound, "http://reviews.shop:9080/head").await;
     assert_eq!((status, caller(&seen)), (200, Some(PRODUCTPAGE)), "{seen}");
 }
+
+#[tokio::test]
+async fn http1_between_proxies_shares_one_http2_connection_and_arrives_as_http1() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let server = ServerPod::joined("reviews", &cp, "reviews").await;
+    let manifests = reviews(&server);
+    cp.write("mesh.yaml", &manifests.yaml());
+    let client = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
+    all_acked(&cp, &manifests, &[(&client, None), (&server.proxy, None)]).await;
+
+    // Eight HTTP/1 clients at once, each on a connection of its own, each response taking
+    // 200 ms: one HTTP/2 connection between the proxies carries them all.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = client.outbound;
+            tokio::spawn(async move {
+                let resp = client::get(addr, "http://reviews.shop:9080/drip/10").await?;
+                anyhow::Ok((resp.status().as_u16(), resp.body().len()))
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), (200, 10 * 1024));
+    }
+    let (status, body) = client::request_text(
+        client.outbound,
+        "POST",
+        "http://reviews.shop:9080/echo",
+        "a body that streams back",
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body.as_str()), (200, "a body that streams back"));
+    // The application sees HTTP/1.1 as the client sent it, without the proxies' marker.
+    let (status, seen) = head_seen(client.outbound, "http://reviews.shop:9080/head?x=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(seen["version"], "HTTP/1.1", "{seen}");
+    assert_eq!(seen["uri"], "/head?x=1", "{seen}");
+    assert_eq!(seen["headers"]["host"], "reviews.shop:9080", "{seen}");
+    assert_eq!(seen["headers"].get("x-weft-orig-proto"), None, "{seen}");
+    assert_eq!(caller(&seen), Some(PRODUCTPAGE));
+
+    let inbound = |protocol: &str| {
+        format!(r#"weft_connections_total{{direction="inbound",protocol="{protocol}"}}"#)
+    };
+    assert_eq!(server.proxy.metric(&inbound("http2")).await, 1.0);
+    assert_eq!(server.proxy.metric(&inbound("http1")).await, 0.0);
+}

@@ -96,6 +96,8 @@ async fn respond(who: &Workload, failing: bool, req: &Request<Incoming>) -> Resp
         "pod": who.pod,
         "path": req.uri().path(),
         "protocol": format!("{:?}", req.version()),
+        // Set by this pod's sidecar from the caller's mesh certificate.
+        "caller": req.headers().get("x-weft-peer-identity").and_then(|v| v.to_str().ok()),
     });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     if failing {

@@ -138,6 +138,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 app,
                 backend: Name(app.to_string().into()),
                 peer,
+                from_proxy: hint.is_some(),
             });
             server::serve(
                 io,
@@ -297,6 +298,9 @@ struct Http {
     app: SocketAddr,
     backend: Name,
     peer: Peer,
+    /// Dialled by a peer proxy (with a transport header): it may carry HTTP/1 requests over
+    /// HTTP/2, to be restored for the application.
+    from_proxy: bool,
 }
 
 impl Http {
@@ -353,6 +357,9 @@ impl Http {
         let start = Instant::now();
         let grpc = errors::is_grpc(&req);
         let method: Method = req.method().clone();
+        if self.from_proxy {
+            crate::upstream::restore_orig_proto(&mut req);
+        }
         let headers = req.headers_mut();
         headers.remove(PEER_IDENTITY_HEADER);
         if let Some(id) = self

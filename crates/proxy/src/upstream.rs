@@ -171,6 +171,65 @@ impl Connector {
     }
 }
 
+/// Set on an HTTP/1 request carried over HTTP/2 between proxies: the version the application
+/// must receive (`HTTP/1.1` or `HTTP/1.0`).
+pub const ORIG_PROTO_HEADER: &str = "x-weft-orig-proto";
+
+/// The absolute URI an HTTP/1 request (origin form, with `Host`) takes over HTTP/2: the
+/// authority from `Host`. `None` when `Host` is missing or unusable.
+fn multiplexed_uri<B>(req: &Request<B>) -> Option<http::Uri> {
+    let authority = req
+        .headers()
+        .get(http::header::HOST)?
+        .to_str()
+        .ok()?
+        .parse::<http::uri::Authority>()
+        .ok()?;
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    http::Uri::from_parts(parts).ok()
+}
+
+/// Readies an HTTP/1 request for HTTP/2 with `uri`; the original version goes in
+/// [`ORIG_PROTO_HEADER`].
+fn to_multiplexed<B>(req: &mut Request<B>, uri: http::Uri) {
+    let orig = if req.version() == http::Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_2;
+    req.headers_mut()
+        .insert(ORIG_PROTO_HEADER, http::HeaderValue::from_static(orig));
+}
+
+/// Undoes [`to_multiplexed`] for a request that was never sent.
+fn from_multiplexed<B>(mut req: Request<B>, version: http::Version) -> Request<B> {
+    req.headers_mut().remove(ORIG_PROTO_HEADER);
+    *req.version_mut() = version;
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = http::Uri::from(pq);
+    }
+    req
+}
+
+/// The version an HTTP/1 request carried over HTTP/2 by a peer proxy asked for, taking the
+/// marker off. `None` for a request that was HTTP/2 to begin with.
+pub fn restore_orig_proto<B>(req: &mut Request<B>) -> Option<http::Version> {
+    let value = req.headers_mut().remove(ORIG_PROTO_HEADER)?;
+    let version = match value.as_bytes() {
+        b"HTTP/1.0" => http::Version::HTTP_10,
+        _ => http::Version::HTTP_11,
+    };
+    *req.version_mut() = version;
+    Some(version)
+}
+
 /// How one request is sent.
 #[derive(Clone, Default)]
 pub struct SendOptions {
@@ -272,6 +331,10 @@ impl Pools {
     /// Sends a request and returns the response head. The request goes over HTTP/2 when its
     /// version says so and over HTTP/1 otherwise. On failure, the request comes back if it was
     /// never sent, so that it can be sent elsewhere as it is.
+    ///
+    /// Between proxies, HTTP/1 requests ride the peer's one multiplexed HTTP/2 connection
+    /// instead of a connection each; [`ORIG_PROTO_HEADER`] tells the peer to restore HTTP/1
+    /// for the application. Upgrades and CONNECT keep a connection of their own.
     pub async fn send(
         self: &Arc<Self>,
         dial: Dial,
@@ -279,10 +342,29 @@ impl Pools {
         opts: &SendOptions,
     ) -> Result<Response<Body>, SendError> {
         if req.version() == http::Version::HTTP_2 {
-            self.send_http2(Key { dial, http2: true }, req, opts).await
-        } else {
-            self.send_http1(Key { dial, http2: false }, req, opts).await
+            return self.send_http2(Key { dial, http2: true }, req, opts).await;
         }
+        let upgrade = crate::http::headers::upgrade_of(&req).is_some();
+        if opts.reuse
+            && !upgrade
+            && matches!(dial, Dial::Peer { .. })
+            && let Some(uri) = multiplexed_uri(&req)
+        {
+            let version = req.version();
+            let mut req = req;
+            to_multiplexed(&mut req, uri);
+            return match self.send_http2(Key { dial, http2: true }, req, opts).await {
+                Ok(mut resp) => {
+                    *resp.version_mut() = version;
+                    Ok(resp)
+                }
+                Err(mut e) => {
+                    e.unsent = e.unsent.map(|r| from_multiplexed(r, version));
+                    Err(e)
+                }
+            };
+        }
+        self.send_http1(Key { dial, http2: false }, req, opts).await
     }
 
     async fn send_http1(
@@ -661,5 +743,43 @@ pub fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http1_over_http2_round_trips() {
+        for version in [http::Version::HTTP_11, http::Version::HTTP_10] {
+            let mut req = Request::get("/a?b=c")
+                .version(version)
+                .header("host", "reviews.shop:9080")
+                .body(())
+                .unwrap();
+            let uri = multiplexed_uri(&req).unwrap();
+            to_multiplexed(&mut req, uri);
+            assert_eq!(req.uri(), "http://reviews.shop:9080/a?b=c");
+            assert_eq!(req.version(), http::Version::HTTP_2);
+            let mut arrived = req;
+            assert_eq!(restore_orig_proto(&mut arrived), Some(version));
+            assert!(arrived.headers().get(ORIG_PROTO_HEADER).is_none());
+            assert_eq!(arrived.version(), version);
+            // A request that was never sent goes back to what it was.
+            to_multiplexed(
+                &mut arrived,
+                "http://reviews.shop:9080/a?b=c".parse().unwrap(),
+            );
+            let back = from_multiplexed(arrived, version);
+            assert_eq!(
+                (back.uri().to_string(), back.version()),
+                ("/a?b=c".to_owned(), version)
+            );
+        }
+        let no_host = Request::get("/").body(()).unwrap();
+        assert_eq!(multiplexed_uri(&no_host), None);
+        let mut h2 = Request::get("http://x/").body(()).unwrap();
+        assert_eq!(restore_orig_proto(&mut h2), None, "no marker, no change");
     }
 }
