@@ -577,3 +577,63 @@ async fn http1_between_proxies_shares_one_http2_connection_and_arrives_as_http1(
     assert_eq!(server.proxy.metric(&inbound("http2")).await, 1.0);
     assert_eq!(server.proxy.metric(&inbound("http1")).await, 0.0);
 }
+
+#[tokio::test]
+async fn the_ca_refuses_a_bad_token_and_any_identity_the_token_does_not_prove() {
+    use std::os::unix::fs::PermissionsExt;
+    let cp = ControlPlane::start(pod_ip()).await;
+    let key_mode = std::fs::metadata(cp.state.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "the CA key is private");
+
+    let productpage = cp.token("shop", "productpage");
+    let garbage = cp.state.join("garbage.token");
+    std::fs::write(&garbage, "v1.shop.productpage.9999999999.forged").unwrap();
+    // (token, namespace, service account the proxy asks for)
+    let cases = [
+        (&garbage, "shop", "productpage"),
+        // A token for shop/productpage, used to ask for an identity in another namespace and
+        // for another service account: the CSR names what the token does not prove.
+        (&productpage, "data", "productpage"),
+        (&productpage, "shop", "admin"),
+    ];
+    let mut proxies = Vec::new();
+    for (token, namespace, service_account) in cases {
+        let mut flags = cp.proxy_flags(namespace, service_account);
+        let at = flags.iter().position(|f| f == "--token-file").unwrap() + 1;
+        flags[at] = token.display().to_string();
+        proxies.push(Proxy::spawn_raw(pod_ip(), &flags));
+    }
+    let sample = |result: &str| format!(r#"weft_control_certificates_total{{result="{result}"}}"#);
+    eventually("three refusals", Duration::from_secs(15), || async {
+        let (_, metrics) = cp.get("/metrics").await.ok()?;
+        (weft_tests::proxy::metric_value(&metrics, &sample("refused")) >= 3.0).then_some(())
+    })
+    .await;
+    let (_, metrics) = cp.get("/metrics").await.unwrap();
+    assert_eq!(
+        weft_tests::proxy::metric_value(&metrics, &sample("issued")),
+        0.0
+    );
+    for proxy in &proxies {
+        let (status, body) = proxy.admin_get("/ready").await.unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "waiting for a certificate\n")
+        );
+    }
+    let log = cp.log();
+    assert!(log.contains("certificate refused: bad token"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("certificate refused")
+            && l.contains("identity=spiffe://cluster.local/ns/shop/sa/productpage")),
+        "{log}"
+    );
+    let issued = std::fs::read_to_string(cp.state.join("issued.log")).unwrap_or_default();
+    assert!(
+        !issued.contains("/sa/admin") && !issued.contains("/ns/data/"),
+        "{issued}"
+    );
+}
