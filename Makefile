@@ -21,8 +21,12 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: NOT BUILT YET. The benchmark suite (weft vs a direct connection vs HAProxy) is
-## tracked as its own issue; until it lands this target fails rather than pretend.
+## bench: weft against a direct connection and HAProxy, in one run (release build; installs
+## haproxy, wrk and valgrind with apt when missing). Results: bench/results/<date>-<commit>.md.
+## Not part of `make test`.
 bench:
-	@echo "make bench: the benchmark suite is not built yet (see the benchmark issue); nothing was measured." >&2
-	@exit 1
+	@command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v valgrind >/dev/null \
+	  || { apt-get install -y -qq haproxy wrk valgrind >/dev/null 2>&1 \
+	       || { apt-get update -qq && apt-get install -y -qq haproxy wrk valgrind; }; }
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn) && ./target/release/weft-bench $(BENCH_ARGS)
