@@ -807,14 +807,25 @@ async fn instruction_counts(
                 resp.into_body().collect().await?;
             }
             drop(conn);
-            // SIGINT lets valgrind write its totals.
-            let _ = Command::new("kill")
-                .args(["-INT", &proc.pid().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while proc.child.try_wait()?.is_none() {
+            // A signal that ends the program lets valgrind write its totals. Under valgrind a
+            // signal can wait for a blocked system call, so it is repeated, alternating.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut signals = ["-INT", "-TERM"].iter().cycle();
+            'exit: loop {
+                let signal = signals.next().copied().unwrap_or("-TERM");
+                let _ = Command::new("kill")
+                    .args([signal, &proc.pid().to_string()])
+                    .status();
+                let wait_until = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < wait_until {
+                    if proc.child.try_wait()?.is_some() {
+                        break 'exit;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 anyhow::ensure!(Instant::now() < deadline, "valgrind did not exit");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Wake a program blocked in epoll_wait.
+                let _ = TcpStream::connect(listen).await;
             }
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
