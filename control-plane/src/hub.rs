@@ -37,6 +37,8 @@ pub struct Generation {
     mesh: MeshSettings,
     /// By namespace and the JSON of the inbound policies.
     compiled: Mutex<HashMap<(String, String), Arc<Compiled>>>,
+    /// What each proxy gets, so that finding its policies happens once per generation.
+    by_target: Mutex<HashMap<Target, Arc<Compiled>>>,
 }
 
 impl Generation {
@@ -53,6 +55,7 @@ impl Generation {
             since: Instant::now(),
             mesh,
             compiled: Mutex::new(HashMap::new()),
+            by_target: Mutex::new(HashMap::new()),
         }
     }
 
@@ -60,6 +63,17 @@ impl Generation {
     /// is compiled once per generation; proxies whose pods have the same ServerPolicies share
     /// the whole result.
     pub fn for_target(&self, target: &Target) -> Arc<Compiled> {
+        if let Some(c) = lock(&self.by_target).get(target) {
+            return c.clone();
+        }
+        let compiled = self.compile_for(target);
+        lock(&self.by_target)
+            .entry(target.clone())
+            .or_insert(compiled)
+            .clone()
+    }
+
+    fn compile_for(&self, target: &Target) -> Arc<Compiled> {
         let index = Index::new(&self.accepted);
         let policies = index.inbound_policies(target);
         let key = (
