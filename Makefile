@@ -30,3 +30,4 @@ bench:
 	       || { apt-get update -qq && apt-get install -y -qq haproxy wrk valgrind; }; }
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn) && ./target/release/weft-bench $(BENCH_ARGS)
+	$(CARGO) bench -p weft-proxy --bench decisions -- --warm-up-time 1 --measurement-time 3
