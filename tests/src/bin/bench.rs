@@ -100,7 +100,33 @@ async fn backend(addr: SocketAddr) -> anyhow::Result<()> {
                 if req.uri().path() == "/slow" {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                let grpc = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                if grpc {
+                    // A unary gRPC answer: one empty message, then `grpc-status: 0` trailers.
+                    let _ = req.into_body().collect().await;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    let frames = futures_util::stream::iter([
+                        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(&[
+                            0, 0, 0, 0, 0,
+                        ]))),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ]);
+                    let mut resp = Response::new(http_body_util::StreamBody::new(frames).boxed());
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    return Ok::<_, Infallible>(resp);
+                }
+                Ok(Response::new(
+                    Full::new(Bytes::from_static(b"ok"))
+                        .map_err(|e| match e {})
+                        .boxed(),
+                ))
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -314,12 +340,36 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
         .map(|(k, v)| (*k, median_figures(v)))
         .collect();
 
+    // HTTP/2 and gRPC, direct and through weft (HAProxy's h2 to the backend is not set up).
+    let mut h2_samples: BTreeMap<(&str, &str), Vec<Figures>> = BTreeMap::new();
+    for _ in 0..opts.rounds {
+        for kind in [H2Kind::Http2, H2Kind::Grpc] {
+            for t in &targets[..2] {
+                let f = measure_h2(t, kind, opts.duration).await?;
+                println!(
+                    "  {:<5} {:<8} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  cpu {:>6.1} ms per 1k",
+                    kind.name(),
+                    t.name,
+                    f.max_rps,
+                    f.p50_us,
+                    f.p99_us,
+                    f.cpu_fixed
+                );
+                h2_samples.entry((kind.name(), t.name)).or_default().push(f);
+            }
+        }
+    }
+    let h2: Vec<((&str, &str), Figures)> = h2_samples
+        .iter()
+        .map(|(k, v)| (*k, median_figures(v)))
+        .collect();
+
     let memory = memory_figures([(&targets[1], idle[0]), (&targets[2], idle[1])]).await?;
     drop(targets);
     let instructions = instruction_counts(&scratch, backend_addr).await?;
     let config = config_figures(&scratch).await?;
 
-    let report = render(
+    let mut report = render(
         &medians,
         &memory,
         &instructions,
@@ -327,6 +377,7 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
         opts,
         started.elapsed(),
     );
+    report.push_str(&render_h2(&h2));
     println!("\n{report}");
     std::fs::create_dir_all(&opts.out)?;
     let file = opts.out.join(format!("{}-{}.md", today(), commit()));
@@ -595,6 +646,171 @@ async fn measure(t: &Target, duration: Duration) -> anyhow::Result<Figures> {
         cpu_fixed,
         peak_rss_kib: t.memory_kib().1 as f64,
     })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum H2Kind {
+    Http2,
+    Grpc,
+}
+
+impl H2Kind {
+    fn name(self) -> &'static str {
+        match self {
+            H2Kind::Http2 => "HTTP/2",
+            H2Kind::Grpc => "gRPC",
+        }
+    }
+
+    fn request(self) -> Request<Full<Bytes>> {
+        match self {
+            H2Kind::Http2 => Request::get(format!("http://{HOST}/"))
+                .version(http::Version::HTTP_2)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+            H2Kind::Grpc => Request::post(format!("http://{HOST}/bench.Bench/Call"))
+                .version(http::Version::HTTP_2)
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+                .unwrap(),
+        }
+    }
+}
+
+async fn h2_client(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One HTTP/2 exchange, body and trailers read; for gRPC, `grpc-status: 0` required.
+async fn h2_call(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    kind: H2Kind,
+) -> bool {
+    let Ok(resp) = sender.send_request(kind.request()).await else {
+        return false;
+    };
+    if resp.status() != 200 {
+        return false;
+    }
+    let Ok(collected) = resp.into_body().collect().await else {
+        return false;
+    };
+    match kind {
+        H2Kind::Http2 => true,
+        H2Kind::Grpc => collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .is_some_and(|s| s == "0"),
+    }
+}
+
+/// HTTP/2 over one connection: closed loop with 32 concurrent streams, then the fixed rate
+/// open loop (each request its own stream, due at its scheduled time).
+async fn measure_h2(t: &Target, kind: H2Kind, duration: Duration) -> anyhow::Result<Figures> {
+    let sender = h2_client(t.addr).await?;
+    let cpu0 = t.cpu();
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let mut s = sender.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    if h2_call(&mut s, kind).await {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut total, mut failed) = (0u64, 0u64);
+    for w in workers {
+        let (o, f) = w.await?;
+        total += o;
+        failed += f;
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} {} calls failed through {}",
+        kind.name(),
+        t.name
+    );
+    let rps = total as f64 / started.elapsed().as_secs_f64();
+    let cpu_sat = (t.cpu() - cpu0).as_secs_f64() * 1e3 / (total as f64 / 1000.0);
+
+    let cpu1 = t.cpu();
+    let n = u64::from(RATE) * duration.as_secs();
+    let period = Duration::from_secs(1) / RATE;
+    let start = Instant::now() + Duration::from_millis(10);
+    let mut calls = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(due.into()).await;
+        let mut s = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let ok = h2_call(&mut s, kind).await;
+            (ok, due.elapsed().as_secs_f64() * 1e6)
+        }));
+    }
+    let mut lat = Vec::with_capacity(calls.len());
+    for c in calls {
+        let (ok, us) = c.await?;
+        anyhow::ensure!(
+            ok,
+            "a {} call failed at the fixed rate through {}",
+            kind.name(),
+            t.name
+        );
+        lat.push(us);
+    }
+    lat.sort_by(f64::total_cmp);
+    let cpu_fixed = (t.cpu() - cpu1).as_secs_f64() * 1e3 / (n as f64 / 1000.0);
+    Ok(Figures {
+        max_rps: rps,
+        cpu_sat,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        cpu_fixed,
+        peak_rss_kib: t.memory_kib().1 as f64,
+    })
+}
+
+fn render_h2(rows: &[((&str, &str), Figures)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## HTTP/2 and gRPC (one connection; through weft vs direct)\n"
+    );
+    let _ = writeln!(
+        s,
+        "Closed loop: 32 concurrent streams. Fixed rate: {RATE} calls/s, each its own stream, latency from its scheduled time.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| protocol | path | max req/s | p50 µs | p99 µs | p99.9 µs | CPU ms/1k (fixed) | CPU ms/1k (saturated) |"
+    );
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for ((kind, path), f) in rows {
+        let _ = writeln!(
+            s,
+            "| {kind} | {path} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            f.max_rps, f.p50_us, f.p99_us, f.p999_us, f.cpu_fixed, f.cpu_sat
+        );
+    }
+    s
 }
 
 /// `wrk -t1 -c32` on core 0: (requests per second, requests).
