@@ -22,6 +22,9 @@ pub struct ControlPlane {
     pub state: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
+    /// The scratch directory (manifests, state with the CA key, log): removed on drop unless
+    /// the test failed.
+    dir: PathBuf,
 }
 
 impl ControlPlane {
@@ -45,6 +48,7 @@ impl ControlPlane {
             state,
             log: dir.join("control.log"),
             extra: extra.to_vec(),
+            dir: dir.clone(),
         };
         cp.restart().await;
         cp
@@ -188,6 +192,8 @@ impl Drop for ControlPlane {
                 self.ip,
                 self.log()
             );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

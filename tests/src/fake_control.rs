@@ -167,11 +167,13 @@ pub struct FakeControlPlane {
     pub anchor: PathBuf,
     pub token: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    dir: PathBuf,
 }
 
 impl Drop for FakeControlPlane {
     fn drop(&mut self) {
         self.task.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -243,6 +245,7 @@ impl FakeControlPlane {
             anchor,
             token,
             task,
+            dir,
         }
     }
 
