@@ -46,6 +46,16 @@ impl Target {
             ..Target::default()
         }
     }
+
+    /// The target a subscribed proxy describes in its Hello: an empty pod name, or a pod IP
+    /// that does not parse, is none.
+    pub fn of_proxy(namespace: &str, pod_name: &str, pod_ip: &str) -> Target {
+        Target {
+            namespace: namespace.to_owned(),
+            pod_name: Some(pod_name.to_owned()).filter(|n| !n.is_empty()),
+            pod_ip: pod_ip.parse().ok(),
+        }
+    }
 }
 
 /// Settings of the mesh as a whole.

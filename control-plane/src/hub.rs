@@ -126,11 +126,7 @@ pub struct ProxyRecord {
 impl ProxyRecord {
     /// Whom its config is compiled for.
     pub fn target(&self) -> Target {
-        Target {
-            namespace: self.namespace.clone(),
-            pod_name: Some(self.pod_name.clone()).filter(|n| !n.is_empty()),
-            pod_ip: self.pod_ip.parse().ok(),
-        }
+        Target::of_proxy(&self.namespace, &self.pod_name, &self.pod_ip)
     }
 }
 

@@ -136,11 +136,7 @@ async fn serve_proxy(
     tx: mpsc::Sender<Result<Snapshot, Status>>,
 ) {
     let mut generations = hub.subscribe();
-    let target = Target {
-        namespace: hello.namespace.clone(),
-        pod_name: Some(hello.pod_name.clone()).filter(|n| !n.is_empty()),
-        pod_ip: hello.pod_ip.parse().ok(),
-    };
+    let target = Target::of_proxy(&hello.namespace, &hello.pod_name, &hello.pod_ip);
     // What the proxy runs; after a reconnect that may already be the current version.
     let mut has = Some(hello.version).filter(|v| !v.is_empty());
     let mut sent_at = None;

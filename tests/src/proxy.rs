@@ -169,16 +169,7 @@ impl Proxy {
 
     /// Resident and peak resident memory in KiB, from `/proc/<pid>/status`.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        memory_kib(self.pid())
     }
 
     pub fn signal(&self, signal: &str) {
@@ -222,6 +213,19 @@ impl Drop for Proxy {
 }
 
 /// Finds `sample` (a metric name with its exact label set) in Prometheus text.
+/// (VmRSS, VmHWM) of process `pid`, in KiB; zeros when it is gone.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 pub fn metric_value(text: &str, sample: &str) -> f64 {
     text.lines()
         .find_map(|l| {

@@ -22,6 +22,9 @@ pub struct InboundPolicy {
     pub spec: ServerPolicy,
     /// The inbound token bucket, shared by every connection to the ports it covers.
     pub rate: Option<Arc<Mutex<TokenBucket>>>,
+    /// Whether any rule looks at paths: the request path is then normalized, and the
+    /// application gets the normalized path that was authorized.
+    pub matches_paths: bool,
 }
 
 /// Why a policy refused.
@@ -61,10 +64,13 @@ pub struct Operation<'a> {
 }
 
 impl InboundPolicy {
-    /// Whether the policy has rules that look at paths: the request path is then normalized,
-    /// and the application gets the normalized path that was authorized.
-    pub fn matches_paths(&self) -> bool {
-        self.spec.rules.iter().any(|r| !r.to.paths.is_empty())
+    pub fn new(spec: ServerPolicy, rate: Option<Arc<Mutex<TokenBucket>>>) -> InboundPolicy {
+        InboundPolicy {
+            name: Name(spec.name.as_str().into()),
+            matches_paths: spec.rules.iter().any(|r| !r.to.paths.is_empty()),
+            rate,
+            spec,
+        }
     }
 
     /// The mTLS mode alone: STRICT refuses a peer without a verified mesh certificate.
@@ -242,17 +248,14 @@ mod tests {
     }
 
     fn policy(mtls: MtlsMode, rules: Vec<AuthorizationRule>) -> InboundPolicy {
-        InboundPolicy {
-            name: Name("shop/p".into()),
-            spec: ServerPolicy {
-                name: "shop/p".into(),
-                ports: Default::default(),
-                mtls,
-                rules,
-                rate_limit: None,
-            },
-            rate: None,
-        }
+        let spec = ServerPolicy {
+            name: "shop/p".into(),
+            ports: Default::default(),
+            mtls,
+            rules,
+            rate_limit: None,
+        };
+        InboundPolicy::new(spec, None)
     }
 
     fn peer(id: Option<&str>) -> Peer {

@@ -319,7 +319,7 @@ impl Http {
             tracing::debug!(policy = %policy.name.0, reason = denied.as_str(), peer = self.peer.identity.as_deref().unwrap_or("-"), path = req.uri().path(), "request refused by policy");
             ProxyError::Denied(denied.reason())
         };
-        if !policy.matches_paths() {
+        if !policy.matches_paths {
             let op = Operation {
                 method: req.method().as_str(),
                 path: req.uri().path(),

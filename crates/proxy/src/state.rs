@@ -181,13 +181,11 @@ impl Snapshot {
             .policies
             .iter()
             .map(|p| {
-                Arc::new(InboundPolicy {
-                    name: Name(p.name.as_str().into()),
-                    rate: p.rate_limit.as_ref().map(|r| {
-                        registry.inbound_bucket(&p.name, r.requests_per_second, r.burst, now)
-                    }),
-                    spec: p.clone(),
-                })
+                let rate = p
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| registry.inbound_bucket(&p.name, r.requests_per_second, r.burst, now));
+                Arc::new(InboundPolicy::new(p.clone(), rate))
             })
             .collect();
         Snapshot {

@@ -233,8 +233,8 @@ pub fn restore_orig_proto<B>(req: &mut Request<B>) -> Option<http::Version> {
 /// How one request is sent.
 #[derive(Clone, Default)]
 pub struct SendOptions {
-    /// False for upgrades and CONNECT, whose connection leaves HTTP and cannot return to the
-    /// pool.
+    /// False for upgrades and CONNECT, whose connection leaves HTTP: it cannot return to the
+    /// pool, nor ride a peer's shared HTTP/2 connection.
     pub reuse: bool,
     /// The backend's connection limits, if it has any.
     pub limiter: Option<Arc<ConnLimiter>>,
@@ -344,9 +344,7 @@ impl Pools {
         if req.version() == http::Version::HTTP_2 {
             return self.send_http2(Key { dial, http2: true }, req, opts).await;
         }
-        let upgrade = crate::http::headers::upgrade_of(&req).is_some();
         if opts.reuse
-            && !upgrade
             && matches!(dial, Dial::Peer { .. })
             && let Some(uri) = multiplexed_uri(&req)
         {

@@ -176,16 +176,7 @@ impl Proc {
 
     /// (VmRSS, VmHWM) in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        weft_tests::proxy::memory_kib(self.pid())
     }
 }
 
@@ -461,84 +452,75 @@ async fn haproxy_one_hop(scratch: &Path, backend: SocketAddr) -> anyhow::Result<
     })
 }
 
-/// Two weft proxies with real identities from `weft control`: client pod → its sidecar →
-/// mutual TLS → the server pod's sidecar → the backend.
-async fn weft_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result<(Target, Proc)> {
-    let manifests = scratch.join("manifests");
-    let state = scratch.join("state");
-    std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("bench.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: bench, namespace: shop}}\nspec:\n  selector: {{app: bench}}\n  ports: [{{port: 8080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: bench, namespace: shop, labels: {{app: bench}}, annotations: {{weft.dev/inject: enabled}}}}\nspec: {{serviceAccountName: bench, containers: [{{name: app}}]}}\nstatus: {{podIP: {}}}\n",
-            backend.ip()
-        ),
-    )?;
-    let weft = bin("weft")?;
-    let control = Proc::spawn(
-        "weft control",
-        Command::new(&weft)
-            .arg("control")
-            .arg("--manifests")
-            .arg(&manifests)
-            .arg("--state")
-            .arg(&state)
-            .args([
-                "--listen",
-                &addr(CONTROL_IP, 15190).to_string(),
-                "--admin-listen",
-                &addr(CONTROL_IP, 15192).to_string(),
-                "--log-level",
-                "warn",
-            ]),
-        &scratch.join("control.log"),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !state.join("trust-anchor.pem").exists()
-        || TcpStream::connect(addr(CONTROL_IP, 15190)).await.is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "weft control never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// A `weft control` on `<dir>/manifests` and `<dir>/state`, serving on `ip` (core 0, like
+/// this process).
+struct Control {
+    proc: Proc,
+    ip: &'static str,
+    dir: PathBuf,
+}
+
+impl Control {
+    async fn start(dir: &Path, ip: &'static str) -> anyhow::Result<Control> {
+        let state = dir.join("state");
+        let proc = Proc::spawn(
+            "weft control",
+            Command::new(bin("weft")?)
+                .arg("control")
+                .arg("--manifests")
+                .arg(dir.join("manifests"))
+                .arg("--state")
+                .arg(&state)
+                .args([
+                    "--listen",
+                    &addr(ip, 15190).to_string(),
+                    "--admin-listen",
+                    &addr(ip, 15192).to_string(),
+                    "--log-level",
+                    "warn",
+                ]),
+            &dir.join("control.log"),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !state.join("trust-anchor.pem").exists()
+            || TcpStream::connect(addr(ip, 15190)).await.is_err()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "weft control never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Control {
+            proc,
+            ip,
+            dir: dir.to_owned(),
+        })
     }
-    let mut procs = Vec::new();
-    for (ip, sa) in [(SERVER_IP, "bench"), (CLIENT_IP, "client")] {
-        let out = Command::new(&weft)
-            .args([
-                "token",
-                "create",
-                "--namespace",
-                "shop",
-                "--service-account",
-                sa,
-                "--state",
-            ])
+
+    /// A weft-proxy on core 1 for pod `ip`, certified as `shop/<service_account>`.
+    fn sidecar(
+        &self,
+        ip: &str,
+        service_account: &str,
+        extra: &[&str],
+        name: &str,
+    ) -> anyhow::Result<Proc> {
+        let state = self.dir.join("state");
+        let out = Command::new(bin("weft")?)
+            .args(["token", "create", "--namespace", "shop"])
+            .args(["--service-account", service_account, "--state"])
             .arg(&state)
             .output()?;
         anyhow::ensure!(out.status.success(), "weft token create failed");
-        let token = scratch.join(format!("{sa}.token"));
+        let token = self.dir.join(format!("{name}.token"));
         std::fs::write(&token, &out.stdout)?;
-        // The two-hop client sidecar listens on other ports than the one-hop one, same IP.
-        let ports: &[&str] = if sa == "client" {
-            &[
-                "--outbound-addr",
-                "127.88.0.1:25140",
-                "--inbound-addr",
-                "127.88.0.1:25143",
-                "--admin-addr",
-                "127.88.0.1:25191",
-            ]
-        } else {
-            &[]
-        };
-        procs.push(Arc::new(Proc::spawn(
-            "weft sidecar",
+        Proc::spawn(
+            "weft-proxy",
             Command::new("taskset")
                 .args(["-c", "1"])
                 .arg(bin("weft-proxy")?)
                 .args([
                     "run",
                     "--control-plane",
-                    &addr(CONTROL_IP, 15190).to_string(),
+                    &addr(self.ip, 15190).to_string(),
                     "--trust-anchor",
                     &state.join("trust-anchor.pem").display().to_string(),
                     "--token-file",
@@ -548,14 +530,42 @@ async fn weft_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result<(T
                     "--namespace",
                     "shop",
                     "--service-account",
-                    sa,
+                    service_account,
                     "--log-level",
                     "warn",
                 ])
-                .args(ports),
-            &scratch.join(format!("sidecar-{sa}.log")),
-        )?));
+                .args(extra),
+            &self.dir.join(format!("{name}.log")),
+        )
     }
+}
+
+/// Two weft proxies with real identities from `weft control`: client pod → its sidecar →
+/// mutual TLS → the server pod's sidecar → the backend.
+async fn weft_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result<(Target, Proc)> {
+    let manifests = scratch.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("bench.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bench, namespace: shop}}\nspec:\n  selector: {{app: bench}}\n  ports: [{{port: 8080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: bench, namespace: shop, labels: {{app: bench}}, annotations: {{weft.dev/inject: enabled}}}}\nspec: {{serviceAccountName: bench, containers: [{{name: app}}]}}\nstatus: {{podIP: {}}}\n",
+            backend.ip()
+        ),
+    )?;
+    let control = Control::start(scratch, CONTROL_IP).await?;
+    // The two-hop client sidecar listens on other ports than the one-hop one, same IP.
+    let client_ports = [
+        "--outbound-addr",
+        "127.88.0.1:25140",
+        "--inbound-addr",
+        "127.88.0.1:25143",
+        "--admin-addr",
+        "127.88.0.1:25191",
+    ];
+    let procs = vec![
+        Arc::new(control.sidecar(SERVER_IP, "bench", &[], "sidecar-bench")?),
+        Arc::new(control.sidecar(CLIENT_IP, "client", &client_ports, "sidecar-client")?),
+    ];
     let addr = addr(CLIENT_IP, 25140);
     wait_serving(addr, "the weft mTLS pair").await?;
     Ok((
@@ -564,7 +574,7 @@ async fn weft_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result<(T
             addr,
             procs,
         },
-        control,
+        control.proc,
     ))
 }
 
@@ -1339,81 +1349,16 @@ fn split_manifest(a: u32, b: u32) -> String {
 /// acknowledged the new version, read from the control plane's `/status` every 2 ms.
 async fn config_figures(scratch: &Path) -> anyhow::Result<ConfigFigures> {
     let dir = scratch.join("propagation");
-    let (manifests, state) = (dir.join("manifests"), dir.join("state"));
+    let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     write_manifest(&manifests, "prop.yaml", &split_manifest(50, 50))?;
     let weft = bin("weft")?;
-    let cp_ip = "127.89.0.100";
-    let admin = addr(cp_ip, 15192);
-    let _control = Proc::spawn(
-        "weft control",
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&weft)
-            .arg("control")
-            .arg("--manifests")
-            .arg(&manifests)
-            .arg("--state")
-            .arg(&state)
-            .args([
-                "--listen",
-                &addr(cp_ip, 15190).to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-                "--log-level",
-                "warn",
-            ]),
-        &dir.join("control.log"),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !state.join("trust-anchor.pem").exists()
-        || TcpStream::connect(addr(cp_ip, 15190)).await.is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "weft control never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = Command::new(&weft)
-        .args([
-            "token",
-            "create",
-            "--namespace",
-            "shop",
-            "--service-account",
-            "prop",
-            "--state",
-        ])
-        .arg(&state)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "weft token create failed");
-    let token = dir.join("prop.token");
-    std::fs::write(&token, &out.stdout)?;
+    let control = Control::start(&dir, "127.89.0.100").await?;
+    let admin = addr(control.ip, 15192);
     let mut proxies = Vec::new();
     for i in 0..PROXIES {
         let ip = format!("127.89.{}.{}", 1 + i / 200, 1 + i % 200);
-        proxies.push(Proc::spawn(
-            "weft-proxy",
-            Command::new("taskset")
-                .args(["-c", "1"])
-                .arg(bin("weft-proxy")?)
-                .args([
-                    "run",
-                    "--control-plane",
-                    &addr(cp_ip, 15190).to_string(),
-                    "--trust-anchor",
-                    &state.join("trust-anchor.pem").display().to_string(),
-                    "--token-file",
-                    &token.display().to_string(),
-                    "--pod-ip",
-                    &ip,
-                    "--namespace",
-                    "shop",
-                    "--service-account",
-                    "prop",
-                    "--log-level",
-                    "warn",
-                ]),
-            &dir.join(format!("proxy-{i}.log")),
-        )?);
+        proxies.push(control.sidecar(&ip, "prop", &[], &format!("proxy-{i}"))?);
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

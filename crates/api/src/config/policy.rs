@@ -201,6 +201,17 @@ pub struct RateLimit {
     pub burst: Option<u32>,
 }
 
+impl RateLimit {
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        if self.requests_per_second == 0 {
+            problems.add(format!("{at}.requestsPerSecond"), "must be at least 1");
+        }
+        if self.burst == Some(0) {
+            problems.add(format!("{at}.burst"), "must be at least 1");
+        }
+    }
+}
+
 impl BackendPolicySpec {
     pub fn validate(&self, at: &str, problems: &mut Problems) {
         for (i, t) in self.target_refs.iter().enumerate() {
@@ -315,15 +326,7 @@ impl BackendPolicySpec {
             problems.add(format!("{at}.connectTimeout"), "must be more than 0s");
         }
         if let Some(r) = &self.rate_limit {
-            if r.requests_per_second == 0 {
-                problems.add(
-                    format!("{at}.rateLimit.requestsPerSecond"),
-                    "must be at least 1",
-                );
-            }
-            if r.burst == Some(0) {
-                problems.add(format!("{at}.rateLimit.burst"), "must be at least 1");
-            }
+            r.validate(&format!("{at}.rateLimit"), problems);
         }
     }
 }

@@ -219,15 +219,7 @@ impl ServerPolicy {
             }
         }
         if let Some(r) = &self.rate_limit {
-            if r.requests_per_second == 0 {
-                problems.add(
-                    format!("{at}.rateLimit.requestsPerSecond"),
-                    "must be at least 1",
-                );
-            }
-            if r.burst == Some(0) {
-                problems.add(format!("{at}.rateLimit.burst"), "must be at least 1");
-            }
+            r.validate(&format!("{at}.rateLimit"), problems);
         }
     }
 }

@@ -185,9 +185,9 @@ impl Http {
             req,
             rule,
             backend,
-            head.as_ref().filter(|_| may_resend),
-            recorder.as_ref().filter(|_| may_resend),
+            head.as_ref().zip(recorder.as_ref()).filter(|_| may_resend),
             &safety,
+            upgrade,
         );
         let deadline = rule.request_timeout.map(|t| start + t);
         let result = match (deadline, rule.request_timeout) {
@@ -217,16 +217,17 @@ impl Http {
         req: Request<Body>,
         rule: &Rule,
         backend: &Arc<Backend>,
-        head: Option<&Head>,
-        recorder: Option<&Recorder>,
+        replay: Option<(&Head, &Recorder)>,
         safety: &OwnedSafety,
+        upgrade: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let (max_retries, base_backoff) = rule
             .retry
             .as_ref()
             .map_or((SAFE_RETRIES, SAFE_BACKOFF), |r| (r.attempts, r.backoff.0));
         let opts = SendOptions {
-            reuse: true,
+            // An upgraded connection leaves HTTP: it never returns to a pool or shares one.
+            reuse: !upgrade,
             limiter: backend.conn_limiter(),
             connect_timeout: backend.policy.connect_timeout,
             backend: backend.name.0.clone(),
@@ -297,7 +298,10 @@ impl Http {
             }
             // The next attempt sends the request as it was, if it never left, or again from its
             // head and recorded body.
-            let again = unsent.or_else(|| Some(head?.request(Body::Replay(recorder?.replay()?))));
+            let again = unsent.or_else(|| {
+                let (head, recorder) = replay?;
+                Some(head.request(Body::Replay(recorder.replay()?)))
+            });
             let Some(again) = again else { return result };
             if !backend.try_retry(Instant::now()) {
                 self.shared.metrics.budget_exhausted(&backend.name);
