@@ -51,6 +51,53 @@ pub struct ProvidedCa {
     pub anchors: Option<PathBuf>,
 }
 
+/// A CA's certificate and key, PEM.
+#[derive(Clone)]
+pub struct CaMaterial {
+    /// The signing CA's certificate, optionally followed by its chain up to (not including)
+    /// the root.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The roots, when the CA is an intermediate; `None` for a self-signed root.
+    pub anchors_pem: Option<String>,
+}
+
+impl std::fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaMaterial")
+            .field("intermediate", &self.anchors_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaMaterial {
+    /// A new self-signed root (ECDSA P-256, ten years).
+    pub fn generate_root(trust_domain: &str) -> Result<CaMaterial, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, trust_domain);
+        dn.push(DnType::CommonName, "weft root CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - SKEW;
+        params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
+        params.serial_number = Some(serial()?);
+        let cert = params.self_signed(&key)?;
+        Ok(CaMaterial {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            anchors_pem: None,
+        })
+    }
+}
+
 /// A certificate the CA issued.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -97,61 +144,51 @@ impl Ca {
         provided: Option<&ProvidedCa>,
         lifetime: Duration,
     ) -> Result<Ca, CaError> {
-        let (issuer, intermediates_pem, anchors_pem) = match provided {
-            Some(p) => {
-                let cert_pem = read(&p.cert)?;
-                let key = KeyPair::from_pem(&read(&p.key)?)?;
-                let certs = weft_api::identity::certs_from_pem(&cert_pem)
-                    .map_err(|e| CaError::BadCa(e.to_string()))?;
-                let first = pem_of(certs[0].as_ref());
-                let rest: String = certs[1..].iter().map(|c| pem_of(c.as_ref())).collect();
-                let anchors = match &p.anchors {
-                    Some(path) => read(path)?,
-                    None => first.clone(),
-                };
-                let issuer = Issuer::from_ca_cert_pem(&first, key)
-                    .map_err(|e| CaError::BadCa(e.to_string()))?;
-                let intermediates = if p.anchors.is_some() {
-                    format!("{first}{rest}")
-                } else {
-                    rest
-                };
-                (issuer, intermediates, anchors)
-            }
+        let material = match provided {
+            Some(p) => CaMaterial {
+                cert_pem: read(&p.cert)?,
+                key_pem: read(&p.key)?,
+                anchors_pem: p.anchors.as_deref().map(read).transpose()?,
+            },
             None => {
                 let key_path = state.join("ca.key");
                 let cert_path = state.join("ca.crt");
                 if key_path.exists() {
-                    let key = KeyPair::from_pem(&read(&key_path)?)?;
-                    let cert = read(&cert_path)?;
-                    let issuer = Issuer::from_ca_cert_pem(&cert, key)
-                        .map_err(|e| CaError::BadCa(e.to_string()))?;
-                    (issuer, String::new(), cert)
+                    CaMaterial {
+                        cert_pem: read(&cert_path)?,
+                        key_pem: read(&key_path)?,
+                        anchors_pem: None,
+                    }
                 } else {
-                    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-                    let mut params = CertificateParams::default();
-                    let mut dn = DistinguishedName::new();
-                    dn.push(DnType::OrganizationName, trust_domain);
-                    dn.push(DnType::CommonName, "weft root CA");
-                    params.distinguished_name = dn;
-                    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-                    params.key_usages = vec![
-                        KeyUsagePurpose::KeyCertSign,
-                        KeyUsagePurpose::CrlSign,
-                        KeyUsagePurpose::DigitalSignature,
-                    ];
-                    let now = OffsetDateTime::now_utc();
-                    params.not_before = now - SKEW;
-                    params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
-                    params.serial_number = Some(serial()?);
-                    let cert = params.self_signed(&key)?;
-                    write_private(&key_path, &key.serialize_pem())?;
-                    write_public(&cert_path, &cert.pem())?;
+                    let root = CaMaterial::generate_root(trust_domain)?;
+                    write_private(&key_path, &root.key_pem)?;
+                    write_public(&cert_path, &root.cert_pem)?;
                     tracing::info!(key = %key_path.display(), "generated a root CA");
-                    let issuer = Issuer::new(params, key);
-                    (issuer, String::new(), cert.pem())
+                    root
                 }
             }
+        };
+        Ca::from_material(state, &material, lifetime)
+    }
+
+    /// The CA from its certificate and key, wherever they were kept (files, a Secret).
+    /// `state` receives `trust-anchor.pem` and the issued-certificate log.
+    pub fn from_material(
+        state: &Path,
+        material: &CaMaterial,
+        lifetime: Duration,
+    ) -> Result<Ca, CaError> {
+        let key = KeyPair::from_pem(&material.key_pem)?;
+        let certs = weft_api::identity::certs_from_pem(&material.cert_pem)
+            .map_err(|e| CaError::BadCa(e.to_string()))?;
+        let first = pem_of(certs[0].as_ref());
+        let rest: String = certs[1..].iter().map(|c| pem_of(c.as_ref())).collect();
+        let issuer =
+            Issuer::from_ca_cert_pem(&first, key).map_err(|e| CaError::BadCa(e.to_string()))?;
+        // A root is its own anchor; an intermediate travels in every chain it signs.
+        let (intermediates_pem, anchors_pem) = match &material.anchors_pem {
+            Some(anchors) => (format!("{first}{rest}"), anchors.clone()),
+            None => (rest, first),
         };
         write_public_replace(&state.join("trust-anchor.pem"), &anchors_pem)?;
         let log_path = state.join("issued.log");

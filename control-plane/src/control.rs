@@ -12,10 +12,11 @@ use std::sync::Arc;
 use weft_api::identity::SpiffeId;
 
 use crate::ca::{Ca, ProvidedCa};
+use crate::cluster::{self, TokenReviewer};
 use crate::compile::MeshSettings;
 use crate::hub::Hub;
 use crate::metrics::ControlMetrics;
-use crate::server::Signer;
+use crate::server::{Signer, TokenCheck};
 use crate::store::Store;
 use crate::tls::{self, ServerCredentials};
 use crate::token::Tokens;
@@ -24,8 +25,31 @@ use crate::{admin, server, watch};
 #[derive(Debug, clap::Args)]
 pub struct ControlArgs {
     /// The manifest directory, watched for changes.
-    #[arg(long, env = "WEFT_MANIFESTS")]
-    pub manifests: PathBuf,
+    #[arg(
+        long,
+        env = "WEFT_MANIFESTS",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub manifests: Option<PathBuf>,
+    /// Watch the cluster's API instead of a directory (in-cluster config, else KUBECONFIG):
+    /// Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes and weft's policy kinds.
+    /// Route statuses are written back; proxies prove themselves with ServiceAccount tokens
+    /// (TokenReview); the CA lives in the Secret --ca-secret unless --ca-cert is given.
+    #[arg(long, env = "WEFT_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Cluster mode: the Secret (in --namespace) holding the CA, created with a new root when
+    /// missing.
+    #[arg(long, env = "WEFT_CA_SECRET", default_value = "weft-ca")]
+    pub ca_secret: String,
+    /// Cluster mode: the audiences a proxy's ServiceAccount token must be for.
+    #[arg(
+        long = "token-audience",
+        env = "WEFT_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "weft"
+    )]
+    pub token_audiences: Vec<String>,
     /// Where the control plane keeps its state (the CA key, the issued-certificate log).
     #[arg(long, env = "WEFT_STATE")]
     pub state: PathBuf,
@@ -83,17 +107,28 @@ pub fn run(args: &ControlArgs) -> anyhow::Result<()> {
 async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state)
         .with_context(|| format!("creating the state directory {}", args.state.display()))?;
-    anyhow::ensure!(
-        args.manifests.is_dir(),
-        "the manifest directory {} does not exist",
-        args.manifests.display()
-    );
+    if let Some(dir) = &args.manifests {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "the manifest directory {} does not exist",
+            dir.display()
+        );
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the config stream on {}", args.listen))?;
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;
+    let client = if args.kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config, else KUBECONFIG)")?,
+        )
+    } else {
+        None
+    };
 
     let mesh = MeshSettings {
         cluster_domain: args.cluster_domain.clone(),
@@ -110,13 +145,33 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
             key: key.clone(),
             anchors: args.ca_trust_anchors.clone(),
         });
-    let ca = Arc::new(Ca::open(
-        &args.state,
-        &args.trust_domain,
-        provided.as_ref(),
-        args.cert_lifetime.0,
-    )?);
-    let tokens = Tokens::open(&args.state).context("opening the token secret")?;
+    let ca = match (&client, &provided) {
+        (Some(client), None) => {
+            let material = cluster::ca_from_secret(
+                client.clone(),
+                &args.namespace,
+                &args.ca_secret,
+                &args.trust_domain,
+            )
+            .await
+            .with_context(|| format!("the CA Secret {}/{}", args.namespace, args.ca_secret))?;
+            Ca::from_material(&args.state, &material, args.cert_lifetime.0)?
+        }
+        _ => Ca::open(
+            &args.state,
+            &args.trust_domain,
+            provided.as_ref(),
+            args.cert_lifetime.0,
+        )?,
+    };
+    let ca = Arc::new(ca);
+    let tokens = match &client {
+        Some(client) => TokenCheck::Kubernetes(TokenReviewer::new(
+            client.clone(),
+            args.token_audiences.clone(),
+        )),
+        None => TokenCheck::Local(Tokens::open(&args.state).context("opening the token secret")?),
+    };
     let own = SpiffeId::new(&args.trust_domain, &args.namespace, "weft-control");
     let ips = if args.listen.ip().is_unspecified() {
         vec![std::net::Ipv4Addr::LOCALHOST.into()]
@@ -133,11 +188,49 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain.clone(),
         hub: hub.clone(),
     });
-    let mut store = Store::new();
-    watch::load_all(&args.manifests, &mut store, &hub)
-        .with_context(|| format!("reading {}", args.manifests.display()))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(admin::serve(admin_listener, hub.clone(), shutdown.clone()));
+    // The manifest source: the first config is complete before any proxy is served.
+    let (source, watcher): (String, tokio::task::JoinHandle<anyhow::Result<()>>) =
+        match (client, &args.manifests) {
+            (Some(client), _) => {
+                let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(cluster::run(
+                    client,
+                    hub.clone(),
+                    synced_tx,
+                    shutdown.clone(),
+                ));
+                tracing::info!("listing the cluster's resources");
+                synced_rx
+                    .await
+                    .context("the cluster watch stopped before its first complete list")?;
+                let task = tokio::spawn(async move {
+                    task.await.context("the cluster watch")?;
+                    anyhow::bail!("the cluster watch stopped")
+                });
+                ("kubernetes".to_owned(), task)
+            }
+            (None, Some(dir)) => {
+                let mut store = Store::new();
+                watch::load_all(dir, &mut store, &hub)
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                let task = tokio::spawn(watch::run(
+                    dir.clone(),
+                    store,
+                    hub.clone(),
+                    shutdown.clone(),
+                ));
+                let shown = dir.display().to_string();
+                let task = tokio::spawn(async move {
+                    task.await
+                        .context("the manifest watcher")?
+                        .with_context(|| format!("watching {shown}"))
+                });
+                (dir.display().to_string(), task)
+            }
+            (None, None) => anyhow::bail!("--manifests DIR or --kubernetes is required"),
+        };
     tokio::spawn(server::serve(
         listener,
         hub.clone(),
@@ -145,13 +238,7 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
         tls,
         shutdown.clone(),
     ));
-    let watcher = tokio::spawn(watch::run(
-        args.manifests.clone(),
-        store,
-        hub.clone(),
-        shutdown.clone(),
-    ));
-    tracing::info!(listen = %args.listen, admin = %args.admin_listen, manifests = %args.manifests.display(), "control plane ready");
+    tracing::info!(listen = %args.listen, admin = %args.admin_listen, %source, "control plane ready");
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -159,13 +246,10 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
-        result = watcher => {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => anyhow::bail!("watching {}: {e}", args.manifests.display()),
-                Err(e) => anyhow::bail!("the watcher stopped: {e}"),
-            }
-        }
+        result = watcher => match result {
+            Ok(result) => result?,
+            Err(e) => anyhow::bail!("the manifest source stopped: {e}"),
+        },
     }
     shutdown.cancel();
     Ok(())

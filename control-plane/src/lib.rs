@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod cluster;
 pub mod compile;
 pub mod control;
 pub mod demo;

@@ -30,9 +30,28 @@ use weft_api::proto::proxy_message::Message;
 use weft_api::proto::{Hello, ProxyMessage, Snapshot};
 
 use crate::ca::Ca;
+use crate::cluster::TokenReviewer;
 use crate::compile::Target;
 use crate::hub::{Hub, ProxyRecord};
 use crate::token::Tokens;
+
+/// How a Sign request's token is checked.
+pub enum TokenCheck {
+    /// Local mode: a `weft token create` token.
+    Local(Tokens),
+    /// Cluster mode: a ServiceAccount token, by TokenReview.
+    Kubernetes(TokenReviewer),
+}
+
+impl TokenCheck {
+    /// The namespace and service account the token proves.
+    pub async fn verify(&self, token: &str) -> Result<(String, String), String> {
+        match self {
+            TokenCheck::Local(tokens) => tokens.verify(token).map_err(|e| e.to_string()),
+            TokenCheck::Kubernetes(reviewer) => reviewer.verify(token).await,
+        }
+    }
+}
 
 /// The SPIFFE ID of the client certificate the connection presented, if any.
 #[derive(Debug, Clone)]
@@ -45,7 +64,7 @@ pub struct ConfigServer {
 /// Signs workload certificates.
 pub struct Signer {
     pub ca: Arc<Ca>,
-    pub tokens: Tokens,
+    pub tokens: TokenCheck,
     pub trust_domain: String,
     pub hub: Arc<Hub>,
 }
@@ -54,7 +73,7 @@ pub struct Signer {
 impl IdentityService for Signer {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let req = request.into_inner();
-        let (namespace, service_account) = self.tokens.verify(&req.token).map_err(|e| {
+        let (namespace, service_account) = self.tokens.verify(&req.token).await.map_err(|e| {
             tracing::warn!(error = %e, "certificate refused: bad token");
             self.hub.metrics.certificate(false);
             Status::unauthenticated(format!("token refused: {e}"))

@@ -16,7 +16,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use weft_api::resources::check::check;
-use weft_api::resources::{Manifest, ManifestError, ResourceKey, Subject, parse_file};
+use weft_api::resources::{
+    Manifest, ManifestError, ResourceKey, Subject, parse_file, parse_object,
+};
 
 #[derive(Debug, Clone)]
 struct FileEntry {
@@ -59,6 +61,32 @@ impl Store {
             return false;
         }
         let (manifests, errors) = parse_file(file, text);
+        self.set_parsed(file, hash, manifests, errors);
+        true
+    }
+
+    /// Sets an object read from the Kubernetes API (`None`: it was deleted), named `name`
+    /// (`Kind/namespace/name`) as a file would be. Returns whether anything changed.
+    pub fn set_object(&mut self, name: &str, object: Option<serde_json::Value>) -> bool {
+        let Some(object) = object else {
+            return self.files.remove(name).is_some();
+        };
+        let hash = content_hash(&object.to_string());
+        if self.files.get(name).is_some_and(|e| e.hash == hash) {
+            return false;
+        }
+        let (manifests, errors) = parse_object(name, object);
+        self.set_parsed(name, hash, manifests, errors);
+        true
+    }
+
+    fn set_parsed(
+        &mut self,
+        file: &str,
+        hash: u64,
+        manifests: Vec<Manifest>,
+        errors: Vec<ManifestError>,
+    ) {
         let half_written = errors.iter().any(|e| e.subject == Subject::Unidentified);
         let manifests = match (half_written, self.files.get(file)) {
             (true, Some(previous)) => previous.manifests.clone(),
@@ -72,7 +100,6 @@ impl Store {
                 errors,
             },
         );
-        true
     }
 
     /// Files the store holds.

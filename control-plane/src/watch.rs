@@ -59,7 +59,7 @@ fn read_into(store: &mut Store, path: &Path) -> bool {
     }
 }
 
-fn publish(store: &mut Store, hub: &Hub, changed: bool) {
+pub(crate) fn publish(store: &mut Store, hub: &Hub, changed: bool) {
     hub.metrics.reload(changed);
     if !changed {
         return;

@@ -87,6 +87,22 @@ pub fn format(d: Duration) -> String {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dur(pub Duration);
 
+/// In a CRD, a duration is a string in the Gateway API syntax (GEP-2257).
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^([0-9]{1,5}(h|m|s|ms)){1,4}$",
+            "description": "A duration: one to four <digits><unit> groups, units h, m, s, ms, largest first (e.g. 1m30s, 250ms)."
+        })
+    }
+}
+
 impl Dur {
     pub const fn from_millis(ms: u64) -> Self {
         Dur(Duration::from_millis(ms))

@@ -184,22 +184,44 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Manifest>, Vec<ManifestError>)
         {
             continue;
         }
-        match parse_document(doc) {
-            Ok(Some(resource)) => manifests.push(Manifest { source, resource }),
-            Ok(None) => {}
-            Err(DocError {
-                path,
-                message,
-                subject,
-            }) => errors.push(ManifestError {
-                origin: source,
-                path,
-                message,
-                subject,
-            }),
-        }
+        collect(source, parse_document(doc), &mut manifests, &mut errors);
     }
     (manifests, errors)
+}
+
+/// Reads one object that arrives already structured (from the Kubernetes API), with the same
+/// checks as a document of a file. `origin` names it in errors, as a file name would.
+pub fn parse_object(origin: &str, value: serde_json::Value) -> (Vec<Manifest>, Vec<ManifestError>) {
+    let mut manifests = Vec::new();
+    let mut errors = Vec::new();
+    let source = Source {
+        file: origin.to_owned(),
+        document: 1,
+    };
+    collect(source, parse_value(value), &mut manifests, &mut errors);
+    (manifests, errors)
+}
+
+fn collect(
+    source: Source,
+    parsed: Result<Option<Resource>, DocError>,
+    manifests: &mut Vec<Manifest>,
+    errors: &mut Vec<ManifestError>,
+) {
+    match parsed {
+        Ok(Some(resource)) => manifests.push(Manifest { source, resource }),
+        Ok(None) => {}
+        Err(DocError {
+            path,
+            message,
+            subject,
+        }) => errors.push(ManifestError {
+            origin: source,
+            path,
+            message,
+            subject,
+        }),
+    }
 }
 
 /// Splits a YAML stream at `---` document markers.
@@ -248,6 +270,10 @@ fn parse_document(text: &str) -> Result<Option<Resource>, DocError> {
             Subject::Unidentified,
         )
     })?;
+    parse_value(value)
+}
+
+fn parse_value(value: serde_json::Value) -> Result<Option<Resource>, DocError> {
     if value.is_null() {
         return Ok(None);
     }

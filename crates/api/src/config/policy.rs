@@ -9,6 +9,7 @@ use crate::gateway::is_http_method;
 use crate::validate::Problems;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendPolicySpec {
     /// The Services the policy applies to (manifests only; empty in a compiled config).
@@ -34,6 +35,7 @@ pub struct BackendPolicySpec {
 
 /// A Gateway API policy target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetRef {
     #[serde(default)]
@@ -43,6 +45,7 @@ pub struct TargetRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
     #[serde(rename = "type")]
@@ -52,6 +55,7 @@ pub struct LoadBalancer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LoadBalancerType {
     /// Power of two choices over peak-EWMA latency times outstanding requests.
     #[default]
@@ -64,6 +68,7 @@ pub enum LoadBalancerType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHash {
     pub header: String,
@@ -72,6 +77,7 @@ pub struct ConsistentHash {
 /// Ejects an endpoint after consecutive failures (5xx, connect errors, timeouts), for a time
 /// that doubles with each ejection up to a cap; then one probe request decides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// 0 turns the breaker off.
@@ -112,6 +118,7 @@ fn default_max_ejection_percent() -> u32 {
 
 /// Ejects an endpoint whose success rate over a window falls below a threshold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Percent of successful requests below which an endpoint is ejected.
@@ -133,6 +140,7 @@ fn default_interval() -> Dur {
 /// The bulkhead: what one backend may hold. Beyond a limit the answer is 503 `overloaded` at
 /// once; waiting for a connection is bounded by `maxPendingRequests` and `pendingTimeout`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +156,7 @@ pub struct ConnectionLimits {
 
 /// Retries may add at most `percent` of the recent requests, plus `minRetriesPerSecond`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
     #[serde(default = "default_budget_percent")]
@@ -180,6 +189,7 @@ fn default_budget_window() -> Dur {
 
 /// Which requests may be retried after a response.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryOptions {
     /// Methods treated like POST and PATCH: never retried after a response unless the
@@ -193,6 +203,7 @@ pub struct RetryOptions {
 
 /// A client-side token bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
     pub requests_per_second: u32,

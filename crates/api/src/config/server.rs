@@ -24,6 +24,7 @@ use crate::validate::Problems;
 
 /// How a server treats mesh TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Only peers with a verified mesh certificate; plaintext connections are closed.
@@ -37,6 +38,7 @@ pub enum MtlsMode {
 
 /// The `spec` of a `ServerPolicy` manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerPolicySpec {
     /// The pods (in the policy's namespace) it applies to; empty selects them all.
@@ -57,6 +59,7 @@ pub struct ServerPolicySpec {
 
 /// Pods whose labels include all of these.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodSelector {
     #[serde(default)]
@@ -73,6 +76,7 @@ impl PodSelector {
 
 /// A compiled policy in a proxy's config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerPolicy {
     /// `<namespace>/<name>`, the `policy` label of metrics.
@@ -116,6 +120,7 @@ impl ServerPolicy {
 
 /// One allow or deny rule. Every field present must match; a list matches when any entry does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationRule {
     pub action: RuleAction,
@@ -126,6 +131,7 @@ pub struct AuthorizationRule {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RuleAction {
     Allow,
     Deny,
@@ -133,6 +139,7 @@ pub enum RuleAction {
 
 /// Who the peer is. Empty lists match any peer, including one without an identity.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleSource {
     /// SPIFFE IDs; a trailing `*` matches any ID with that prefix, and `*` alone any verified
@@ -146,6 +153,7 @@ pub struct RuleSource {
 
 /// What the request asks for. Empty lists match any request.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleOperation {
     /// Paths, matched after normalization (dot segments resolved, repeated slashes merged):

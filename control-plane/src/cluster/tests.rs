@@ -1,0 +1,429 @@
+//! Cluster mode against the Kubernetes API protocol, through kube's mock client.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use weft_api::resources::Resource;
+
+use super::fake::{FakeApi, collection, eventually};
+use super::*;
+use crate::compile::{MeshSettings, Target};
+use crate::metrics::ControlMetrics;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn services() -> String {
+    collection("v1", "services")
+}
+fn pods() -> String {
+    collection("v1", "pods")
+}
+fn slices() -> String {
+    collection("discovery.k8s.io/v1", "endpointslices")
+}
+fn http_routes() -> String {
+    collection("gateway.networking.k8s.io/v1", "httproutes")
+}
+
+/// Objects as an API server returns them: server-set metadata, defaults and status
+/// included.
+fn service(name: &str, selector: Option<Value>) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "creationTimestamp": "2026-11-23T10:00:00Z",
+            "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+        "spec": {"selector": selector, "type": "ClusterIP", "sessionAffinity": "None",
+            "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+            "ports": [{"name": "http", "port": 9080, "targetPort": 9080, "protocol": "TCP"}]},
+        "status": {"loadBalancer": {}},
+    })
+}
+
+fn pod(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "reviews"},
+            "annotations": {"weft.dev/inject": "enabled"}, "uid": format!("uid-{name}")},
+        "spec": {"serviceAccountName": "reviews", "nodeName": "node-1",
+            "containers": [{"name": "app", "image": "reviews:1", "ports": [{"containerPort": 9080}]}],
+            "initContainers": [{"name": "weft-proxy", "image": "weft:dev", "restartPolicy": "Always"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "192.168.0.2",
+            "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+fn slice() -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "reviews-v2-abc", "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "reviews-v2"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.9"], "conditions": {"ready": true, "serving": true}, "nodeName": "node-2"}],
+        "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
+    })
+}
+
+fn route(generation: i64, backends: &[(&str, u32)]) -> Value {
+    let refs: Vec<Value> = backends
+        .iter()
+        .map(|(name, weight)| json!({"group": "", "kind": "Service", "name": name, "port": 9080, "weight": weight}))
+        .collect();
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "split", "namespace": "shop", "generation": generation},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 9080}],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": refs}],
+        },
+        // Another implementation's entry, which weft must keep.
+        "status": {"parents": [{"controllerName": "example.com/gateway",
+            "parentRef": {"name": "elsewhere"}, "conditions": []}]},
+    })
+}
+
+/// A route for a Gateway: another implementation's, which weft neither reads nor reports.
+fn ingress_route() -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "ingress", "namespace": "shop", "generation": 1},
+        "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}],
+            "hostnames": ["shop.example.com"], "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}]},
+    })
+}
+
+fn weights(hub: &Hub) -> Vec<u32> {
+    hub.current()
+        .accepted
+        .iter()
+        .find_map(|m| match &m.resource {
+            Resource::HttpRoute(r) => Some(
+                r.spec.rules[0]
+                    .backend_refs
+                    .iter()
+                    .map(|b| b.weight.unwrap_or(1))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The endpoints of a backend in the config of a proxy in `shop`, with their identities.
+fn endpoints(hub: &Hub, backend: &str) -> Vec<(String, Option<String>)> {
+    let compiled = hub.current().for_target(&Target::namespace("shop"));
+    compiled
+        .config
+        .backends
+        .iter()
+        .filter(|b| b.name == backend)
+        .flat_map(|b| &b.endpoints)
+        .map(|e| {
+            (
+                e.address.to_string(),
+                e.mesh.as_ref().map(|m| m.identity.clone()),
+            )
+        })
+        .collect()
+}
+
+/// weft's conditions in the last status written for the route: (type, status, reason).
+fn conditions(patch: &Value) -> Vec<(String, String, String)> {
+    let parents = patch["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        parents[0]["controllerName"], "example.com/gateway",
+        "another controller's entry is kept: {patch}"
+    );
+    let ours = &parents[1];
+    assert_eq!(ours["controllerName"], CONTROLLER_NAME);
+    assert_eq!(ours["parentRef"]["name"], "reviews");
+    ours["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(c["lastTransitionTime"].as_str().unwrap().ends_with('Z'));
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (s("type"), s("status"), s("reason"))
+        })
+        .collect()
+}
+
+fn split_patches(fake: &FakeApi) -> Vec<Value> {
+    fake.patches()
+        .into_iter()
+        .filter(|(path, _)| path.ends_with("/httproutes/split"))
+        .map(|(_, patch)| patch)
+        .collect()
+}
+
+fn cond(kind: &str, status: &str, reason: &str) -> (String, String, String) {
+    (kind.to_owned(), status.to_owned(), reason.to_owned())
+}
+
+#[tokio::test]
+async fn the_cluster_is_mirrored_and_route_statuses_are_written_back() {
+    let fake = FakeApi::default();
+    fake.put(
+        &services(),
+        service("reviews", Some(json!({"app": "reviews"}))),
+        false,
+    );
+    fake.put(&services(), service("reviews-v2", None), false);
+    fake.put(&pods(), pod("reviews-1", "10.0.0.5"), false);
+    fake.put(&slices(), slice(), false);
+    fake.put(
+        &http_routes(),
+        route(1, &[("reviews", 90), ("reviews-v2", 10)]),
+        false,
+    );
+    fake.put(&http_routes(), ingress_route(), false);
+    // No GRPCRoute CRD in this cluster: the kind counts as empty.
+    fake.set_missing(&collection("gateway.networking.k8s.io/v1", "grpcroutes"));
+
+    let hub = Hub::new(MeshSettings::default(), ControlMetrics::new());
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(fake.client(), hub.clone(), synced_tx, shutdown.clone()));
+    tokio::time::timeout(WAIT, synced).await.unwrap().unwrap();
+
+    // The first config is the whole cluster.
+    assert_eq!(weights(&hub), [90, 10]);
+    assert_eq!(
+        endpoints(&hub, "shop/reviews:9080"),
+        [(
+            "10.0.0.5:9080".to_owned(),
+            Some("spiffe://cluster.local/ns/shop/sa/reviews".to_owned())
+        )],
+        "a selected, ready, meshed pod"
+    );
+    assert_eq!(
+        endpoints(&hub, "shop/reviews-v2:9080"),
+        [("10.0.0.9:9080".to_owned(), None)],
+        "an EndpointSlice's endpoint"
+    );
+    assert!(
+        hub.current().errors.is_empty(),
+        "{:?}",
+        hub.current().errors
+    );
+
+    let first = eventually(WAIT, "the route's first status", || {
+        split_patches(&fake).pop()
+    })
+    .await;
+    assert_eq!(
+        conditions(&first),
+        [
+            cond("Accepted", "True", "Accepted"),
+            cond("ResolvedRefs", "True", "ResolvedRefs")
+        ]
+    );
+    assert_eq!(
+        first["status"]["parents"][1]["conditions"][0]["observedGeneration"],
+        1
+    );
+
+    for c in [services(), pods(), slices(), http_routes()] {
+        eventually(WAIT, "the watches", || {
+            (fake.watching(&c) > 0).then_some(())
+        })
+        .await;
+    }
+
+    // An edit moves the split; the status follows the generation.
+    fake.put(
+        &http_routes(),
+        route(2, &[("reviews", 50), ("reviews-v2", 50)]),
+        true,
+    );
+    eventually(WAIT, "the new weights", || {
+        (weights(&hub) == [50, 50]).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the status of generation 2", || {
+        split_patches(&fake)
+            .iter()
+            .any(|p| p["status"]["parents"][1]["conditions"][0]["observedGeneration"] == 2)
+            .then_some(())
+    })
+    .await;
+
+    // A broken edit is refused; the last good version keeps serving and the status says why.
+    fake.put(
+        &http_routes(),
+        route(3, &[("reviews", 50), ("ghost", 50)]),
+        true,
+    );
+    let refused = eventually(WAIT, "the refusal in the status", || {
+        split_patches(&fake)
+            .into_iter()
+            .find(|p| p["status"]["parents"][1]["conditions"][0]["observedGeneration"] == 3)
+    })
+    .await;
+    assert_eq!(
+        conditions(&refused),
+        [
+            cond("Accepted", "False", "BackendNotFound"),
+            cond("ResolvedRefs", "False", "BackendNotFound")
+        ]
+    );
+    let message = refused["status"]["parents"][1]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("no Service shop/ghost")
+            && message.contains("the last accepted version keeps serving"),
+        "{message}"
+    );
+    assert_eq!(weights(&hub), [50, 50]);
+    let errors: Vec<String> = hub
+        .current()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        ["HTTPRoute/shop/split:1:spec.rules[0].backendRefs[1].name: no Service shop/ghost"]
+    );
+
+    // A deletion the watch reports.
+    fake.delete(&slices(), "shop", "reviews-v2-abc", true);
+    eventually(WAIT, "the slice's endpoints to go", || {
+        endpoints(&hub, "shop/reviews-v2:9080")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // Changes the watch never reported, then the watch expires (410 Gone): the relist
+    // replaces the kind's whole set, so the missed deletion and addition both apply.
+    fake.delete(&pods(), "shop", "reviews-1", false);
+    fake.put(&pods(), pod("reviews-2", "10.0.0.6"), false);
+    fake.expire_watches(&pods());
+    eventually(WAIT, "the relist", || {
+        (endpoints(&hub, "shop/reviews:9080")
+            == [(
+                "10.0.0.6:9080".to_owned(),
+                Some("spiffe://cluster.local/ns/shop/sa/reviews".to_owned()),
+            )])
+        .then_some(())
+    })
+    .await;
+
+    // One write per change of the status (three generations), no echo loop, and nothing
+    // for the Gateway's route.
+    assert_eq!(split_patches(&fake).len(), 3, "{:#?}", fake.patches());
+    assert!(
+        fake.patches()
+            .iter()
+            .all(|(path, _)| !path.ends_with("/ingress"))
+    );
+    assert!(
+        fake.object(&http_routes(), "shop", "ingress")
+            .unwrap()
+            .get("status")
+            .is_none()
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_route_whose_status_write_lost_a_race_is_written_again() {
+    let fake = FakeApi::default();
+    fake.put(&services(), service("reviews", None), false);
+    fake.put(&http_routes(), route(1, &[("reviews", 1)]), false);
+    let hub = Hub::new(MeshSettings::default(), ControlMetrics::new());
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(fake.client(), hub.clone(), synced_tx, shutdown.clone()));
+    tokio::time::timeout(WAIT, synced).await.unwrap().unwrap();
+    eventually(WAIT, "the first status", || split_patches(&fake).pop()).await;
+    eventually(WAIT, "the route watch", || {
+        (fake.watching(&http_routes()) > 0).then_some(())
+    })
+    .await;
+
+    // Another writer replaces the whole status (weft's entry with it).
+    fake.set_status(&http_routes(), "shop", "split", json!({"parents": []}));
+    eventually(WAIT, "weft's entry to be written again", || {
+        let object = fake.object(&http_routes(), "shop", "split")?;
+        let parents = object["status"]["parents"].as_array()?.clone();
+        parents
+            .iter()
+            .any(|p| p["controllerName"] == CONTROLLER_NAME)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(split_patches(&fake).len(), 2);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn service_account_tokens_are_checked_by_token_review() {
+    let fake = FakeApi::default();
+    let reviewer = TokenReviewer::new(fake.client(), vec!["weft".to_owned()]);
+    assert_eq!(
+        reviewer.verify("shop:reviews:weft").await,
+        Ok(("shop".to_owned(), "reviews".to_owned()))
+    );
+    let wrong_audience = reviewer.verify("shop:reviews:api").await.unwrap_err();
+    assert!(
+        wrong_audience.contains("not for audience weft"),
+        "{wrong_audience}"
+    );
+    let invalid = reviewer.verify("garbage").await.unwrap_err();
+    assert!(
+        invalid.contains("does not authenticate") && invalid.contains("invalid bearer token"),
+        "{invalid}"
+    );
+    let reviews = fake.reviews();
+    assert_eq!(reviews.len(), 3);
+    assert_eq!(reviews[0]["spec"]["token"], "shop:reviews:weft");
+    assert_eq!(reviews[0]["spec"]["audiences"], json!(["weft"]));
+
+    assert_eq!(
+        service_account_of("system:serviceaccount:shop:reviews"),
+        Some(("shop".to_owned(), "reviews".to_owned()))
+    );
+    for not_sa in [
+        "system:admin",
+        "system:serviceaccount:shop",
+        "system:serviceaccount::x",
+        "system:serviceaccount:a:b:c",
+    ] {
+        assert_eq!(service_account_of(not_sa), None, "{not_sa}");
+    }
+}
+
+#[tokio::test]
+async fn the_ca_is_created_once_in_its_secret_and_read_back() {
+    let fake = FakeApi::default();
+    let first = ca_from_secret(fake.client(), "weft-system", "weft-ca", "cluster.local")
+        .await
+        .unwrap();
+    let secret = fake
+        .object("/api/v1/secrets", "weft-system", "weft-ca")
+        .expect("the Secret was created");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let again = ca_from_secret(fake.client(), "weft-system", "weft-ca", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(
+        again.cert_pem, first.cert_pem,
+        "a restart keeps the same root"
+    );
+    assert_eq!(again.key_pem, first.key_pem);
+    assert!(again.anchors_pem.is_none());
+
+    let state = std::env::temp_dir().join(format!("weft-ca-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&state).unwrap();
+    let ca = crate::ca::Ca::from_material(&state, &again, Duration::from_secs(3600)).unwrap();
+    assert_eq!(ca.anchors_pem(), first.cert_pem.as_str());
+    std::fs::remove_dir_all(&state).unwrap();
+}
