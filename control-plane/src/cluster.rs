@@ -85,7 +85,7 @@ pub fn watched_kinds() -> Vec<WatchedKind> {
 
 /// What a watcher reports.
 enum Change {
-    Event(usize, Event<DynamicObject>),
+    Event(usize, Box<Event<DynamicObject>>),
     /// The kind's API is not served: it counts as listed and empty.
     NotInstalled(usize),
 }
@@ -173,7 +173,7 @@ async fn watch_kind(
         };
         let change = match next {
             None => return,
-            Some(Ok(event)) => Change::Event(index, event),
+            Some(Ok(event)) => Change::Event(index, Box::new(event)),
             Some(Err(e)) => {
                 if let watcher::Error::InitialListFailed(kube::Error::Api(status)) = &e
                     && status.code == 404
@@ -228,16 +228,19 @@ impl Mirror {
 
     /// Applies one change; returns whether the store changed.
     fn apply(&mut self, change: Change) -> bool {
-        match change {
+        let (k, event) = match change {
             Change::NotInstalled(k) => {
                 self.listed[k] = true;
-                false
+                return false;
             }
-            Change::Event(k, Event::Init) => {
+            Change::Event(k, event) => (k, *event),
+        };
+        match event {
+            Event::Init => {
                 self.relisting[k] = Some(BTreeSet::new());
                 false
             }
-            Change::Event(k, Event::InitApply(object)) => {
+            Event::InitApply(object) => {
                 let (name, _) = self.put(k, object);
                 if let Some(seen) = self.relisting[k].as_mut() {
                     seen.insert(name);
@@ -245,7 +248,7 @@ impl Mirror {
                 // Changes apply once the relist is complete.
                 false
             }
-            Change::Event(k, Event::InitDone) => {
+            Event::InitDone => {
                 let seen = self.relisting[k].take().unwrap_or_default();
                 let gone: Vec<String> = self.names[k].difference(&seen).cloned().collect();
                 for name in gone {
@@ -255,8 +258,8 @@ impl Mirror {
                 // A relist always rebuilds: what it replaced was applied without one.
                 true
             }
-            Change::Event(k, Event::Apply(object)) => self.put(k, object).1,
-            Change::Event(k, Event::Delete(object)) => {
+            Event::Apply(object) => self.put(k, object).1,
+            Event::Delete(object) => {
                 let name = object_name(&self.kinds[k].resource, &object);
                 self.remove(k, &name)
             }
@@ -746,6 +749,7 @@ pub async fn ca_from_secret(
 }
 
 #[cfg(test)]
+#[allow(dead_code)] // `serve` is for the end-to-end tests, which include this file too.
 mod fake;
 #[cfg(test)]
 mod tests;

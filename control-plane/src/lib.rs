@@ -19,6 +19,7 @@ pub mod ca;
 pub mod cluster;
 pub mod compile;
 pub mod control;
+pub mod crds;
 pub mod demo;
 pub mod hub;
 pub mod load;

@@ -48,6 +48,12 @@ enum Command {
     Token(TokenCommand),
     /// Show the connected proxies, the config versions they run, and rejected manifests.
     Status(weft_control::status::StatusArgs),
+    /// Print the CustomResourceDefinitions of weft's kinds (BackendPolicy, ServerPolicy), for
+    /// `kubectl apply -f -`; with --output-dir, write one file each.
+    Crds {
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
     /// Run a small mesh on loopback addresses and show what it does (no cluster, no root).
     Demo(weft_control::demo::DemoArgs),
 }
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         }),
+        Command::Crds { output_dir } => crds_command(output_dir.as_deref()),
         Command::Demo(args) => weft_control::demo::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -174,5 +181,19 @@ fn create_token(
     std::fs::create_dir_all(state)?;
     let tokens = weft_control::token::Tokens::open(state)?;
     println!("{}", tokens.create(namespace, service_account, ttl));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn crds_command(output_dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    match output_dir {
+        Some(dir) => weft_control::crds::write(dir)?,
+        None => {
+            let docs: Vec<String> = weft_control::crds::rendered()?
+                .into_iter()
+                .map(|(_, yaml)| yaml)
+                .collect();
+            print!("{}", docs.join("---\n"));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

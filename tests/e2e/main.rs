@@ -11,6 +11,7 @@
 
 mod admin;
 mod bad_input;
+mod cluster;
 mod control_plane;
 mod drain;
 mod grpc;

@@ -22,6 +22,8 @@ pub struct ControlPlane {
     pub state: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
+    /// Cluster mode: the kubeconfig of the (fake) API server, instead of a manifest directory.
+    kubeconfig: Option<PathBuf>,
     /// The scratch directory (manifests, state with the CA key, log): removed on drop unless
     /// the test failed.
     dir: PathBuf,
@@ -35,6 +37,19 @@ impl ControlPlane {
 
     /// Starts a control plane with extra `weft control` flags.
     pub async fn start_with(ip: IpAddr, extra: &[String]) -> ControlPlane {
+        ControlPlane::launch(ip, extra, None).await
+    }
+
+    /// Starts `weft control --kubernetes` against the API server at `api` (plain HTTP). Its
+    /// proxies' tokens are ServiceAccount tokens as [`crate::kube_api::FakeApi`] reads them.
+    pub async fn start_kubernetes(ip: IpAddr, api: SocketAddr) -> ControlPlane {
+        let dir = scratch_dir("kubeconfig");
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, crate::kube_api::kubeconfig(api)).expect("kubeconfig");
+        ControlPlane::launch(ip, &[], Some(path)).await
+    }
+
+    async fn launch(ip: IpAddr, extra: &[String], kubeconfig: Option<PathBuf>) -> ControlPlane {
         let dir = scratch_dir("control");
         let manifests = dir.join("manifests");
         let state = dir.join("state");
@@ -48,6 +63,7 @@ impl ControlPlane {
             state,
             log: dir.join("control.log"),
             extra: extra.to_vec(),
+            kubeconfig,
             dir: dir.clone(),
         };
         cp.restart().await;
@@ -61,10 +77,13 @@ impl ControlPlane {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(bin_path("weft"))
-            .arg("control")
-            .arg("--manifests")
-            .arg(&self.manifests)
+        let mut command = Command::new(bin_path("weft"));
+        command.arg("control");
+        match &self.kubeconfig {
+            Some(kubeconfig) => command.arg("--kubernetes").env("KUBECONFIG", kubeconfig),
+            None => command.arg("--manifests").arg(&self.manifests),
+        };
+        let child = command
             .arg("--state")
             .arg(&self.state)
             .args([
@@ -129,6 +148,15 @@ impl ControlPlane {
 
     /// A token file proving `namespace/service_account`, by `weft token create`.
     pub fn token(&self, namespace: &str, service_account: &str) -> PathBuf {
+        let path = self.state.join(format!(
+            "token-{namespace}-{service_account}-{}",
+            TOKENS.fetch_add(1, Ordering::Relaxed)
+        ));
+        if self.kubeconfig.is_some() {
+            let token = crate::kube_api::service_account_token(namespace, service_account);
+            std::fs::write(&path, token).expect("token file");
+            return path;
+        }
         let out = Command::new(bin_path("weft"))
             .args([
                 "token",
@@ -147,10 +175,6 @@ impl ControlPlane {
             "weft token create: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let path = self.state.join(format!(
-            "token-{namespace}-{service_account}-{}",
-            TOKENS.fetch_add(1, Ordering::Relaxed)
-        ));
         std::fs::write(&path, out.stdout).expect("token file");
         path
     }

@@ -23,6 +23,7 @@
 pub mod client;
 pub mod control;
 pub mod fake_control;
+pub mod kube_api;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;

@@ -1,7 +1,9 @@
 //! A fake Kubernetes API server behind kube's mock client (`tower_test::mock::pair`): the
 //! protocol as kube speaks it (paginated lists, newline-delimited watch events, 410 Gone,
 //! merge patches of the status subresource with resourceVersion preconditions, TokenReview,
-//! Secrets), over an in-memory object set that tests change.
+//! Secrets), over an in-memory object set that tests change. The same fake serves real
+//! HTTP for the end-to-end tests, which run `weft control --kubernetes` as a process (they
+//! include this file from `tests/src/kube_api.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -167,7 +169,28 @@ impl FakeApi {
         self.lock().reviews.clone()
     }
 
-    async fn answer(&self, request: Request<kube::client::Body>) -> Response<Body> {
+    /// Serves the API over plain HTTP on `listener` (for a kubeconfig's `server`).
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let fake = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let fake = fake.clone();
+                    async move { Ok::<_, Infallible>(fake.answer(request).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    }
+
+    async fn answer<B: hyper::body::Body>(&self, request: Request<B>) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let body = match body.collect().await {
             Ok(b) => b.to_bytes(),

@@ -427,3 +427,59 @@ async fn the_ca_is_created_once_in_its_secret_and_read_back() {
     assert_eq!(ca.anchors_pem(), first.cert_pem.as_str());
     std::fs::remove_dir_all(&state).unwrap();
 }
+
+/// The shipped RBAC grants what cluster mode does: list and watch of every watched kind,
+/// route status writes, TokenReviews, and the CA Secret.
+#[test]
+fn the_install_manifest_grants_what_cluster_mode_uses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/install/control-plane.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str(d).unwrap())
+        .collect();
+    let rules = |kind: &str| -> Vec<Value> {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .and_then(|d| d["rules"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let grants = |rules: &[Value], group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            let has = |field: &str, want: &str| {
+                r[field]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x == want))
+            };
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    let cluster = rules("ClusterRole");
+    for kind in watched_kinds() {
+        for verb in ["list", "watch"] {
+            assert!(
+                grants(&cluster, &kind.resource.group, &kind.resource.plural, verb),
+                "{verb} {}",
+                kind.resource.plural
+            );
+        }
+        if kind.route {
+            let status = format!("{}/status", kind.resource.plural);
+            assert!(
+                grants(&cluster, &kind.resource.group, &status, "patch"),
+                "{status}"
+            );
+        }
+    }
+    assert!(grants(
+        &cluster,
+        "authentication.k8s.io",
+        "tokenreviews",
+        "create"
+    ));
+    let namespaced = rules("Role");
+    for verb in ["get", "create"] {
+        assert!(grants(&namespaced, "", "secrets", verb), "{verb} secrets");
+    }
+}
