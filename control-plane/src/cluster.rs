@@ -28,7 +28,7 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use weft_api::resources::{ManifestError, ResourceKey, Subject};
+use weft_api::resources::ManifestError;
 
 use crate::hub::Hub;
 use crate::store::Store;
@@ -296,38 +296,22 @@ impl Mirror {
     /// Rebuilds, publishes, and writes the route statuses that changed.
     fn publish(&mut self, hub: &Hub) {
         crate::watch::publish(&mut self.store, hub, true);
+        // A route's errors and accepted version carry its store name as their origin.
         let errors = self.store.errors();
         let accepted = self.store.accepted();
-        let serving: BTreeSet<ResourceKey> = accepted.iter().map(|m| m.resource.key()).collect();
         let now = rfc3339(time::OffsetDateTime::now_utc());
-        let mut ours = BTreeMap::new();
-        for (name, route) in &self.routes {
-            let key = ResourceKey {
-                kind: if route.resource.kind == "GRPCRoute" {
-                    "GRPCRoute"
-                } else {
-                    "HTTPRoute"
-                },
-                namespace: route.namespace.clone(),
-                name: route.name.clone(),
-            };
-            let own: Vec<&ManifestError> = errors
-                .iter()
-                .filter(|e| e.subject == Subject::Resource(key.clone()))
-                .collect();
-            ours.insert(
-                name.clone(),
-                own_status(route, &own, serving.contains(&key), &now),
-            );
-        }
-        self.ours = ours;
-        let routes: Vec<(String, RouteObject)> = self
+        self.ours = self
             .routes
             .iter()
-            .map(|(n, r)| (n.clone(), r.clone()))
+            .map(|(name, route)| {
+                let own: Vec<&ManifestError> =
+                    errors.iter().filter(|e| e.origin.file == *name).collect();
+                let serving = accepted.iter().any(|m| m.source.file == *name);
+                (name.clone(), own_status(route, &own, serving, &now))
+            })
             .collect();
-        for (name, route) in routes {
-            self.write_status(&name, &route);
+        for (name, route) in &self.routes {
+            self.write_status(name, route);
         }
     }
 
@@ -408,28 +392,47 @@ fn as_input(kind: &WatchedKind, object: DynamicObject) -> Option<Value> {
     Some(value)
 }
 
-/// Which condition an error belongs to.
+/// Which condition an error belongs to, with the Gateway API's reason.
+#[derive(Clone, Copy, PartialEq)]
 enum Blame {
     /// The route's `parentRefs[i]`.
-    Parent(usize),
-    /// A backend that does not resolve, with the Gateway API's reason.
+    Parent(usize, &'static str),
+    /// A backend reference.
     Backend(&'static str),
     /// Anything else the route got wrong.
     Route,
 }
 
+impl Blame {
+    fn reason(self) -> &'static str {
+        match self {
+            Blame::Parent(_, reason) | Blame::Backend(reason) => reason,
+            Blame::Route => "UnsupportedValue",
+        }
+    }
+}
+
+/// Reads the reference errors of `weft_api::resources::check` by their path and message.
 fn blame(error: &ManifestError) -> Blame {
     let path = error.path.as_str();
+    let missing = error.message.starts_with("no Service") || error.message.contains("has no port");
     if let Some(rest) = path.strip_prefix("spec.parentRefs[")
         && let Some(i) = rest.split(']').next().and_then(|i| i.parse().ok())
     {
-        return Blame::Parent(i);
+        return Blame::Parent(
+            i,
+            if missing {
+                "NoMatchingParent"
+            } else {
+                "UnsupportedValue"
+            },
+        );
     }
     if path.contains("backendRef") {
         if path.ends_with(".kind") || path.ends_with(".group") {
             return Blame::Backend("InvalidKind");
         }
-        if error.message.starts_with("no Service") || error.message.contains("has no port") {
+        if missing {
             return Blame::Backend("BackendNotFound");
         }
     }
@@ -451,7 +454,9 @@ fn merged_status(route: &RouteObject, ours: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// weft's `status.parents` entries for a route: one per Service parent. A condition's
+/// weft's `status.parents` entries for a route: one per Service parent. Any error keeps the
+/// whole route out (weft never applies part of one), so it makes every parent's Accepted
+/// false: with the parent's own reason if it has one, else the route's. A condition's
 /// `lastTransitionTime` moves only when its status does.
 fn own_status(
     route: &RouteObject,
@@ -459,110 +464,102 @@ fn own_status(
     serving: bool,
     now: &str,
 ) -> Vec<Value> {
-    let mut out = Vec::new();
-    let previous = |parent: &Value, kind: &str| -> Option<(String, String)> {
-        route
-            .status_parents
+    let blamed: Vec<(Blame, &ManifestError)> = errors.iter().map(|e| (blame(e), *e)).collect();
+    let shown = |pick: &dyn Fn(Blame) -> bool| -> String {
+        blamed
             .iter()
-            .find(|p| is_ours(p) && p.get("parentRef") == Some(parent))
-            .and_then(|p| {
-                p.get("conditions")?
-                    .as_array()?
-                    .iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
-                    .cloned()
-            })
-            .and_then(|c| {
-                Some((
-                    c.get("status")?.as_str()?.to_owned(),
-                    c.get("lastTransitionTime")?.as_str()?.to_owned(),
-                ))
-            })
-    };
-    let shown = |es: &[&&ManifestError]| -> String {
-        es.iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
+            .filter(|(b, _)| pick(*b))
+            .map(|(_, e)| format!("{}: {}", e.path, e.message))
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let backend_errors: Vec<&&ManifestError> = errors
-        .iter()
-        .filter(|e| matches!(blame(e), Blame::Backend(_)))
-        .collect();
-    let route_errors: Vec<&&ManifestError> = errors
-        .iter()
-        .filter(|e| matches!(blame(e), Blame::Route))
-        .collect();
     let consequence = if serving {
         "the last accepted version keeps serving"
     } else {
         "the route is not in effect"
     };
-    for (i, parent) in route.parent_refs.iter().enumerate() {
-        if !is_service_parent(parent) {
-            continue;
-        }
-        let parent_errors: Vec<&&ManifestError> = errors
+    let backend = blamed.iter().find(|(b, _)| matches!(b, Blame::Backend(_)));
+    // What rejects the route for every parent: its own errors first, then its backends'.
+    let route_wide = blamed
+        .iter()
+        .find(|(b, _)| *b == Blame::Route)
+        .or(backend)
+        .or(blamed.first())
+        .map(|(b, _)| b.reason());
+    let previous = |parent: &Value, kind: &str| -> Option<(String, String)> {
+        let entry = route
+            .status_parents
             .iter()
-            .filter(|e| matches!(blame(e), Blame::Parent(j) if j == i))
-            .collect();
-        let (accepted, reason, message) = if !parent_errors.is_empty() {
-            let missing = parent_errors
-                .iter()
-                .any(|e| e.message.starts_with("no Service") || e.message.contains("has no port"));
-            (
-                false,
-                if missing {
-                    "NoMatchingParent"
-                } else {
-                    "UnsupportedValue"
-                },
-                format!("{}; {consequence}", shown(&parent_errors)),
-            )
-        } else if !errors.is_empty() {
-            let all: Vec<&&ManifestError> = errors.iter().collect();
-            (
-                false,
-                if route_errors.is_empty() {
-                    "BackendNotFound"
-                } else {
-                    "UnsupportedValue"
-                },
-                format!("{}; {consequence}", shown(&all)),
-            )
-        } else {
-            (true, "Accepted", "accepted by weft".to_owned())
+            .find(|p| is_ours(p) && p.get("parentRef") == Some(parent))?;
+        let condition = entry
+            .get("conditions")?
+            .as_array()?
+            .iter()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))?;
+        Some((
+            condition.get("status")?.as_str()?.to_owned(),
+            condition.get("lastTransitionTime")?.as_str()?.to_owned(),
+        ))
+    };
+    let condition = |parent: &Value, kind: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let since = match previous(parent, kind) {
+            Some((s, t)) if s == status => t,
+            _ => now.to_owned(),
         };
-        let (resolved, resolved_reason, resolved_message) =
-            match backend_errors.first().map(|e| blame(e)) {
-                Some(Blame::Backend(reason)) => (false, reason, shown(&backend_errors)),
-                _ => (true, "ResolvedRefs", "all references resolved".to_owned()),
-            };
-        let condition = |kind: &str, ok: bool, reason: &str, message: String| {
-            let status = if ok { "True" } else { "False" };
-            let since = match previous(parent, kind) {
-                Some((s, t)) if s == status => t,
-                _ => now.to_owned(),
+        json!({
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": route.generation.unwrap_or(0),
+            "lastTransitionTime": since,
+        })
+    };
+    let resolved = match backend {
+        Some((b, _)) => (
+            false,
+            b.reason(),
+            shown(&|b| matches!(b, Blame::Backend(_))),
+        ),
+        None => (true, "ResolvedRefs", "all references resolved".to_owned()),
+    };
+    route
+        .parent_refs
+        .iter()
+        .enumerate()
+        .filter(|(_, parent)| is_service_parent(parent))
+        .map(|(i, parent)| {
+            let own = blamed.iter().find_map(|(b, _)| match b {
+                Blame::Parent(j, reason) if *j == i => Some(*reason),
+                _ => None,
+            });
+            let accepted = match (own, route_wide) {
+                (Some(reason), _) => (
+                    false,
+                    reason,
+                    format!(
+                        "{}; {consequence}",
+                        shown(&|b| matches!(b, Blame::Parent(j, _) if j == i))
+                    ),
+                ),
+                (None, Some(reason)) => (
+                    false,
+                    reason,
+                    format!("{}; {consequence}", shown(&|_| true)),
+                ),
+                (None, None) => (true, "Accepted", "accepted by weft".to_owned()),
             };
             json!({
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": route.generation.unwrap_or(0),
-                "lastTransitionTime": since,
+                "parentRef": parent,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": [
+                    condition(parent, "Accepted", accepted.0, accepted.1, accepted.2),
+                    condition(parent, "ResolvedRefs", resolved.0, resolved.1, resolved.2.clone()),
+                ],
             })
-        };
-        out.push(json!({
-            "parentRef": parent,
-            "controllerName": CONTROLLER_NAME,
-            "conditions": [
-                condition("Accepted", accepted, reason, message),
-                condition("ResolvedRefs", resolved, resolved_reason, resolved_message),
-            ],
-        }));
-    }
-    out
+        })
+        .collect()
 }
 
 /// Writes route statuses, one at a time, with the route's resourceVersion as a

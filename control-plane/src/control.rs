@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -190,8 +191,9 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(admin::serve(admin_listener, hub.clone(), shutdown.clone()));
-    // The manifest source: the first config is complete before any proxy is served.
-    let (source, watcher): (String, tokio::task::JoinHandle<anyhow::Result<()>>) =
+    // The manifest source: the first config is complete before any proxy is served. It
+    // runs until shutdown; its end before that is the control plane's end.
+    let (source, watcher): (String, BoxFuture<'static, anyhow::Result<()>>) =
         match (client, &args.manifests) {
             (Some(client), _) => {
                 let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
@@ -205,11 +207,11 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
                 synced_rx
                     .await
                     .context("the cluster watch stopped before its first complete list")?;
-                let task = tokio::spawn(async move {
+                let ended = async move {
                     task.await.context("the cluster watch")?;
                     anyhow::bail!("the cluster watch stopped")
-                });
-                ("kubernetes".to_owned(), task)
+                };
+                ("kubernetes".to_owned(), Box::pin(ended))
             }
             (None, Some(dir)) => {
                 let mut store = Store::new();
@@ -222,12 +224,12 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
                     shutdown.clone(),
                 ));
                 let shown = dir.display().to_string();
-                let task = tokio::spawn(async move {
+                let ended = async move {
                     task.await
                         .context("the manifest watcher")?
                         .with_context(|| format!("watching {shown}"))
-                });
-                (dir.display().to_string(), task)
+                };
+                (dir.display().to_string(), Box::pin(ended))
             }
             (None, None) => anyhow::bail!("--manifests DIR or --kubernetes is required"),
         };
@@ -246,10 +248,7 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
-        result = watcher => match result {
-            Ok(result) => result?,
-            Err(e) => anyhow::bail!("the manifest source stopped: {e}"),
-        },
+        result = watcher => result?,
     }
     shutdown.cancel();
     Ok(())

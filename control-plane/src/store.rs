@@ -53,40 +53,36 @@ impl Store {
 
     /// Sets a file's contents (`None`: the file is gone). Returns whether anything changed.
     pub fn set_file(&mut self, file: &str, text: Option<&str>) -> bool {
-        let Some(text) = text else {
-            return self.files.remove(file).is_some();
-        };
-        let hash = content_hash(text);
-        if self.files.get(file).is_some_and(|e| e.hash == hash) {
-            return false;
+        match text {
+            Some(text) => self.set(file, content_hash(text), || parse_file(file, text)),
+            None => self.files.remove(file).is_some(),
         }
-        let (manifests, errors) = parse_file(file, text);
-        self.set_parsed(file, hash, manifests, errors);
-        true
     }
 
     /// Sets an object read from the Kubernetes API (`None`: it was deleted), named `name`
     /// (`Kind/namespace/name`) as a file would be. Returns whether anything changed.
     pub fn set_object(&mut self, name: &str, object: Option<serde_json::Value>) -> bool {
-        let Some(object) = object else {
-            return self.files.remove(name).is_some();
-        };
-        let hash = content_hash(&object.to_string());
-        if self.files.get(name).is_some_and(|e| e.hash == hash) {
-            return false;
+        match object {
+            Some(object) => {
+                let hash = content_hash(&object.to_string());
+                self.set(name, hash, || parse_object(name, object))
+            }
+            None => self.files.remove(name).is_some(),
         }
-        let (manifests, errors) = parse_object(name, object);
-        self.set_parsed(name, hash, manifests, errors);
-        true
     }
 
-    fn set_parsed(
+    /// Parses content whose hash differs from what `file` holds. A file holding a document
+    /// that cannot be identified keeps its previous manifests.
+    fn set(
         &mut self,
         file: &str,
         hash: u64,
-        manifests: Vec<Manifest>,
-        errors: Vec<ManifestError>,
-    ) {
+        parse: impl FnOnce() -> (Vec<Manifest>, Vec<ManifestError>),
+    ) -> bool {
+        if self.files.get(file).is_some_and(|e| e.hash == hash) {
+            return false;
+        }
+        let (manifests, errors) = parse();
         let half_written = errors.iter().any(|e| e.subject == Subject::Unidentified);
         let manifests = match (half_written, self.files.get(file)) {
             (true, Some(previous)) => previous.manifests.clone(),
@@ -100,6 +96,7 @@ impl Store {
                 errors,
             },
         );
+        true
     }
 
     /// Files the store holds.

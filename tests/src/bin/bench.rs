@@ -278,6 +278,21 @@ struct Figures {
     peak_rss_kib: f64,
 }
 
+impl Figures {
+    /// One measurement of `t`: saturation, then the fixed rate (`lat` sorted, in µs).
+    fn new(t: &Target, max_rps: f64, cpu_sat: f64, lat: &[f64], cpu_fixed: f64) -> Figures {
+        Figures {
+            max_rps,
+            cpu_sat,
+            p50_us: percentile(lat, 0.50),
+            p99_us: percentile(lat, 0.99),
+            p999_us: percentile(lat, 0.999),
+            cpu_fixed,
+            peak_rss_kib: t.memory_kib().1 as f64,
+        }
+    }
+}
+
 async fn run(opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let scratch = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
@@ -647,15 +662,7 @@ async fn measure(t: &Target, duration: Duration) -> anyhow::Result<Figures> {
     let cpu1 = t.cpu();
     let (lat, sent) = fixed_rate(t.addr, RATE, duration).await?;
     let cpu_fixed = (t.cpu() - cpu1).as_secs_f64() * 1e3 / (sent as f64 / 1000.0);
-    Ok(Figures {
-        max_rps: rps,
-        cpu_sat,
-        p50_us: percentile(&lat, 0.50),
-        p99_us: percentile(&lat, 0.99),
-        p999_us: percentile(&lat, 0.999),
-        cpu_fixed,
-        peak_rss_kib: t.memory_kib().1 as f64,
-    })
+    Ok(Figures::new(t, rps, cpu_sat, &lat, cpu_fixed))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -787,15 +794,7 @@ async fn measure_h2(t: &Target, kind: H2Kind, duration: Duration) -> anyhow::Res
     }
     lat.sort_by(f64::total_cmp);
     let cpu_fixed = (t.cpu() - cpu1).as_secs_f64() * 1e3 / (n as f64 / 1000.0);
-    Ok(Figures {
-        max_rps: rps,
-        cpu_sat,
-        p50_us: percentile(&lat, 0.50),
-        p99_us: percentile(&lat, 0.99),
-        p999_us: percentile(&lat, 0.999),
-        cpu_fixed,
-        peak_rss_kib: t.memory_kib().1 as f64,
-    })
+    Ok(Figures::new(t, rps, cpu_sat, &lat, cpu_fixed))
 }
 
 fn render_h2(rows: &[((&str, &str), Figures)]) -> String {
