@@ -66,7 +66,9 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
         ),
         None => {
             let mut buf = BytesMut::with_capacity(4096);
-            let Some((mut conn, peer)) = accept_mesh(&shared, stream, &mut buf, client).await
+            // Boxed: the handshake's state is large and gone once it completes.
+            let Some((mut conn, peer)) =
+                Box::pin(accept_mesh(&shared, stream, &mut buf, client)).await
             else {
                 return;
             };
@@ -157,12 +159,12 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 deny(&shared, policy, denied, client, app);
                 return;
             }
-            tcp::forward(
+            Box::pin(tcp::forward(
                 &shared,
                 DIRECTION,
                 Rewind::new(buf.freeze(), conn),
                 Dial::Direct(app),
-            )
+            ))
             .await
         }
     }

@@ -49,18 +49,8 @@ pub async fn check_first_head<R: AsyncRead + Unpin>(
 ) -> Head {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Request::new(&mut headers).parse(buf) {
-            Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => {
-                return Head::Ok;
-            }
-            Ok(httparse::Status::Complete(_)) => return Head::Refuse(Reason::HeaderTooLarge),
-            Ok(httparse::Status::Partial) if buf.len() > limits.max_header_bytes => {
-                return Head::Refuse(Reason::HeaderTooLarge);
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Head::Refuse(Reason::HeaderTooLarge),
-            Err(_) => return Head::Refuse(Reason::BadRequest),
+        if let Some(verdict) = judge_head(buf, limits) {
+            return verdict;
         }
         buf.reserve(4096);
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
@@ -68,6 +58,23 @@ pub async fn check_first_head<R: AsyncRead + Unpin>(
             Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+/// The verdict on the bytes read so far, or `None` while the head is incomplete. A function of
+/// its own so that the 4 KiB of parsed headers never live across an await (they would sit in
+/// every connection's task for its whole life).
+fn judge_head(buf: &[u8], limits: Limits) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => Some(Head::Ok),
+        Ok(httparse::Status::Complete(_)) => Some(Head::Refuse(Reason::HeaderTooLarge)),
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_header_bytes => {
+            Some(Head::Refuse(Reason::HeaderTooLarge))
+        }
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(Head::Refuse(Reason::HeaderTooLarge)),
+        Err(_) => Some(Head::Refuse(Reason::BadRequest)),
     }
 }
 
@@ -98,8 +105,12 @@ pub async fn serve<I, F, Fut>(
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    // hyper keeps a slot for the in-flight request's future in every connection, allocated
+    // with the connection and moved into on each request. The handler's future is large (the
+    // whole route, retry and upstream state machine), so it lives in its own allocation made
+    // per request: an idle connection then costs a pointer, not the future.
     let service = service_fn(move |req| {
-        let fut = handler(req);
+        let fut = Box::pin(handler(req));
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let io = TokioIo::new(io);
@@ -109,8 +120,8 @@ pub async fn serve<I, F, Fut>(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Duration::from_secs(30));
-        let conn = builder.serve_connection(io, service);
-        tokio::pin!(conn);
+        // Boxed, so that the far more numerous HTTP/1 connections do not carry its size.
+        let mut conn = Box::pin(builder.serve_connection(io, service));
         tokio::select! {
             r = conn.as_mut() => r,
             _ = shutdown.cancelled() => {
