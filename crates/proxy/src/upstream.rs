@@ -609,7 +609,9 @@ impl Pools {
             },
             None => self.connector.clone(),
         };
-        let result = connector.connect(&key.dial, protocol).await;
+        // Boxed: connecting (a TLS handshake with a peer) carries far more state than sending
+        // on a pooled connection, the common case, and would otherwise size every request.
+        let result = Box::pin(connector.connect(&key.dial, protocol)).await;
         self.metrics.upstream_connect(result.is_ok());
         result
     }

@@ -313,7 +313,8 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
     let weft1 = weft_one_hop(&scratch, backend_addr).await?;
     let haproxy1 = haproxy_one_hop(&scratch, backend_addr).await?;
     let (weft2, _control) = weft_two_hops(&scratch, backend_addr).await?;
-    let haproxy2 = haproxy_two_hops(&scratch, backend_addr).await?;
+    let haproxy2 = haproxy_two_hops(&scratch, backend_addr, "http", (8002, 8003)).await?;
+    let haproxy_tcp = haproxy_two_hops(&scratch, backend_addr, "tcp", (8004, 8005)).await?;
     let direct = Target {
         name: "direct",
         addr: backend_addr,
@@ -370,6 +371,29 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
         .map(|(k, v)| (*k, median_figures(v)))
         .collect();
 
+    // New connections, each one mutual-TLS handshake between the two proxies of a pair.
+    let mut hs_samples: [Vec<(f64, f64)>; 2] = Default::default();
+    for _ in 0..opts.rounds {
+        for (i, (t, tunnel)) in [(&targets[3], true), (&haproxy_tcp, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let (rate, cpu) = measure_handshakes(t, tunnel, opts.duration).await?;
+            println!(
+                "  handshakes {:<16} {rate:>8.0} connections/s  cpu {cpu:>6.1} ms per 1k",
+                t.name
+            );
+            hs_samples[i].push((rate, cpu));
+        }
+    }
+    let handshakes = hs_samples.map(|v| {
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+        )
+    });
+    drop(haproxy_tcp);
+
     let memory = memory_figures([(&targets[1], idle[0]), (&targets[2], idle[1])]).await?;
     drop(targets);
     let instructions = instruction_counts(&scratch, backend_addr).await?;
@@ -378,6 +402,7 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
     let mut report = render(
         &medians,
         &memory,
+        &handshakes,
         &instructions,
         &config,
         opts,
@@ -426,9 +451,15 @@ async fn weft_one_hop(scratch: &Path, backend: SocketAddr) -> anyhow::Result<Tar
     })
 }
 
-fn haproxy_config(frontend: &str, backend: &str) -> String {
+/// `mode http` (with `http-reuse always`) or `mode tcp`.
+fn haproxy_config(mode: &str, frontend: &str, backend: &str) -> String {
+    let reuse = if mode == "http" {
+        "  http-reuse always\n"
+    } else {
+        ""
+    };
     format!(
-        "global\n  nbthread 1\n  maxconn 5000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n\nfrontend f\n  bind {frontend}\n  default_backend b\n\nbackend b\n  server s1 {backend}\n"
+        "global\n  nbthread 1\n  maxconn 5000\n\ndefaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{reuse}\nfrontend f\n  bind {frontend}\n  default_backend b\n\nbackend b\n  server s1 {backend}\n"
     )
 }
 
@@ -456,7 +487,7 @@ async fn haproxy_one_hop(scratch: &Path, backend: SocketAddr) -> anyhow::Result<
     let proc = start_haproxy(
         scratch,
         "haproxy",
-        &haproxy_config(&listen.to_string(), &backend.to_string()),
+        &haproxy_config("http", &listen.to_string(), &backend.to_string()),
         listen,
     )
     .await?;
@@ -594,8 +625,14 @@ async fn weft_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result<(T
 }
 
 /// Two HAProxies with a throwaway CA: plain HTTP in, TLS with client certificates
-/// (`verify required` both ways) between them.
-async fn haproxy_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result<Target> {
+/// (`verify required` both ways) between them. In `mode http` the client side keeps and
+/// reuses its TLS connections; in `mode tcp` every connection is its own TLS connection.
+async fn haproxy_two_hops(
+    scratch: &Path,
+    backend: SocketAddr,
+    mode: &'static str,
+    ports: (u16, u16),
+) -> anyhow::Result<Target> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
@@ -618,8 +655,9 @@ async fn haproxy_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result
     let (server_pem, client_pem) = (scratch.join("server.pem"), scratch.join("client.pem"));
     std::fs::write(&server_pem, issue("bench-server")?)?;
     std::fs::write(&client_pem, issue("bench-client")?)?;
-    let middle = addr(HAPROXY_IP, 8003);
+    let middle = addr(HAPROXY_IP, ports.1);
     let server_side = haproxy_config(
+        mode,
         &format!(
             "{middle} ssl crt {} ca-file {} verify required",
             server_pem.display(),
@@ -627,8 +665,9 @@ async fn haproxy_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result
         ),
         &backend.to_string(),
     );
-    let listen = addr(HAPROXY_IP, 8002);
+    let listen = addr(HAPROXY_IP, ports.0);
     let client_side = haproxy_config(
+        mode,
         &listen.to_string(),
         &format!(
             "{middle} ssl crt {} ca-file {} verify required verifyhost bench-server",
@@ -636,18 +675,27 @@ async fn haproxy_two_hops(scratch: &Path, backend: SocketAddr) -> anyhow::Result
             ca_file.display()
         ),
     );
-    let file = scratch.join("haproxy-server.cfg");
+    let file = scratch.join(format!("haproxy-server-{mode}.cfg"));
     std::fs::write(&file, server_side)?;
     let server = Proc::spawn(
         "haproxy server",
         Command::new("taskset")
             .args(["-c", "1", "haproxy", "-db", "-f"])
             .arg(&file),
-        &scratch.join("haproxy-server.log"),
+        &scratch.join(format!("haproxy-server-{mode}.log")),
     )?;
-    let client = start_haproxy(scratch, "haproxy-client", &client_side, listen).await?;
+    let name = if mode == "http" {
+        "haproxy-client"
+    } else {
+        "haproxy-client-tcp"
+    };
+    let client = start_haproxy(scratch, name, &client_side, listen).await?;
     Ok(Target {
-        name: "haproxy TLS",
+        name: if mode == "http" {
+            "haproxy TLS"
+        } else {
+            "haproxy TLS tcp"
+        },
         addr: listen,
         procs: vec![Arc::new(client), Arc::new(server)],
     })
@@ -938,6 +986,79 @@ fn median_figures(v: &[Figures]) -> Figures {
     }
 }
 
+/// New connections through a two-hop pair for `duration`, 16 at a time, each carrying one
+/// request and closing, so that each costs one TLS handshake between the proxies. With
+/// `tunnel`, the request goes through an HTTP CONNECT tunnel (weft); otherwise the bytes go
+/// as they are (HAProxy in `mode tcp`). Returns (connections per second, CPU ms per 1,000).
+async fn measure_handshakes(
+    t: &Target,
+    tunnel: bool,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let cpu0 = t.cpu();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = t.addr;
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    one_connection(addr, tunnel).await?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = (t.cpu() - cpu0).as_secs_f64();
+    anyhow::ensure!(total > 0, "no connection completed through {}", t.name);
+    Ok((total as f64 / elapsed, cpu * 1e6 / total as f64))
+}
+
+/// One connection carrying one request; fails unless the backend's answer comes back whole.
+async fn one_connection(addr: SocketAddr, tunnel: bool) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    if tunnel {
+        stream
+            .write_all(format!("CONNECT {HOST} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+            .await?;
+        // Nothing follows the answer's head until the request is sent.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "the tunnel closed before its answer");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        anyhow::ensure!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "CONNECT refused: {}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    stream
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    anyhow::ensure!(
+        answer.starts_with(b"HTTP/1.1 200") && answer.ends_with(b"ok"),
+        "unexpected answer: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
+}
+
 /// RSS of the one-hop proxies: idle (measured before any load), with 1,000 open keep-alive
 /// connections, and with 1,000 concurrent slow requests. (name, idle, 1k connections, 1k slow requests) in KiB.
 struct Memory {
@@ -1022,7 +1143,7 @@ async fn instruction_counts(
                     let cfg = scratch.join("haproxy-callgrind.cfg");
                     std::fs::write(
                         &cfg,
-                        haproxy_config(&listen.to_string(), &backend.to_string()),
+                        haproxy_config("http", &listen.to_string(), &backend.to_string()),
                     )?;
                     cmd.args(["haproxy", "-db", "-f"]).arg(&cfg);
                 }
@@ -1081,6 +1202,7 @@ async fn instruction_counts(
 fn render(
     m: &BTreeMap<&str, Figures>,
     memory: &Memory,
+    handshakes: &[(f64, f64); 2],
     instructions: &[(&str, f64)],
     config: &ConfigFigures,
     opts: &Options,
@@ -1160,6 +1282,34 @@ connections, latency from each request's scheduled time. CPU: the proxies' user+
             ratio(w.cpu_sat, h.cpu_sat),
         );
     }
+    let _ = writeln!(
+        s,
+        "\n## Handshake cost (two hops, a new connection each time)\n\n\
+16 concurrent clients open a connection, send one request with `Connection: close`, read the answer and close. \
+weft: an HTTP CONNECT tunnel through the client proxy, which opens its own mutual-TLS connection to the server proxy \
+for every tunnel; HAProxy: `mode tcp` on both sides, one TLS connection with client certificates per connection. \
+Both resume TLS sessions as they do by default. CPU: both proxies of the pair.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| path | new connections/s | CPU ms per 1,000 new connections |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: |");
+    let [(w_rate, w_cpu), (h_rate, h_cpu)] = *handshakes;
+    let _ = writeln!(
+        s,
+        "| weft, mTLS per CONNECT tunnel | {w_rate:.0} | {w_cpu:.1} |"
+    );
+    let _ = writeln!(
+        s,
+        "| HAProxy, TLS per connection | {h_rate:.0} | {h_cpu:.1} |"
+    );
+    let _ = writeln!(
+        s,
+        "| weft / HAProxy | {:.2} | {:.2} |",
+        ratio(w_rate, h_rate),
+        ratio(w_cpu, h_cpu)
+    );
     let _ = writeln!(s, "\n## Memory (one hop, VmRSS)\n");
     let _ = writeln!(
         s,

@@ -24,6 +24,7 @@ use crate::http::replay::Recorder;
 use crate::io::splice;
 use crate::metrics::{Direction, Name};
 use crate::policy::breaker::Outcome;
+use crate::policy::deadline::within;
 use crate::policy::retry::{self, Attempt, Safety};
 use crate::policy::weighted;
 use crate::shared::Shared;
@@ -181,21 +182,25 @@ impl Http {
             policy_opt_in: backend.policy.retry.retry_non_idempotent,
             extra_non_idempotent: backend.policy.retry.non_idempotent_methods.clone(),
         };
-        let attempts = self.attempts(
-            req,
-            rule,
-            backend,
-            head.as_ref().zip(recorder.as_ref()).filter(|_| may_resend),
-            &safety,
-            upgrade,
-        );
         let deadline = rule.request_timeout.map(|t| start + t);
-        let result = match (deadline, rule.request_timeout) {
-            (Some(deadline), Some(t)) => tokio::time::timeout_at(deadline, attempts)
-                .await
-                .unwrap_or(Err(ProxyError::Timeout(t))),
-            _ => attempts.await,
-        };
+        let attempts = within(
+            deadline,
+            self.attempts(
+                req,
+                rule,
+                backend,
+                head.as_ref().zip(recorder.as_ref()).filter(|_| may_resend),
+                &safety,
+                upgrade,
+            ),
+        )
+        .await;
+        // `None`: the deadline passed, so there was a request timeout.
+        let result = attempts.unwrap_or_else(|| {
+            Err(ProxyError::Timeout(
+                rule.request_timeout.unwrap_or_default(),
+            ))
+        });
         let mut resp = forward::complete(prepared, result?, &self.shared.tasks);
         if let Some(m) = &rule.response_headers {
             m.apply(resp.headers_mut());
@@ -258,19 +263,19 @@ impl Http {
             };
             tried.push(picked.index);
             let sent_at = Instant::now();
-            let send = self
-                .shared
-                .pools
-                .send(picked.endpoint.dial.clone(), req, &opts);
-            let result = match rule.backend_timeout {
-                Some(t) => tokio::time::timeout(t, send)
-                    .await
-                    .unwrap_or(Err(SendError {
-                        error: ProxyError::Timeout(t),
-                        unsent: None,
-                    })),
-                None => send.await,
-            };
+            let sent = within(
+                rule.backend_timeout.map(|t| sent_at + t),
+                self.shared
+                    .pools
+                    .send(picked.endpoint.dial.clone(), req, &opts),
+            )
+            .await;
+            let result = sent.unwrap_or_else(|| {
+                Err(SendError {
+                    error: ProxyError::Timeout(rule.backend_timeout.unwrap_or_default()),
+                    unsent: None,
+                })
+            });
             let Ended {
                 attempt,
                 outcome,
