@@ -270,12 +270,13 @@ impl Http {
                     .send(picked.endpoint.dial.clone(), req, &opts),
             )
             .await;
-            let result = sent.unwrap_or_else(|| {
-                Err(SendError {
+            let result = match sent {
+                Some(result) => result,
+                None => Err(SendError {
                     error: ProxyError::Timeout(rule.backend_timeout.unwrap_or_default()),
                     unsent: None,
-                })
-            });
+                }),
+            };
             let Ended {
                 attempt,
                 outcome,
