@@ -5,7 +5,7 @@
 //! nests two of these (request and attempt timeouts), and every request's future is boxed per
 //! request: one future either way keeps that box out of the 8 KiB size class that hyper's
 //! connection buffers use, so freed request futures no longer dirty the pages of buffers that
-//! idle connections hold (`make bench`: 1,000 keep-alive connections 19.6 → 15.8 MB).
+//! idle connections hold (a fresh proxy holding 1,000 keep-alive connections: 19.6 → 15.8 MB).
 
 use std::future::Future;
 use std::pin::Pin;
