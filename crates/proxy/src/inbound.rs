@@ -159,12 +159,12 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 deny(&shared, policy, denied, client, app);
                 return;
             }
-            Box::pin(tcp::forward(
+            tcp::forward(
                 &shared,
                 DIRECTION,
                 Rewind::new(buf.freeze(), conn),
                 Dial::Direct(app),
-            ))
+            )
             .await
         }
     }

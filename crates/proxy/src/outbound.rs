@@ -44,7 +44,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
     if let (Some(orig), None) = (orig, &dest) {
         shared.metrics.connection_protocol(DIRECTION, "passthrough");
         tracing::debug!(%client, %orig, "unknown destination: opaque passthrough");
-        Box::pin(tcp::forward(&shared, DIRECTION, stream, Dial::Direct(orig))).await;
+        tcp::forward(&shared, DIRECTION, stream, Dial::Direct(orig)).await;
         return;
     }
     if let Some(d) = &dest
@@ -112,13 +112,12 @@ fn limits(shared: &Shared) -> server::Limits {
     }
 }
 
-/// Forwards a whole connection to one of a Service's endpoints as opaque TCP. Its state is
-/// boxed, so that HTTP connections, which never take this path, do not carry its size.
+/// Forwards a whole connection to one of a Service's endpoints as opaque TCP.
 async fn to_destination<I>(shared: &Shared, io: I, dest: &Destination)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    Box::pin(tcp::to_backend(shared, DIRECTION, io, &dest.backend)).await;
+    tcp::to_backend(shared, DIRECTION, io, &dest.backend).await;
 }
 
 async fn serve_http(

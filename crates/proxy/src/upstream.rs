@@ -80,7 +80,19 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// Connects, and to a peer proxy: with TLS when this proxy has an identity, then the
     /// transport header that says what follows.
+    ///
+    /// The connecting state (a TLS handshake among it) is boxed: it is large, and every future
+    /// that may connect (each request's, each opaque connection's) would otherwise carry it
+    /// even when, as usual, a pooled connection serves.
     pub async fn connect(
+        &self,
+        dial: &Dial,
+        protocol: transport_header::Protocol,
+    ) -> Result<Conn, ProxyError> {
+        Box::pin(self.open(dial, protocol)).await
+    }
+
+    async fn open(
         &self,
         dial: &Dial,
         protocol: transport_header::Protocol,
@@ -609,9 +621,7 @@ impl Pools {
             },
             None => self.connector.clone(),
         };
-        // Boxed: connecting (a TLS handshake with a peer) carries far more state than sending
-        // on a pooled connection, the common case, and would otherwise size every request.
-        let result = Box::pin(connector.connect(&key.dial, protocol)).await;
+        let result = connector.connect(&key.dial, protocol).await;
         self.metrics.upstream_connect(result.is_ok());
         result
     }

@@ -270,13 +270,14 @@ impl Http {
                     .send(picked.endpoint.dial.clone(), req, &opts),
             )
             .await;
-            let result = match sent {
-                Some(result) => result,
-                None => Err(SendError {
+            // A closure, not a match: see `policy::deadline` on why this future's size matters.
+            #[allow(clippy::result_large_err)]
+            let result = sent.unwrap_or_else(|| {
+                Err(SendError {
                     error: ProxyError::Timeout(rule.backend_timeout.unwrap_or_default()),
                     unsent: None,
-                }),
-            };
+                })
+            });
             let Ended {
                 attempt,
                 outcome,
