@@ -4,7 +4,7 @@
 //! the config snapshot, so recording a request allocates nothing.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -341,6 +341,26 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// The request metrics of one direction, route and backend, to record many requests
+    /// without looking their labels up each time.
+    pub fn request_stats(
+        &self,
+        direction: Direction,
+        route: &Name,
+        backend: &Name,
+    ) -> RequestStats {
+        let labels = LatencyLabels {
+            direction,
+            route: route.clone(),
+            backend: backend.clone(),
+        };
+        RequestStats {
+            duration: self.request_duration.get_or_create(&labels).clone(),
+            labels,
+            by_status: RwLock::new(Vec::new()),
+        }
+    }
+
     pub fn proxy_error(&self, direction: Direction, reason: Reason) {
         self.errors
             .get_or_create(&ErrorLabels {
@@ -507,6 +527,48 @@ impl Metrics {
 }
 
 /// Keeps a connection counted in `weft_open_connections` until dropped.
+/// The counters and histogram of [`Metrics::request`] for one direction, route and backend,
+/// resolved once: recording through it hashes no labels and clones no names. The series are
+/// the family's own, so they outlive this handle and a config swap that rebuilds it.
+pub struct RequestStats {
+    labels: LatencyLabels,
+    duration: Histogram,
+    /// `weft_requests_total` by status code, in the order the codes were first seen (at most
+    /// the 500 valid codes).
+    by_status: RwLock<Vec<(u16, Counter)>>,
+}
+
+impl RequestStats {
+    pub fn record(&self, metrics: &Metrics, status: u16, latency: Duration) {
+        self.duration.observe(latency.as_secs_f64());
+        let known = self
+            .by_status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, c)| c.inc())
+            .is_some();
+        if known {
+            return;
+        }
+        let counter = metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: self.labels.direction,
+                route: self.labels.route.clone(),
+                backend: self.labels.backend.clone(),
+                status_code: status,
+            })
+            .clone();
+        counter.inc();
+        let mut by_status = self.by_status.write().unwrap_or_else(|p| p.into_inner());
+        if !by_status.iter().any(|(s, _)| *s == status) {
+            by_status.push((status, counter));
+        }
+    }
+}
+
 pub struct OpenConnection {
     metrics: Arc<Metrics>,
     direction: Direction,
@@ -546,13 +608,25 @@ mod tests {
             200,
             Duration::from_millis(4),
         );
+        let stats = m.request_stats(Direction::Outbound, &route, &backend);
+        stats.record(&m, 200, Duration::from_millis(5));
+        stats.record(&m, 503, Duration::from_millis(6));
+        stats.record(&m, 503, Duration::from_millis(7));
         m.proxy_error(Direction::Inbound, Reason::ConnectFailed);
         let open = m.connection_opened(Direction::Inbound);
         m.config_applied("v1");
         m.config_applied("v2");
         let text = m.encode();
         assert!(
-            text.contains(r#"weft_requests_total{direction="outbound",route="default",backend="shop/reviews:9080",status_code="200"} 2"#),
+            text.contains(r#"weft_requests_total{direction="outbound",route="default",backend="shop/reviews:9080",status_code="200"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_requests_total{direction="outbound",route="default",backend="shop/reviews:9080",status_code="503"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_request_duration_seconds_count{direction="outbound",route="default",backend="shop/reviews:9080"} 5"#),
             "{text}"
         );
         assert!(

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,10 +15,11 @@ use tokio::time::Instant;
 use weft_api::config::{self, Filter, ProxyConfig, Retry};
 use weft_api::gateway::{HttpRouteMatch, UrlRewrite};
 
+use crate::FastMap;
 use crate::authz::InboundPolicy;
 use crate::backends::{Backend, Registry};
 use crate::filters::HeaderModifier;
-use crate::metrics::Name;
+use crate::metrics::{Direction, Metrics, Name, RequestStats};
 use crate::routing::{Origin, Router};
 
 /// The config in force, shared by every task.
@@ -28,8 +29,8 @@ pub type State = Arc<ArcSwap<Snapshot>>;
 pub struct Snapshot {
     pub config: ProxyConfig,
     pub version: Arc<str>,
-    by_host: HashMap<Box<str>, Vec<(u16, Arc<Destination>)>>,
-    by_vip: HashMap<SocketAddr, Arc<Destination>>,
+    by_host: FastMap<Box<str>, Vec<(u16, Arc<Destination>)>>,
+    by_vip: FastMap<SocketAddr, Arc<Destination>>,
     backends: Vec<Arc<Backend>>,
     pub inbound_opaque_ports: BTreeSet<u16>,
     /// The ServerPolicies, in the config's order.
@@ -56,6 +57,8 @@ pub struct Rule {
     pub route: Name,
     pub backends: Vec<Arc<Backend>>,
     pub weights: Vec<u32>,
+    /// The request metrics per backend (same order), resolved at the first request.
+    stats: Vec<OnceLock<RequestStats>>,
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
     pub rewrite: Option<UrlRewrite>,
@@ -71,6 +74,7 @@ impl Rule {
             route: Name("default".into()),
             backends: vec![backend],
             weights: vec![1],
+            stats: vec![OnceLock::new()],
             request_headers: None,
             response_headers: None,
             rewrite: None,
@@ -125,7 +129,19 @@ impl Rule {
             .map(|d| d.0)
             .filter(|d| !d.is_zero());
         out.retry = rule.retry.clone();
+        out.stats = out.backends.iter().map(|_| OnceLock::new()).collect();
         out
+    }
+
+    /// The request metrics for the backend at `index` (rules route outbound requests).
+    pub fn stats(&self, index: usize, metrics: &Metrics) -> Option<&RequestStats> {
+        let backend = self.backends.get(index)?;
+        let cell = self.stats.get(index)?;
+        Some(
+            cell.get_or_init(|| {
+                metrics.request_stats(Direction::Outbound, &self.route, &backend.name)
+            }),
+        )
     }
 }
 
@@ -144,8 +160,8 @@ impl Snapshot {
         let by_name: HashMap<&str, Arc<Backend>> =
             backends.iter().map(|b| (&*b.name.0, b.clone())).collect();
 
-        let mut by_host: HashMap<Box<str>, Vec<(u16, Arc<Destination>)>> = HashMap::new();
-        let mut by_vip = HashMap::new();
+        let mut by_host: FastMap<Box<str>, Vec<(u16, Arc<Destination>)>> = FastMap::default();
+        let mut by_vip = FastMap::default();
         for svc in &config.services {
             let hosts = service_hosts(&svc.name, &svc.namespace, &config.cluster_domain, namespace);
             for port in &svc.ports {

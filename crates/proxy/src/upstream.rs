@@ -7,7 +7,6 @@
 //! connection returns to the pool when its response body has been read to the end); an
 //! HTTP/2 connection is shared by all requests to its key.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -26,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::FastMap;
 use crate::backends::ConnLimiter;
 use crate::errors::ProxyError;
 use crate::http::body::Body;
@@ -265,10 +265,11 @@ impl SendOptions {
     }
 }
 
-/// A failed send, with the request when it was never sent.
+/// A failed send, with the request when it was never sent (boxed: failures are rare, and
+/// every future that awaits a send holds this result).
 pub struct SendError {
     pub error: ProxyError,
-    pub unsent: Option<Request<Body>>,
+    pub unsent: Option<Box<Request<Body>>>,
 }
 
 impl SendError {
@@ -276,6 +277,28 @@ impl SendError {
         SendError {
             error,
             unsent: None,
+        }
+    }
+
+    fn unsent(error: ProxyError, req: Request<Body>) -> SendError {
+        SendError {
+            error,
+            unsent: Some(Box::new(req)),
+        }
+    }
+
+    /// From hyper's error, which has the request when it was not sent.
+    fn from_hyper(
+        addr: SocketAddr,
+        mut err: hyper::client::conn::TrySendError<Request<Body>>,
+    ) -> SendError {
+        let unsent = err.take_message().map(Box::new);
+        SendError {
+            error: ProxyError::Upstream {
+                addr,
+                source: err.into_error(),
+            },
+            unsent,
         }
     }
 }
@@ -312,8 +335,8 @@ pub struct Pools {
     connector: Connector,
     settings: PoolSettings,
     metrics: Arc<Metrics>,
-    http1: Mutex<HashMap<Key, Vec<Idle>>>,
-    http2: Mutex<HashMap<Key, SharedH2>>,
+    http1: Mutex<FastMap<Key, Vec<Idle>>>,
+    http2: Mutex<FastMap<Key, SharedH2>>,
 }
 
 /// A snapshot of one pool, for `/clusters`.
@@ -331,8 +354,8 @@ impl Pools {
             connector,
             settings,
             metrics,
-            http1: Mutex::new(HashMap::new()),
-            http2: Mutex::new(HashMap::new()),
+            http1: Mutex::new(FastMap::default()),
+            http2: Mutex::new(FastMap::default()),
         })
     }
 
@@ -347,50 +370,69 @@ impl Pools {
     /// Between proxies, HTTP/1 requests ride the peer's one multiplexed HTTP/2 connection
     /// instead of a connection each; [`ORIG_PROTO_HEADER`] tells the peer to restore HTTP/1
     /// for the application. Upgrades and CONNECT keep a connection of their own.
-    pub async fn send(
+    pub fn send(
         self: &Arc<Self>,
         dial: Dial,
-        req: Request<Body>,
+        mut req: Request<Body>,
         opts: &SendOptions,
-    ) -> Result<Response<Body>, SendError> {
-        if req.version() == http::Version::HTTP_2 {
-            return self.send_http2(Key { dial, http2: true }, req, opts).await;
-        }
-        if opts.reuse
-            && matches!(dial, Dial::Peer { .. })
-            && let Some(uri) = multiplexed_uri(&req)
-        {
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> {
+        async move {
             let version = req.version();
-            let mut req = req;
-            to_multiplexed(&mut req, uri);
-            return match self.send_http2(Key { dial, http2: true }, req, opts).await {
-                Ok(mut resp) => {
-                    *resp.version_mut() = version;
-                    Ok(resp)
-                }
-                Err(mut e) => {
-                    e.unsent = e.unsent.map(|r| from_multiplexed(r, version));
-                    Err(e)
-                }
+            let multiplexed =
+                version != http::Version::HTTP_2 && opts.reuse && matches!(dial, Dial::Peer { .. });
+            let uri = if multiplexed {
+                multiplexed_uri(&req)
+            } else {
+                None
             };
+            if version != http::Version::HTTP_2 && uri.is_none() {
+                return self.send_http1(Key { dial, http2: false }, req, opts).await;
+            }
+            if let Some(uri) = uri {
+                to_multiplexed(&mut req, uri);
+            }
+            // One await of each protocol's send: the future holds the larger of the two, not a
+            // copy per branch.
+            let mut result = self.send_http2(Key { dial, http2: true }, req, opts).await;
+            if version != http::Version::HTTP_2 {
+                match &mut result {
+                    Ok(resp) => *resp.version_mut() = version,
+                    Err(e) => {
+                        e.unsent = e
+                            .unsent
+                            .take()
+                            .map(|r| Box::new(from_multiplexed(*r, version)))
+                    }
+                }
+            }
+            result
         }
-        self.send_http1(Key { dial, http2: false }, req, opts).await
     }
 
-    async fn send_http1(
+    fn send_http1(
         self: &Arc<Self>,
         key: Key,
         mut req: Request<Body>,
         opts: &SendOptions,
-    ) -> Result<Response<Body>, SendError> {
-        let addr = key.dial.addr();
-        loop {
-            // Idle connections first; one that turns out closed hands the request back
-            // unsent, and the next one is tried.
-            while let Some(mut sender) = self.checkout_http1(&key) {
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> {
+        async move {
+            let addr = key.dial.addr();
+            loop {
+                // Idle connections first; one that turns out closed hands the request back
+                // unsent, and the next one is tried. Without one, a new connection (boxed, so
+                // that the request future holds no handshake).
+                let (mut sender, idle) = match self.checkout_http1(&key) {
+                    Some(sender) => (sender, true),
+                    None => match Box::pin(self.open_http1(&key, opts)).await {
+                        Ok(Some(sender)) => (sender, false),
+                        // An idle connection came back while waiting for a permit: try it.
+                        Ok(None) => continue,
+                        Err(error) => return Err(SendError::unsent(error, req)),
+                    },
+                };
                 match sender.try_send_request(req).await {
                     Ok(resp) => return Ok(self.pooled_response(key, sender, resp, opts)),
-                    Err(mut err) => match err.take_message() {
+                    Err(mut err) if idle => match err.take_message() {
                         Some(unsent) => req = unsent,
                         None => {
                             return Err(SendError::sent(ProxyError::Upstream {
@@ -399,62 +441,39 @@ impl Pools {
                             }));
                         }
                     },
+                    Err(err) => return Err(SendError::from_hyper(addr, err)),
                 }
             }
-            let permit = match self.connection_permit(opts).await {
-                Ok(Some(permit)) => permit,
-                // An idle connection came back while waiting: try it.
-                Ok(None) => continue,
-                Err(error) => {
-                    return Err(SendError {
-                        error,
-                        unsent: Some(req),
-                    });
-                }
-            };
-            let stream = match self.connect(&key, opts).await {
-                Ok(stream) => stream,
-                Err(error) => {
-                    return Err(SendError {
-                        error,
-                        unsent: Some(req),
-                    });
-                }
-            };
-            let (mut sender, conn) =
-                match http1::Builder::new().handshake(TokioIo::new(stream)).await {
-                    Ok(handshake) => handshake,
-                    Err(source) => {
-                        return Err(SendError {
-                            error: ProxyError::Handshake { addr, source },
-                            unsent: Some(req),
-                        });
-                    }
-                };
-            let limiter = opts.limiter.clone();
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
-                }
-                drop(permit);
-                if let Some(l) = limiter {
-                    l.freed.notify_waiters();
-                }
-            });
-            return match sender.try_send_request(req).await {
-                Ok(resp) => Ok(self.pooled_response(key, sender, resp, opts)),
-                Err(mut err) => {
-                    let unsent = err.take_message();
-                    Err(SendError {
-                        error: ProxyError::Upstream {
-                            addr,
-                            source: err.into_error(),
-                        },
-                        unsent,
-                    })
-                }
-            };
         }
+    }
+
+    /// A new HTTP/1 connection for `key`, under the backend's connection limit; `None` when
+    /// an idle connection came back while waiting for room.
+    async fn open_http1(
+        &self,
+        key: &Key,
+        opts: &SendOptions,
+    ) -> Result<Option<http1::SendRequest<Body>>, ProxyError> {
+        let addr = key.dial.addr();
+        let Some(permit) = self.connection_permit(opts).await? else {
+            return Ok(None);
+        };
+        let stream = self.connect(key, opts).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ProxyError::Handshake { addr, source })?;
+        let limiter = opts.limiter.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+            drop(permit);
+            if let Some(l) = limiter {
+                l.freed.notify_waiters();
+            }
+        });
+        Ok(Some(sender))
     }
 
     /// A permit to open one more connection to the backend. Without a limit, an empty permit;
@@ -532,35 +551,36 @@ impl Pools {
         })
     }
 
-    async fn send_http2(
+    fn send_http2(
         &self,
         key: Key,
         req: Request<Body>,
         opts: &SendOptions,
-    ) -> Result<Response<Body>, SendError> {
-        let addr = key.dial.addr();
-        let mut sender = match self.http2_sender(&key, opts).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                return Err(SendError {
-                    error,
-                    unsent: Some(req),
-                });
-            }
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp.map(Body::Incoming)),
-            Err(mut err) => {
-                let unsent = err.take_message();
-                Err(SendError {
-                    error: ProxyError::Upstream {
-                        addr,
-                        source: err.into_error(),
-                    },
-                    unsent,
-                })
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> {
+        async move {
+            let addr = key.dial.addr();
+            let ready = self.ready_http2(&key);
+            let sender = match ready {
+                Some(sender) => Ok(sender),
+                // Connecting is boxed, so that the request future holds no handshake.
+                None => Box::pin(self.http2_sender(&key, opts)).await,
+            };
+            let mut sender = match sender {
+                Ok(sender) => sender,
+                Err(error) => return Err(SendError::unsent(error, req)),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => Ok(resp.map(Body::Incoming)),
+                Err(err) => Err(SendError::from_hyper(addr, err)),
             }
         }
+    }
+
+    /// The shared HTTP/2 connection for a key when it is open and nobody is connecting it.
+    fn ready_http2(&self, key: &Key) -> Option<http2::SendRequest<Body>> {
+        let pools = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = pools.get(key)?.try_lock().ok()?;
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
     /// The shared HTTP/2 connection for a key, connecting when there is none (or it closed).

@@ -59,7 +59,22 @@ pub fn prepare_response<B>(resp: &mut Response<B>, upgraded: bool) {
     strip_hop_by_hop(resp.headers_mut(), upgraded, false);
 }
 
+/// Whether a header is hop-by-hop by its name alone (headers named by `Connection` are too,
+/// but a message that has them also has `Connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, http2: bool) {
+    // Most messages have none: one pass over the names, instead of a lookup per name.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Headers named by Connection are hop-by-hop too.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -156,6 +171,23 @@ mod tests {
         let mut names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["host", "trailer", "x-app"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "te",
+            "upgrade",
+        ] {
+            let mut r = req(&[(name, "x"), ("x-app", "kept")]);
+            prepare_request(&mut r, None);
+            assert!(!r.headers().contains_key(name), "{name} was kept");
+            assert_eq!(r.headers()["x-app"], "kept");
+        }
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! budget, backoff) within the request timeout → response filters.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderName, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -37,6 +38,8 @@ const DIRECTION: Direction = Direction::Outbound;
 const SAFE_RETRIES: u32 = 2;
 /// The first backoff of those retries.
 const SAFE_BACKOFF: Duration = Duration::from_millis(25);
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// Mirrored copies in flight at once; beyond, copies are dropped.
 const MAX_MIRRORS: usize = 64;
 /// How long a mirrored copy may take.
@@ -51,68 +54,85 @@ pub struct Http {
 static NO_ROUTE: std::sync::LazyLock<Name> = std::sync::LazyLock::new(Name::default);
 
 impl Http {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let start = Instant::now();
-        let grpc = errors::is_grpc(&req);
-        let method = req.method().clone();
-        let (dest, by_authority) = self.destination(&req);
-        let Some(dest) = dest else {
-            let authority = headers::authority_of(&req).unwrap_or_default().to_owned();
-            return self.finish(
-                start,
-                &NO_ROUTE,
-                &NO_ROUTE,
-                Err(ProxyError::NoRoute(authority)),
-                grpc,
-                &method,
+    pub fn handle(self: Arc<Self>, req: Request<Incoming>) -> impl Future<Output = Response<Body>> {
+        async move {
+            let start = Instant::now();
+            let grpc = errors::is_grpc(&req);
+            let method = req.method().clone();
+            let (dest, by_authority) = self.destination(&req);
+            let Some(dest) = dest else {
+                let authority = headers::authority_of(&req).unwrap_or_default().to_owned();
+                return self.finish(
+                    start,
+                    &NO_ROUTE,
+                    &NO_ROUTE,
+                    Err(ProxyError::NoRoute(authority)),
+                    grpc,
+                    &method,
+                );
+            };
+            if method == Method::CONNECT && by_authority {
+                let result = self.tunnel(req, &dest).await;
+                return self.finish(
+                    start,
+                    &dest.default_rule.route,
+                    &dest.backend.name,
+                    result,
+                    grpc,
+                    &method,
+                );
+            }
+            let (rule, prefix) = match &dest.router {
+                None => (dest.default_rule.clone(), None),
+                Some(router) => match router.route(req.method(), req.uri(), req.headers()) {
+                    Some(m) => (m.action.clone(), m.prefix.map(str::to_owned)),
+                    None => {
+                        return self.finish(
+                            start,
+                            &NO_ROUTE,
+                            &dest.backend.name,
+                            Err(ProxyError::RouteNotFound),
+                            grpc,
+                            &method,
+                        );
+                    }
+                },
+            };
+            let picked = weighted::pick(
+                &rule.weights,
+                fastrand::u64(..weighted::total(&rule.weights).max(1)),
             );
-        };
-        if method == Method::CONNECT && by_authority {
-            let result = self.tunnel(req, &dest).await;
-            return self.finish(
-                start,
-                &dest.default_rule.route,
-                &dest.backend.name,
-                result,
-                grpc,
-                &method,
-            );
+            let Some((index, backend)) =
+                picked.and_then(|i| Some((i, rule.backends.get(i)?.clone())))
+            else {
+                return self.finish(
+                    start,
+                    &rule.route,
+                    &NO_ROUTE,
+                    Err(ProxyError::NoBackend),
+                    grpc,
+                    &method,
+                );
+            };
+            let result = self
+                .exchange(req, &rule, &backend, prefix.as_deref(), grpc, start)
+                .await;
+            let resp = self.respond(result, grpc);
+            let status = resp.status().as_u16();
+            let elapsed = start.elapsed();
+            match rule.stats(index, &self.shared.metrics) {
+                Some(stats) => stats.record(&self.shared.metrics, status, elapsed),
+                None => self.shared.metrics.request(
+                    DIRECTION,
+                    &rule.route,
+                    &backend.name,
+                    status,
+                    elapsed,
+                ),
+            }
+            self.access_log(&method, &rule.route, &backend.name, status, elapsed);
+            resp
         }
-        let (rule, prefix) = match &dest.router {
-            None => (dest.default_rule.clone(), None),
-            Some(router) => match router.route(req.method(), req.uri(), req.headers()) {
-                Some(m) => (m.action.clone(), m.prefix.map(str::to_owned)),
-                None => {
-                    return self.finish(
-                        start,
-                        &NO_ROUTE,
-                        &dest.backend.name,
-                        Err(ProxyError::RouteNotFound),
-                        grpc,
-                        &method,
-                    );
-                }
-            },
-        };
-        let Some(backend) = weighted::pick(
-            &rule.weights,
-            fastrand::u64(..weighted::total(&rule.weights).max(1)),
-        )
-        .and_then(|i| rule.backends.get(i))
-        .cloned() else {
-            return self.finish(
-                start,
-                &rule.route,
-                &NO_ROUTE,
-                Err(ProxyError::NoBackend),
-                grpc,
-                &method,
-            );
-        };
-        let result = self
-            .exchange(req, &rule, &backend, prefix.as_deref(), grpc, start)
-            .await;
-        self.finish(start, &rule.route, &backend.name, result, grpc, &method)
     }
 
     /// The Service the request is for, and whether its authority named it.
@@ -124,7 +144,7 @@ impl Http {
         (self.orig.and_then(|o| snapshot.by_vip(o)).cloned(), false)
     }
 
-    async fn exchange(
+    fn exchange(
         &self,
         mut req: Request<Incoming>,
         rule: &Rule,
@@ -132,202 +152,202 @@ impl Http {
         prefix: Option<&str>,
         grpc: bool,
         start: Instant,
-    ) -> Result<Response<Body>, ProxyError> {
-        if let Some(m) = &rule.request_headers {
-            m.apply(req.headers_mut());
-        }
-        if let Some(r) = &rule.rewrite {
-            filters::rewrite_url(&mut req, r, prefix);
-        }
-        if !backend.admit_rate(Instant::now()) {
-            return Err(ProxyError::RateLimited(backend.name.0.clone()));
-        }
-        let prepared = forward::prepare(&mut req);
-        let upgrade = prepared.upgrade.is_some();
-
-        // A retry after the request reached the upstream needs its head and body again: keep
-        // them only when such a retry is possible (a retry policy, or HTTP/2's REFUSED_STREAM).
-        let may_resend = !upgrade && (rule.retry.is_some() || req.version() == Version::HTTP_2);
-        let keep = may_resend || !rule.mirrors.is_empty();
-        let head = keep.then(|| Head::of(&req));
-        let (parts, body) = req.into_parts();
-        let recorder = keep.then(|| {
-            if http_body::Body::is_end_stream(&body) {
-                Recorder::empty()
-            } else {
-                Recorder::default()
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
+        async move {
+            if let Some(m) = &rule.request_headers {
+                m.apply(req.headers_mut());
             }
-        });
-        let body = match &recorder {
-            Some(r) => Body::Tee(r.tee(body)),
-            None => Body::Incoming(body),
-        };
-        let req = Request::from_parts(parts, body);
-        if let Some(head) = &head {
-            for (mirror, percent) in &rule.mirrors {
-                if fastrand::u32(..100) < *percent {
-                    self.mirror(mirror.clone(), head.clone(), recorder.clone());
+            if let Some(r) = &rule.rewrite {
+                filters::rewrite_url(&mut req, r, prefix);
+            }
+            // One clock reading for the admission decisions made together.
+            let now = Instant::now();
+            if !backend.admit_rate(now) {
+                return Err(ProxyError::RateLimited(backend.name.0.clone()));
+            }
+            let prepared = forward::prepare(&mut req);
+            let upgrade = prepared.upgrade.is_some();
+
+            // A retry after the request reached the upstream needs its head and body again: keep
+            // them only when such a retry is possible (a retry policy, or HTTP/2's REFUSED_STREAM).
+            let may_resend = !upgrade && (rule.retry.is_some() || req.version() == Version::HTTP_2);
+            let keep = may_resend || !rule.mirrors.is_empty();
+            let head = keep.then(|| Head::of(&req));
+            let (parts, body) = req.into_parts();
+            let recorder = keep.then(|| {
+                if http_body::Body::is_end_stream(&body) {
+                    Recorder::empty()
+                } else {
+                    Recorder::default()
+                }
+            });
+            let body = match &recorder {
+                Some(r) => Body::Tee(r.tee(body)),
+                None => Body::Incoming(body),
+            };
+            let req = Request::from_parts(parts, body);
+            if let Some(head) = &head {
+                for (mirror, percent) in &rule.mirrors {
+                    if fastrand::u32(..100) < *percent {
+                        self.mirror(mirror.clone(), head.clone(), recorder.clone());
+                    }
                 }
             }
-        }
 
-        let Some(_in_flight) = backend.enter() else {
-            return Err(ProxyError::Overloaded(backend.name.0.clone()));
-        };
-        backend.deposit(Instant::now());
-        let safety = OwnedSafety {
-            method: req.method().clone(),
-            idempotency_key: req.headers().contains_key("idempotency-key"),
-            grpc,
-            policy_opt_in: backend.policy.retry.retry_non_idempotent,
-            extra_non_idempotent: backend.policy.retry.non_idempotent_methods.clone(),
-        };
-        let deadline = rule.request_timeout.map(|t| start + t);
-        let attempts = within(
-            deadline,
-            self.attempts(
+            let Some(_in_flight) = backend.enter() else {
+                return Err(ProxyError::Overloaded(backend.name.0.clone()));
+            };
+            backend.deposit(now);
+            let safety = OwnedSafety {
+                method: req.method().clone(),
+                idempotency_key: req.headers().contains_key(&IDEMPOTENCY_KEY),
+                grpc,
+                policy_opt_in: backend.policy.retry.retry_non_idempotent,
+                extra_non_idempotent: backend.policy.retry.non_idempotent_methods.clone(),
+            };
+            let deadline = rule.request_timeout.map(|t| start + t);
+            // Pinned where it stands, so that `within` moves a pointer, not the future.
+            let attempts = pin!(self.attempts(
                 req,
                 rule,
                 backend,
                 head.as_ref().zip(recorder.as_ref()).filter(|_| may_resend),
                 &safety,
                 upgrade,
-            ),
-        )
-        .await;
-        // `None`: the deadline passed, so there was a request timeout.
-        let result = attempts.unwrap_or_else(|| {
-            Err(ProxyError::Timeout(
-                rule.request_timeout.unwrap_or_default(),
-            ))
-        });
-        let mut resp = forward::complete(prepared, result?, &self.shared.tasks);
-        if let Some(m) = &rule.response_headers {
-            m.apply(resp.headers_mut());
-        }
-        if let Some(deadline) = deadline {
-            resp = resp.map(|inner| {
-                Body::Deadline(Box::new(DeadlineBody {
-                    inner,
-                    sleep: Box::pin(tokio::time::sleep_until(deadline)),
-                }))
+            ));
+            let attempts = within(deadline, attempts).await;
+            // `None`: the deadline passed, so there was a request timeout.
+            let result = attempts.unwrap_or_else(|| {
+                Err(ProxyError::Timeout(
+                    rule.request_timeout.unwrap_or_default(),
+                ))
             });
+            let mut resp = forward::complete(prepared, result?, &self.shared.tasks);
+            if let Some(m) = &rule.response_headers {
+                m.apply(resp.headers_mut());
+            }
+            if let Some(deadline) = deadline {
+                resp = resp.map(|inner| {
+                    Body::Deadline(Box::new(DeadlineBody {
+                        inner,
+                        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                    }))
+                });
+            }
+            Ok(resp)
         }
-        Ok(resp)
     }
 
     /// Attempts until one succeeds or may not be retried.
-    async fn attempts(
+    fn attempts(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         rule: &Rule,
         backend: &Arc<Backend>,
         replay: Option<(&Head, &Recorder)>,
         safety: &OwnedSafety,
         upgrade: bool,
-    ) -> Result<Response<Body>, ProxyError> {
-        let (max_retries, base_backoff) = rule
-            .retry
-            .as_ref()
-            .map_or((SAFE_RETRIES, SAFE_BACKOFF), |r| (r.attempts, r.backoff.0));
-        let opts = SendOptions {
-            // An upgraded connection leaves HTTP: it never returns to a pool or shares one.
-            reuse: !upgrade,
-            limiter: backend.conn_limiter(),
-            connect_timeout: backend.policy.connect_timeout,
-            backend: backend.name.0.clone(),
-        };
-        let hash_headers: HeaderMap = match backend.policy.hash_header.as_ref() {
-            Some(h) => req
-                .headers()
-                .get(h)
-                .map(|v| HeaderMap::from_iter([(h.clone(), v.clone())]))
-                .unwrap_or_default(),
-            None => HeaderMap::new(),
-        };
-        let mut tried = Vec::new();
-        let mut retries = 0;
-        let mut next = Some(req);
-        loop {
-            let Some(req) = next.take() else {
-                return Err(ProxyError::NoEndpoints(backend.name.0.clone()));
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
+        async move {
+            let (max_retries, base_backoff) = rule
+                .retry
+                .as_ref()
+                .map_or((SAFE_RETRIES, SAFE_BACKOFF), |r| (r.attempts, r.backoff.0));
+            let opts = SendOptions {
+                // An upgraded connection leaves HTTP: it never returns to a pool or shares one.
+                reuse: !upgrade,
+                limiter: backend.conn_limiter(),
+                connect_timeout: backend.policy.connect_timeout,
+                backend: backend.name.0.clone(),
             };
-            let picked = match backend.pick(&hash_headers, &tried, Instant::now()) {
-                Ok(p) => p,
-                Err(NoEndpoint::Empty) => {
-                    return Err(ProxyError::NoEndpoints(backend.name.0.clone()));
-                }
-                Err(NoEndpoint::AllEjected) => {
-                    return Err(ProxyError::BreakerOpen(backend.name.0.clone()));
-                }
+            let hash_headers: HeaderMap = match backend.policy.hash_header.as_ref() {
+                Some(h) => req
+                    .headers()
+                    .get(h)
+                    .map(|v| HeaderMap::from_iter([(h.clone(), v.clone())]))
+                    .unwrap_or_default(),
+                None => HeaderMap::new(),
             };
-            tried.push(picked.index);
-            let sent_at = Instant::now();
-            let sent = within(
-                rule.backend_timeout.map(|t| sent_at + t),
-                self.shared
-                    .pools
-                    .send(picked.endpoint.dial.clone(), req, &opts),
-            )
-            .await;
-            // A closure, not a match: see `policy::deadline` on why this future's size matters.
-            #[allow(clippy::result_large_err)]
-            let result = sent.unwrap_or_else(|| {
-                Err(SendError {
-                    error: ProxyError::Timeout(rule.backend_timeout.unwrap_or_default()),
-                    unsent: None,
-                })
-            });
-            let Ended {
-                attempt,
-                outcome,
-                result,
-                unsent,
-            } = classify(result);
-            let latency = match attempt {
-                Attempt::Response { .. } | Attempt::TimedOut => Some(sent_at.elapsed()),
-                _ => None,
-            };
-            if let Some(outcome) = outcome {
-                backend.record(
-                    picked.index,
-                    outcome,
-                    latency,
-                    Instant::now(),
-                    &self.shared.metrics,
+            let mut tried = Vec::new();
+            let mut retries = 0;
+            loop {
+                let sent_at = Instant::now();
+                let picked = match backend.pick(&hash_headers, &tried, sent_at) {
+                    Ok(p) => p,
+                    Err(NoEndpoint::Empty) => {
+                        return Err(ProxyError::NoEndpoints(backend.name.0.clone()));
+                    }
+                    Err(NoEndpoint::AllEjected) => {
+                        return Err(ProxyError::BreakerOpen(backend.name.0.clone()));
+                    }
+                };
+                tried.push(picked.index);
+                let send = pin!(
+                    self.shared
+                        .pools
+                        .send(picked.endpoint.dial.clone(), req, &opts)
                 );
-            }
-            drop(picked);
+                let sent = within(rule.backend_timeout.map(|t| sent_at + t), send).await;
+                // A closure, not a match: see `policy::deadline` on why this future's size matters.
+                #[allow(clippy::result_large_err)]
+                let result = sent.unwrap_or_else(|| {
+                    Err(SendError {
+                        error: ProxyError::Timeout(rule.backend_timeout.unwrap_or_default()),
+                        unsent: None,
+                    })
+                });
+                let Ended {
+                    attempt,
+                    outcome,
+                    result,
+                    unsent,
+                } = classify(result, safety.grpc);
+                let ended_at = Instant::now();
+                let latency = match attempt {
+                    Attempt::Response { .. } | Attempt::TimedOut => Some(ended_at - sent_at),
+                    _ => None,
+                };
+                if let Some(outcome) = outcome {
+                    backend.record(
+                        picked.index,
+                        outcome,
+                        latency,
+                        ended_at,
+                        &self.shared.metrics,
+                    );
+                }
+                drop(picked);
 
-            let reason = retry::reason(attempt, rule.retry.as_ref(), &safety.borrow());
-            if reason.is_none() || retries >= max_retries {
-                return result;
+                let reason = retry::reason(attempt, rule.retry.as_ref(), &safety.borrow());
+                if reason.is_none() || retries >= max_retries {
+                    return result;
+                }
+                // The next attempt sends the request as it was, if it never left, or again from its
+                // head and recorded body.
+                let again = unsent.map(|r| *r).or_else(|| {
+                    let (head, recorder) = replay?;
+                    Some(head.request(Body::Replay(recorder.replay()?)))
+                });
+                let Some(again) = again else { return result };
+                if !backend.try_retry(Instant::now()) {
+                    self.shared.metrics.budget_exhausted(&backend.name);
+                    return result.or(Err(ProxyError::BudgetExhausted(backend.name.0.clone())));
+                }
+                let reason = reason.map_or("unknown", retry::Reason::as_str);
+                self.shared
+                    .metrics
+                    .retry(DIRECTION, &rule.route, &backend.name, reason);
+                tracing::debug!(
+                    backend = &*backend.name.0,
+                    reason,
+                    retry = retries + 1,
+                    "retrying"
+                );
+                drop(result);
+                tokio::time::sleep(retry::backoff(base_backoff, retries, fastrand::f64())).await;
+                retries += 1;
+                req = again;
             }
-            // The next attempt sends the request as it was, if it never left, or again from its
-            // head and recorded body.
-            let again = unsent.or_else(|| {
-                let (head, recorder) = replay?;
-                Some(head.request(Body::Replay(recorder.replay()?)))
-            });
-            let Some(again) = again else { return result };
-            if !backend.try_retry(Instant::now()) {
-                self.shared.metrics.budget_exhausted(&backend.name);
-                return result.or(Err(ProxyError::BudgetExhausted(backend.name.0.clone())));
-            }
-            let reason = reason.map_or("unknown", retry::Reason::as_str);
-            self.shared
-                .metrics
-                .retry(DIRECTION, &rule.route, &backend.name, reason);
-            tracing::debug!(
-                backend = &*backend.name.0,
-                reason,
-                retry = retries + 1,
-                "retrying"
-            );
-            drop(result);
-            tokio::time::sleep(retry::backoff(base_backoff, retries, fastrand::f64())).await;
-            retries += 1;
-            next = Some(again);
         }
     }
 
@@ -418,6 +438,8 @@ impl Http {
         Ok(Response::new(Body::empty()))
     }
 
+    /// Ends a request that was not routed to a backend's rule: the response, its metrics and
+    /// its access log line.
     fn finish(
         &self,
         start: Instant,
@@ -427,7 +449,19 @@ impl Http {
         grpc: bool,
         method: &Method,
     ) -> Response<Body> {
-        let resp = match result {
+        let resp = self.respond(result, grpc);
+        let status = resp.status().as_u16();
+        let elapsed = start.elapsed();
+        self.shared
+            .metrics
+            .request(DIRECTION, route, backend, status, elapsed);
+        self.access_log(method, route, backend, status, elapsed);
+        resp
+    }
+
+    /// The response, or the error's.
+    fn respond(&self, result: Result<Response<Body>, ProxyError>, grpc: bool) -> Response<Body> {
+        match result {
             Ok(resp) => resp,
             Err(e) => {
                 let reason = e.reason();
@@ -435,12 +469,17 @@ impl Http {
                 self.shared.metrics.proxy_error(DIRECTION, reason);
                 errors::error_response(reason, grpc)
             }
-        };
-        let status = resp.status().as_u16();
-        let elapsed = start.elapsed();
-        self.shared
-            .metrics
-            .request(DIRECTION, route, backend, status, elapsed);
+        }
+    }
+
+    fn access_log(
+        &self,
+        method: &Method,
+        route: &Name,
+        backend: &Name,
+        status: u16,
+        elapsed: Duration,
+    ) {
         if self.shared.settings.access_log {
             tracing::info!(
                 target: "weft::access",
@@ -452,7 +491,6 @@ impl Http {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
             );
         }
-        resp
     }
 }
 
@@ -489,16 +527,17 @@ struct Ended {
     outcome: Option<Outcome>,
     result: Result<Response<Body>, ProxyError>,
     /// The request, if it was never sent.
-    unsent: Option<Request<Body>>,
+    unsent: Option<Box<Request<Body>>>,
 }
 
-fn classify(result: Result<Response<Body>, SendError>) -> Ended {
+/// How an attempt ended; only a gRPC call's response is read for a `grpc-status`.
+fn classify(result: Result<Response<Body>, SendError>, grpc: bool) -> Ended {
     match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let grpc_status = resp
-                .headers()
-                .get("grpc-status")
+            let grpc_status = grpc
+                .then(|| resp.headers().get(&GRPC_STATUS))
+                .flatten()
                 .and_then(|v| v.to_str().ok()?.parse().ok());
             let failed = status >= 500 || grpc_status.is_some_and(grpc_failure);
             let outcome = if failed {
