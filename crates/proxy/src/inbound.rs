@@ -27,7 +27,7 @@ use crate::http::body::Body;
 use crate::http::forward;
 use crate::http::server::{self, Head};
 use crate::io::{Conn, Rewind};
-use crate::metrics::{Direction, Name};
+use crate::metrics::{Direction, Name, RequestStats};
 use crate::orig_dst::{canonical, original_dst};
 use crate::shared::Shared;
 use crate::tcp;
@@ -135,10 +135,13 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 }
             }
             let io = Rewind::new(buf.freeze(), conn);
+            let backend = Name(app.to_string().into());
             let handler = Arc::new(Http {
                 shared: shared.clone(),
                 app,
-                backend: Name(app.to_string().into()),
+                stats: shared
+                    .metrics
+                    .request_stats(DIRECTION, &INBOUND_ROUTE, &backend),
                 peer,
                 from_proxy: hint.is_some(),
             });
@@ -298,7 +301,8 @@ async fn read_header<R: AsyncRead + Unpin>(
 struct Http {
     shared: Arc<Shared>,
     app: SocketAddr,
-    backend: Name,
+    /// The request metrics of this connection's application port.
+    stats: RequestStats,
     peer: Peer,
     /// Dialled by a peer proxy (with a transport header): it may carry HTTP/1 requests over
     /// HTTP/2, to be restored for the application.
@@ -355,60 +359,64 @@ static INBOUND_ROUTE: std::sync::LazyLock<Name> =
     std::sync::LazyLock::new(|| Name("inbound".into()));
 
 impl Http {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let start = Instant::now();
-        let grpc = errors::is_grpc(&req);
-        let method: Method = req.method().clone();
-        if self.from_proxy {
-            crate::upstream::restore_orig_proto(&mut req);
-        }
-        let headers = req.headers_mut();
-        headers.remove(PEER_IDENTITY_HEADER);
-        if let Some(id) = self
-            .peer
-            .identity
-            .as_deref()
-            .and_then(|id| HeaderValue::from_str(id).ok())
-        {
-            headers.insert(PEER_IDENTITY_HEADER, id);
-        }
-        let result = match self.authorize(&mut req) {
-            Ok(()) => {
-                forward::forward(
-                    &self.shared.pools,
-                    &self.shared.tasks,
-                    Dial::Direct(self.app),
-                    req,
-                )
-                .await
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see outbound::request"
+    )]
+    fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> impl Future<Output = Response<Body>> {
+        async move {
+            let start = Instant::now();
+            let grpc = errors::is_grpc(&req);
+            let method: Method = req.method().clone();
+            if self.from_proxy {
+                crate::upstream::restore_orig_proto(&mut req);
             }
-            Err(e) => Err(e),
-        };
-        let resp: Response<Body> = match result {
-            Ok(resp) => resp,
-            Err(e) => {
-                let reason = e.reason();
-                tracing::debug!(error = %e, reason = reason.as_str(), "inbound request failed");
-                self.shared.metrics.proxy_error(DIRECTION, reason);
-                errors::error_response(reason, grpc)
+            let headers = req.headers_mut();
+            headers.remove(PEER_IDENTITY_HEADER);
+            if let Some(id) = self
+                .peer
+                .identity
+                .as_deref()
+                .and_then(|id| HeaderValue::from_str(id).ok())
+            {
+                headers.insert(PEER_IDENTITY_HEADER, id);
             }
-        };
-        let status = resp.status().as_u16();
-        let elapsed = start.elapsed();
-        self.shared
-            .metrics
-            .request(DIRECTION, &INBOUND_ROUTE, &self.backend, status, elapsed);
-        if self.shared.settings.access_log {
-            tracing::info!(
-                target: "weft::access",
-                direction = "inbound",
-                %method,
-                app = %self.app,
-                peer = self.peer.identity.as_deref().unwrap_or("-"),
-                status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-            );
+            let result = match self.authorize(&mut req) {
+                Ok(()) => {
+                    forward::forward(
+                        &self.shared.pools,
+                        &self.shared.tasks,
+                        Dial::Direct(self.app),
+                        req,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            let resp: Response<Body> = match result {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let reason = e.reason();
+                    tracing::debug!(error = %e, reason = reason.as_str(), "inbound request failed");
+                    self.shared.metrics.proxy_error(DIRECTION, reason);
+                    errors::error_response(reason, grpc)
+                }
+            };
+            let status = resp.status().as_u16();
+            let elapsed = start.elapsed();
+            self.stats.record(&self.shared.metrics, status, elapsed);
+            if self.shared.settings.access_log {
+                tracing::info!(
+                    target: "weft::access",
+                    direction = "inbound",
+                    %method,
+                    app = %self.app,
+                    peer = self.peer.identity.as_deref().unwrap_or("-"),
+                    status,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                );
+            }
+            resp
         }
-        resp
     }
 }

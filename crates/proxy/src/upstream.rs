@@ -6,6 +6,11 @@
 //! endpoints that still exist. HTTP/1 connections are reused one request at a time (a
 //! connection returns to the pool when its response body has been read to the end); an
 //! HTTP/2 connection is shared by all requests to its key.
+//!
+//! Sending is on every request's path, and its future is part of every request's future
+//! (see `outbound::request` on why that size matters): the send functions return `async move`
+//! blocks rather than being `async fn`s, which would keep the request twice, and opening a
+//! connection is boxed, so that a send that reuses one carries no handshake state.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -370,6 +375,10 @@ impl Pools {
     /// Between proxies, HTTP/1 requests ride the peer's one multiplexed HTTP/2 connection
     /// instead of a connection each; [`ORIG_PROTO_HEADER`] tells the peer to restore HTTP/1
     /// for the application. Upgrades and CONNECT keep a connection of their own.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
     pub fn send(
         self: &Arc<Self>,
         dial: Dial,
@@ -409,6 +418,10 @@ impl Pools {
         }
     }
 
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
     fn send_http1(
         self: &Arc<Self>,
         key: Key,
@@ -551,6 +564,10 @@ impl Pools {
         })
     }
 
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
     fn send_http2(
         &self,
         key: Key,

@@ -61,23 +61,30 @@ pub fn complete(
     resp
 }
 
-/// One attempt, no policy.
-pub async fn forward(
+/// One attempt, no policy. (Not an `async fn`, which would keep the request twice: see
+/// `outbound::request`.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice: see outbound::request"
+)]
+pub fn forward(
     pools: &Arc<Pools>,
     tasks: &TaskTracker,
     dial: Dial,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let prepared = prepare(&mut req);
-    let opts = SendOptions {
-        reuse: prepared.upgrade.is_none(),
-        ..SendOptions::default()
-    };
-    let resp = pools
-        .send(dial, req.map(Body::Incoming), &opts)
-        .await
-        .map_err(|e| e.error)?;
-    Ok(complete(prepared, resp, tasks))
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
+    async move {
+        let prepared = prepare(&mut req);
+        let opts = SendOptions {
+            reuse: prepared.upgrade.is_none(),
+            ..SendOptions::default()
+        };
+        let resp = pools
+            .send(dial, req.map(Body::Incoming), &opts)
+            .await
+            .map_err(|e| e.error)?;
+        Ok(complete(prepared, resp, tasks))
+    }
 }
 
 /// A request head kept to send the request again.

@@ -3,6 +3,13 @@
 //! route → rule → backend by weight → request filters → rate limit → mirrors → in-flight limit
 //! → attempts (endpoint pick, per-try timeout, outcome to the breaker, retry decision under the
 //! budget, backoff) within the request timeout → response filters.
+//!
+//! Every request's future nests those of the steps below it, and is moved whole a few times
+//! on its way (into hyper's per-request box among others), so its size is paid in copies on
+//! every request. Hence two habits on this path: the steps that take a request are plain
+//! functions returning an `async move` block, because an `async fn` keeps each argument twice
+//! in its future (once as passed, once moved into the body: rust-lang/rust#62958), and a
+//! future given a deadline is pinned where it stands, so that [`within`] moves a pointer.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -54,6 +61,10 @@ pub struct Http {
 static NO_ROUTE: std::sync::LazyLock<Name> = std::sync::LazyLock::new(Name::default);
 
 impl Http {
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
     pub fn handle(self: Arc<Self>, req: Request<Incoming>) -> impl Future<Output = Response<Body>> {
         async move {
             let start = Instant::now();
@@ -144,6 +155,10 @@ impl Http {
         (self.orig.and_then(|o| snapshot.by_vip(o)).cloned(), false)
     }
 
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
     fn exchange(
         &self,
         mut req: Request<Incoming>,
@@ -239,6 +254,10 @@ impl Http {
     }
 
     /// Attempts until one succeeds or may not be retried.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
     fn attempts(
         &self,
         mut req: Request<Body>,
@@ -282,14 +301,15 @@ impl Http {
                     }
                 };
                 tried.push(picked.index);
-                let send = pin!(
-                    self.shared
-                        .pools
-                        .send(picked.endpoint.dial.clone(), req, &opts)
-                );
-                let sent = within(rule.backend_timeout.map(|t| sent_at + t), send).await;
-                // A closure, not a match: see `policy::deadline` on why this future's size matters.
-                #[allow(clippy::result_large_err)]
+                // In a block, so that the send's future is gone before any backoff.
+                let sent = {
+                    let send = pin!(self.shared.pools.send(
+                        picked.endpoint.dial.clone(),
+                        req,
+                        &opts
+                    ));
+                    within(rule.backend_timeout.map(|t| sent_at + t), send).await
+                };
                 let result = sent.unwrap_or_else(|| {
                     Err(SendError {
                         error: ProxyError::Timeout(rule.backend_timeout.unwrap_or_default()),
