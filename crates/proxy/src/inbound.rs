@@ -393,15 +393,7 @@ impl Http {
                 }
                 Err(e) => Err(e),
             };
-            let resp: Response<Body> = match result {
-                Ok(resp) => resp,
-                Err(e) => {
-                    let reason = e.reason();
-                    tracing::debug!(error = %e, reason = reason.as_str(), "inbound request failed");
-                    self.shared.metrics.proxy_error(DIRECTION, reason);
-                    errors::error_response(reason, grpc)
-                }
-            };
+            let resp = self.shared.respond(DIRECTION, result, grpc);
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();
             self.stats.record(&self.shared.metrics, status, elapsed);

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use http::Response;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backends::Registry;
+use crate::errors::{self, ProxyError};
+use crate::http::body::Body;
 use crate::identity::{Identity, Issuer};
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::settings::Settings;
 use crate::state::State;
 use crate::upstream::Pools;
@@ -36,6 +39,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A request's response: its own, or for a failure the error's response, counted under
+    /// `weft_proxy_errors_total` and logged at debug.
+    pub fn respond(
+        &self,
+        direction: Direction,
+        result: Result<Response<Body>, ProxyError>,
+        grpc: bool,
+    ) -> Response<Body> {
+        match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                let reason = e.reason();
+                tracing::debug!(direction = direction.as_str(), error = %e, reason = reason.as_str(), "request failed");
+                self.metrics.proxy_error(direction, reason);
+                errors::error_response(reason, grpc)
+            }
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.config_loaded.load(Ordering::Acquire)
             && self.identity.as_ref().is_none_or(|i| i.is_certified())

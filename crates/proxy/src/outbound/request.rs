@@ -128,7 +128,7 @@ impl Http {
             let result = self
                 .exchange(req, &rule, &backend, prefix.as_deref(), grpc, start)
                 .await;
-            let resp = self.respond(result, grpc);
+            let resp = self.shared.respond(DIRECTION, result, grpc);
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();
             match rule.stats(index, &self.shared.metrics) {
@@ -469,7 +469,7 @@ impl Http {
         grpc: bool,
         method: &Method,
     ) -> Response<Body> {
-        let resp = self.respond(result, grpc);
+        let resp = self.shared.respond(DIRECTION, result, grpc);
         let status = resp.status().as_u16();
         let elapsed = start.elapsed();
         self.shared
@@ -477,19 +477,6 @@ impl Http {
             .request(DIRECTION, route, backend, status, elapsed);
         self.access_log(method, route, backend, status, elapsed);
         resp
-    }
-
-    /// The response, or the error's.
-    fn respond(&self, result: Result<Response<Body>, ProxyError>, grpc: bool) -> Response<Body> {
-        match result {
-            Ok(resp) => resp,
-            Err(e) => {
-                let reason = e.reason();
-                tracing::debug!(error = %e, reason = reason.as_str(), "request failed");
-                self.shared.metrics.proxy_error(DIRECTION, reason);
-                errors::error_response(reason, grpc)
-            }
-        }
     }
 
     fn access_log(
