@@ -108,8 +108,14 @@ async fn serve(
         metrics.config_applied(version);
         tracing::info!(%version, "static config applied");
     }
+    let http_limits = crate::http::server::Limits {
+        header_read_timeout: settings.header_read_timeout.0,
+        max_header_bytes: settings.max_header_bytes,
+        timer: Default::default(),
+    };
     let shared = Arc::new(Shared {
         settings,
+        http_limits,
         state,
         pools,
         metrics,

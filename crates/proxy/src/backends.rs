@@ -245,6 +245,7 @@ impl Backend {
     }
 
     fn choose(&self, headers: &HeaderMap, excluded: &[usize], now: Instant) -> Option<usize> {
+        type Balance = fn(&[Candidate], &mut fastrand::Rng) -> Option<usize>;
         let eligible = |i: usize| {
             !excluded.contains(&i) && !lock(&self.endpoints[i].state.inner).breaker.is_ejected(now)
         };
@@ -253,28 +254,48 @@ impl Backend {
         {
             return ring.pick(key.as_bytes(), eligible);
         }
+        let candidate = |i: usize| {
+            let state = &self.endpoints[i].state;
+            Candidate {
+                index: i,
+                outstanding: state.outstanding.load(Ordering::Acquire),
+                latency: lock(&state.inner).ewma.estimate(now),
+            }
+        };
+        let mut rng = fastrand::Rng::new();
+        let p2c = match self.policy.load_balancer {
+            LoadBalancerType::RoundRobin => None,
+            LoadBalancerType::LeastRequest => Some(balance::least_request as Balance),
+            // Without its header, a hashed request is balanced like any other.
+            LoadBalancerType::PeakEWMA | LoadBalancerType::ConsistentHash => {
+                Some(balance::peak_ewma as Balance)
+            }
+        };
+        // The power of two choices needs only the two endpoints it draws: when both may take
+        // the request, the others are not looked at. Otherwise it draws among all eligible.
+        if let Some(p2c) = p2c {
+            match self.endpoints.len() {
+                1 if eligible(0) => return Some(0),
+                n if n >= 2 => {
+                    let a = rng.usize(..n);
+                    let b = (a + 1 + rng.usize(..n - 1)) % n;
+                    if eligible(a) && eligible(b) {
+                        return p2c(&[candidate(a), candidate(b)], &mut rng);
+                    }
+                }
+                _ => {}
+            }
+        }
         let candidates: Vec<Candidate> = (0..self.endpoints.len())
             .filter(|i| eligible(*i))
-            .map(|i| {
-                let state = &self.endpoints[i].state;
-                Candidate {
-                    index: i,
-                    outstanding: state.outstanding.load(Ordering::Acquire),
-                    latency: lock(&state.inner).ewma.estimate(now),
-                }
-            })
+            .map(candidate)
             .collect();
-        let mut rng = fastrand::Rng::new();
-        match self.policy.load_balancer {
-            LoadBalancerType::RoundRobin => balance::round_robin(
+        match p2c {
+            Some(p2c) => p2c(&candidates, &mut rng),
+            None => balance::round_robin(
                 &candidates,
                 self.shared.round_robin.fetch_add(1, Ordering::Relaxed),
             ),
-            LoadBalancerType::LeastRequest => balance::least_request(&candidates, &mut rng),
-            // Without its header, a hashed request is balanced like any other.
-            LoadBalancerType::PeakEWMA | LoadBalancerType::ConsistentHash => {
-                balance::peak_ewma(&candidates, &mut rng)
-            }
         }
     }
 
@@ -669,6 +690,29 @@ mod tests {
             empty.pick(&HeaderMap::new(), &[], now).err(),
             Some(NoEndpoint::Empty)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_spreads_over_healthy_endpoints_and_prefers_the_idle_one() {
+        let registry = Registry::default();
+        let now = Instant::now();
+        let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let b = registry.backend(&spec(&addrs, BackendPolicySpec::default()), now);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            let p = b.pick(&HeaderMap::new(), &[], now).unwrap();
+            counts[p.index] += 1;
+            drop(p);
+        }
+        assert!(counts.iter().all(|c| *c > 30), "{counts:?}");
+        // Endpoint 1 has 100 requests outstanding: of any pair drawn with it, the other wins.
+        b.endpoints[1]
+            .state
+            .outstanding
+            .store(100, Ordering::Release);
+        for _ in 0..100 {
+            assert_ne!(b.pick(&HeaderMap::new(), &[], now).unwrap().index, 1);
+        }
     }
 
     #[tokio::test(start_paused = true)]

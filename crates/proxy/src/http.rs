@@ -6,6 +6,7 @@
 //!   request-target form).
 //! - [`server`]: serving a detected HTTP/1 or HTTP/2 connection, with drain and the first
 //!   request head checked so bad input gets a proper error.
+//! - [`timer`]: the coarse timer behind the header-read deadline of keep-alive requests.
 //! - [`forward`]: sending one request upstream through the pools, upgrades and CONNECT
 //!   included.
 
@@ -14,3 +15,4 @@ pub mod forward;
 pub mod headers;
 pub mod replay;
 pub mod server;
+pub mod timer;

@@ -124,7 +124,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
         Protocol::Http1 | Protocol::Http2 => {
             let http2 = protocol == Protocol::Http2;
             if !http2 {
-                match server::check_first_head(&mut conn, &mut buf, limits(&shared)).await {
+                match server::check_first_head(&mut conn, &mut buf, &shared.http_limits).await {
                     Head::Ok => {}
                     Head::Refuse(reason) => {
                         shared.metrics.proxy_error(DIRECTION, reason);
@@ -148,7 +148,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
             server::serve(
                 io,
                 http2,
-                limits(&shared),
+                shared.http_limits.clone(),
                 shared.shutdown.clone(),
                 move |req| handler.clone().handle(req),
             )
@@ -253,13 +253,6 @@ fn deny(
 ) {
     shared.metrics.inbound_denied(&policy.name, denied.as_str());
     tracing::info!(%client, %app, policy = %policy.name.0, reason = denied.as_str(), "inbound connection refused by policy");
-}
-
-fn limits(shared: &Shared) -> server::Limits {
-    server::Limits {
-        header_read_timeout: shared.settings.header_read_timeout.0,
-        max_header_bytes: shared.settings.max_header_bytes,
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

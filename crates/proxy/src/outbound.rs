@@ -79,7 +79,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         .connection_protocol(DIRECTION, protocol.as_str());
     match (protocol, dest) {
         (Protocol::Http1, _) => {
-            match server::check_first_head(&mut stream, &mut buf, limits(&shared)).await {
+            match server::check_first_head(&mut stream, &mut buf, &shared.http_limits).await {
                 Head::Ok => {}
                 Head::Refuse(reason) => {
                     shared.metrics.proxy_error(DIRECTION, reason);
@@ -105,13 +105,6 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
     }
 }
 
-fn limits(shared: &Shared) -> server::Limits {
-    server::Limits {
-        header_read_timeout: shared.settings.header_read_timeout.0,
-        max_header_bytes: shared.settings.max_header_bytes,
-    }
-}
-
 /// Forwards a whole connection to one of a Service's endpoints as opaque TCP.
 async fn to_destination<I>(shared: &Shared, io: I, dest: &Destination)
 where
@@ -133,7 +126,7 @@ async fn serve_http(
     server::serve(
         io,
         http2,
-        limits(&shared),
+        shared.http_limits.clone(),
         shared.shutdown.clone(),
         move |req| handler.clone().handle(req),
     )

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::backends::Registry;
 use crate::errors::{self, ProxyError};
 use crate::http::body::Body;
+use crate::http::server::Limits;
 use crate::identity::{Identity, Issuer};
 use crate::metrics::{Direction, Metrics};
 use crate::settings::Settings;
@@ -19,6 +20,8 @@ use crate::upstream::Pools;
 
 pub struct Shared {
     pub settings: Settings,
+    /// The settings' limits on downstream HTTP, with the header-read timer they share.
+    pub http_limits: Limits,
     pub state: State,
     pub pools: Arc<Pools>,
     pub metrics: Arc<Metrics>,

@@ -229,7 +229,9 @@ impl Snapshot {
     /// The Service port an HTTP authority (`host[:port]`) names. A missing port means 80.
     pub fn by_authority(&self, authority: &str) -> Option<&Arc<Destination>> {
         let (host, port) = split_authority(authority)?;
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        // Only an address starts with a digit or holds a colon: names skip the parse.
+        let maybe_ip = host.starts_with(|c: char| c.is_ascii_digit()) || host.contains(':');
+        if maybe_ip && let Ok(ip) = host.parse::<IpAddr>() {
             return self.by_vip(SocketAddr::new(ip, port));
         }
         let host = host.strip_suffix('.').unwrap_or(host);

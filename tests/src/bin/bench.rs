@@ -44,6 +44,8 @@ struct Options {
     rounds: usize,
     duration: Duration,
     out: PathBuf,
+    /// Only the callgrind step, keeping its output files: for profiling the request path.
+    instructions_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         rounds: 3,
         duration: Duration::from_secs(5),
         out: PathBuf::from("bench/results"),
+        instructions_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -68,7 +71,10 @@ fn main() -> anyhow::Result<()> {
                 opts.duration = Duration::from_secs(it.next().context("--seconds N")?.parse()?)
             }
             "--out" => opts.out = PathBuf::from(it.next().context("--out DIR")?),
-            other => bail!("unknown argument {other:?} (--rounds N, --seconds N, --out DIR)"),
+            "--instructions-only" => opts.instructions_only = true,
+            other => bail!(
+                "unknown argument {other:?} (--rounds N, --seconds N, --out DIR, --instructions-only)"
+            ),
         }
     }
     // This process (load generators, backend, control plane) stays on core 0; proxies get core 1.
@@ -305,6 +311,14 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
         &scratch.join("backend.log"),
     )?;
     wait_serving(backend_addr, "the backend").await?;
+    if opts.instructions_only {
+        write_weft_config(&scratch, backend_addr)?;
+        for (name, ir) in instruction_counts(&scratch, backend_addr).await? {
+            println!("{name}: {ir:.0} instructions per request");
+        }
+        println!("callgrind profiles kept in {}", scratch.display());
+        return Ok(());
+    }
 
     println!(
         "weft-bench: backend on core 0; proxies on core 1; {} rounds of {:?} per figure",
@@ -418,12 +432,18 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn weft_one_hop(scratch: &Path, backend: SocketAddr) -> anyhow::Result<Target> {
+/// The one-hop proxy's static config: the Service `bench.shop` with the backend as its endpoint.
+fn write_weft_config(scratch: &Path, backend: SocketAddr) -> anyhow::Result<PathBuf> {
     let config = Mesh::new("bench")
         .service("shop", "bench", None, 8080, &[Ep::direct(backend)])
         .build();
     let file = scratch.join("weft.json");
     std::fs::write(&file, serde_json::to_vec(&config)?)?;
+    Ok(file)
+}
+
+async fn weft_one_hop(scratch: &Path, backend: SocketAddr) -> anyhow::Result<Target> {
+    let file = write_weft_config(scratch, backend)?;
     let proxy = Proc::spawn(
         "weft",
         Command::new("taskset")

@@ -19,12 +19,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::errors::{ERROR_HEADER, Reason};
 use crate::http::body::Body;
+use crate::http::timer::CoarseTimer;
 
 /// Limits applied to downstream connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Keeps the header-read deadline of later requests on an HTTP/1 connection.
+    pub timer: CoarseTimer,
 }
 
 /// The most headers a request may carry.
@@ -45,7 +48,7 @@ pub enum Head {
 pub async fn check_first_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
-    limits: Limits,
+    limits: &Limits,
 ) -> Head {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
@@ -64,7 +67,7 @@ pub async fn check_first_head<R: AsyncRead + Unpin>(
 /// The verdict on the bytes read so far, or `None` while the head is incomplete. A function of
 /// its own so that the 4 KiB of parsed headers never live across an await (they would sit in
 /// every connection's task for its whole life).
-fn judge_head(buf: &[u8], limits: Limits) -> Option<Head> {
+fn judge_head(buf: &[u8], limits: &Limits) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::Request::new(&mut headers).parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => Some(Head::Ok),
@@ -132,7 +135,7 @@ pub async fn serve<I, F, Fut>(
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
+            .timer(limits.timer)
             .header_read_timeout(limits.header_read_timeout)
             .max_header_size(limits.max_header_bytes)
             .max_headers(MAX_HEADERS);
@@ -155,16 +158,19 @@ pub async fn serve<I, F, Fut>(
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        header_read_timeout: Duration::from_secs(5),
-        max_header_bytes: 8192,
-    };
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 8192,
+            timer: CoarseTimer::default(),
+        }
+    }
 
     async fn check(input: &'static [u8]) -> Head {
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         client.write_all(input).await.unwrap();
         drop(client);
-        check_first_head(&mut server, &mut BytesMut::new(), LIMITS).await
+        check_first_head(&mut server, &mut BytesMut::new(), &limits()).await
     }
 
     #[tokio::test]
@@ -195,7 +201,7 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
         big.resize(100_000, b'a');
         client.write_all(&big).await.unwrap();
-        let got = check_first_head(&mut server, &mut BytesMut::new(), LIMITS).await;
+        let got = check_first_head(&mut server, &mut BytesMut::new(), &limits()).await;
         assert_eq!(got, Head::Refuse(Reason::HeaderTooLarge));
     }
 
@@ -210,10 +216,10 @@ mod tests {
         client.write_all(&req).await.unwrap();
         let limits = Limits {
             max_header_bytes: 1 << 16,
-            ..LIMITS
+            ..limits()
         };
         assert_eq!(
-            check_first_head(&mut server, &mut BytesMut::new(), limits).await,
+            check_first_head(&mut server, &mut BytesMut::new(), &limits).await,
             Head::Refuse(Reason::HeaderTooLarge)
         );
     }
@@ -222,7 +228,7 @@ mod tests {
     async fn slow_heads_time_out() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
-        let got = check_first_head(&mut server, &mut BytesMut::new(), LIMITS).await;
+        let got = check_first_head(&mut server, &mut BytesMut::new(), &limits()).await;
         assert_eq!(got, Head::Refuse(Reason::HeaderTimeout));
         drop(client);
     }
