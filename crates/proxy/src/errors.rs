@@ -143,6 +143,12 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("upstream {addr}: {source}")]
+    Exchange {
+        addr: SocketAddr,
+        #[source]
+        source: ExchangeError,
+    },
     #[error("no route matches the request")]
     RouteNotFound,
     #[error("no backend with weight in the matched rule")]
@@ -172,7 +178,7 @@ impl ProxyError {
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => Reason::ConnectFailed,
             ProxyError::Upstream { source, .. } if source.is_timeout() => Reason::Timeout,
-            ProxyError::Upstream { .. } => Reason::UpstreamReset,
+            ProxyError::Upstream { .. } | ProxyError::Exchange { .. } => Reason::UpstreamReset,
             ProxyError::RouteNotFound => Reason::RouteNotFound,
             ProxyError::NoBackend => Reason::NoBackend,
             ProxyError::BreakerOpen(_) => Reason::BreakerOpen,
@@ -196,11 +202,16 @@ impl ProxyError {
             | ProxyError::Denied(_)
             | ProxyError::BudgetExhausted(_) => Blame::Local,
             ProxyError::Upstream { source, .. } if source.is_user() => Blame::Downstream,
+            ProxyError::Exchange {
+                source: ExchangeError::RequestBody(_),
+                ..
+            } => Blame::Downstream,
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::Exchange { .. }
             | ProxyError::Timeout(_) => Blame::Upstream,
         }
     }
@@ -231,6 +242,37 @@ impl ProxyError {
     /// HTTP/2 `REFUSED_STREAM`.
     pub fn is_refused_stream(&self) -> bool {
         matches!(self, ProxyError::Upstream { source, .. } if is_refused_stream(source))
+    }
+}
+
+/// How an HTTP/1 exchange with an upstream failed (`upstream::h1`).
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the connection closed before the response ended")]
+    Closed,
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("reading the request body: {0}")]
+    RequestBody(crate::http::body::BoxError),
+}
+
+impl ExchangeError {
+    /// Whether the upstream had closed the connection: on a reused connection, a request
+    /// that met this was never read.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            ExchangeError::Closed => true,
+            ExchangeError::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
     }
 }
 

@@ -4,24 +4,23 @@
 //! Pools are keyed by how an endpoint is dialled and the HTTP version, not by any config
 //! object, so they survive config swaps: a route edit does not drop warm connections to
 //! endpoints that still exist. HTTP/1 connections are reused one request at a time (a
-//! connection returns to the pool when its response body has been read to the end); an
-//! HTTP/2 connection is shared by all requests to its key.
+//! connection returns to the pool when its response body has been read to the end) and are
+//! driven by the request that uses them ([`h1`]); an HTTP/2 connection is shared by all
+//! requests to its key, with hyper's client.
 //!
 //! Sending is on every request's path, and its future is part of every request's future
 //! (see `outbound::request` on why that size matters): the send functions return `async move`
 //! blocks rather than being `async fn`s, which would keep the request twice, and opening a
 //! connection is boxed, so that a send that reuses one carries no handshake state.
 
+mod h1;
+
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -278,13 +277,6 @@ pub struct SendError {
 }
 
 impl SendError {
-    fn sent(error: ProxyError) -> SendError {
-        SendError {
-            error,
-            unsent: None,
-        }
-    }
-
     fn unsent(error: ProxyError, req: Request<Body>) -> SendError {
         SendError {
             error,
@@ -328,8 +320,10 @@ struct Key {
     http2: bool,
 }
 
+pub use h1::H1Body;
+
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    conn: h1::H1Conn,
     since: Instant,
 }
 
@@ -429,53 +423,66 @@ impl Pools {
         opts: &SendOptions,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
-            let addr = key.dial.addr();
+            if !opts.reuse {
+                return Box::pin(self.send_upgrade(key, req, opts)).await;
+            }
             loop {
-                // Idle connections first; one that turns out closed hands the request back
+                // Idle connections first; one the upstream had closed hands the request back
                 // unsent, and the next one is tried. Without one, a new connection (boxed, so
                 // that the request future holds no handshake).
-                let (mut sender, idle) = match self.checkout_http1(&key) {
-                    Some(sender) => (sender, true),
+                let (conn, reused) = match self.checkout_http1(&key) {
+                    Some(conn) => (conn, true),
                     None => match Box::pin(self.open_http1(&key, opts)).await {
-                        Ok(Some(sender)) => (sender, false),
+                        Ok(Some(conn)) => (conn, false),
                         // An idle connection came back while waiting for a permit: try it.
                         Ok(None) => continue,
                         Err(error) => return Err(SendError::unsent(error, req)),
                     },
                 };
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.pooled_response(key, sender, resp, opts)),
-                    Err(mut err) if idle => match err.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => {
-                            return Err(SendError::sent(ProxyError::Upstream {
-                                addr,
-                                source: err.into_error(),
-                            }));
-                        }
-                    },
-                    Err(err) => return Err(SendError::from_hyper(addr, err)),
+                let release = h1::Release {
+                    pools: self.clone(),
+                    key: key.clone(),
+                };
+                match h1::send(conn, req, reused, Some(release)).await {
+                    Err(SendError {
+                        unsent: Some(unsent),
+                        ..
+                    }) if reused => req = *unsent,
+                    result => return result,
                 }
             }
         }
     }
 
-    /// A new HTTP/1 connection for `key`, under the backend's connection limit; `None` when
-    /// an idle connection came back while waiting for room.
-    async fn open_http1(
+    /// An upgrade or CONNECT: a connection of its own, with hyper's client, which hands the
+    /// connection over once the upstream agrees.
+    async fn send_upgrade(
         &self,
-        key: &Key,
+        key: Key,
+        req: Request<Body>,
         opts: &SendOptions,
-    ) -> Result<Option<http1::SendRequest<Body>>, ProxyError> {
+    ) -> Result<Response<Body>, SendError> {
         let addr = key.dial.addr();
-        let Some(permit) = self.connection_permit(opts).await? else {
-            return Ok(None);
+        let permit = loop {
+            match self.connection_permit(opts).await {
+                Ok(Some(permit)) => break permit,
+                Ok(None) => {}
+                Err(error) => return Err(SendError::unsent(error, req)),
+            }
         };
-        let stream = self.connect(key, opts).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ProxyError::Handshake { addr, source })?;
+        let stream = match self.connect(&key, opts).await {
+            Ok(stream) => stream,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
+        let (mut sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+            Ok(handshake) => handshake,
+            Err(source) => {
+                return Err(SendError::unsent(
+                    ProxyError::Handshake { addr, source },
+                    req,
+                ));
+            }
+        };
         let limiter = opts.limiter.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -486,7 +493,29 @@ impl Pools {
                 l.freed.notify_waiters();
             }
         });
-        Ok(Some(sender))
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(Body::Incoming)),
+            Err(err) => Err(SendError::from_hyper(addr, err)),
+        }
+    }
+
+    /// A new HTTP/1 connection for `key`, under the backend's connection limit; `None` when
+    /// an idle connection came back while waiting for room.
+    async fn open_http1(
+        &self,
+        key: &Key,
+        opts: &SendOptions,
+    ) -> Result<Option<h1::H1Conn>, ProxyError> {
+        let Some(permit) = self.connection_permit(opts).await? else {
+            return Ok(None);
+        };
+        let stream = self.connect(key, opts).await?;
+        Ok(Some(h1::H1Conn::new(
+            stream,
+            key.dial.addr(),
+            permit,
+            opts.limiter.clone(),
+        )))
     }
 
     /// A permit to open one more connection to the backend. Without a limit, an empty permit;
@@ -517,51 +546,36 @@ impl Pools {
             .map_err(|_| overloaded())
     }
 
-    fn checkout_http1(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
+    fn checkout_http1(&self, key: &Key) -> Option<h1::H1Conn> {
         let mut pools = self.http1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = pools.get_mut(key)?;
         let now = Instant::now();
-        while let Some(entry) = idle.pop() {
-            if entry.sender.is_ready()
-                && now.duration_since(entry.since) < self.settings.idle_timeout
+        while let Some(mut entry) = idle.pop() {
+            if now.duration_since(entry.since) < self.settings.idle_timeout && entry.conn.is_open()
             {
-                return Some(entry.sender);
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn checkin_http1(&self, key: Key, sender: http1::SendRequest<Body>) {
-        let mut pools = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = pools.entry(key).or_default();
-        if idle.len() < self.settings.max_idle_per_key {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+    /// An HTTP/1 connection whose exchange is over, back to the pool; a request waiting for
+    /// room under the backend's connection limit is told.
+    fn checkin_http1(&self, key: Key, conn: h1::H1Conn) {
+        let limiter = conn.limiter().cloned();
+        {
+            let mut pools = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = pools.entry(key).or_default();
+            if idle.len() < self.settings.max_idle_per_key {
+                idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
         }
-    }
-
-    fn pooled_response(
-        self: &Arc<Self>,
-        key: Key,
-        sender: http1::SendRequest<Body>,
-        resp: Response<Incoming>,
-        opts: &SendOptions,
-    ) -> Response<Body> {
-        let release = opts.reuse.then(|| Release {
-            pools: self.clone(),
-            key,
-            sender,
-            limiter: opts.limiter.clone(),
-        });
-        resp.map(|inner| {
-            Body::Pooled(PooledBody {
-                inner,
-                done: false,
-                release,
-            })
-        })
+        if let Some(l) = limiter {
+            l.freed.notify_waiters();
+        }
     }
 
     #[allow(
@@ -669,8 +683,8 @@ impl Pools {
         let now = Instant::now();
         let mut pools = self.http1.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|_, idle| {
-            idle.retain(|e| {
-                !e.sender.is_closed() && now.duration_since(e.since) < self.settings.idle_timeout
+            idle.retain_mut(|e| {
+                now.duration_since(e.since) < self.settings.idle_timeout && e.conn.is_open()
             });
             !idle.is_empty()
         });
@@ -701,86 +715,6 @@ impl Pools {
         }
         out.sort_by_key(|s| (s.addr, s.http2));
         out
-    }
-}
-
-struct Release {
-    pools: Arc<Pools>,
-    key: Key,
-    sender: http1::SendRequest<Body>,
-    limiter: Option<Arc<ConnLimiter>>,
-}
-
-impl Release {
-    fn give_back(self) {
-        let Release {
-            pools,
-            key,
-            mut sender,
-            limiter,
-        } = self;
-        let freed = move || {
-            if let Some(l) = limiter {
-                l.freed.notify_waiters();
-            }
-        };
-        if sender.is_ready() {
-            pools.checkin_http1(key, sender);
-            freed();
-        } else if !sender.is_closed() {
-            // The connection task has not yet noticed the response ended; let it catch up.
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pools.checkin_http1(key, sender);
-                    freed();
-                }
-            });
-        }
-    }
-}
-
-/// An upstream HTTP/1 response body. Once read to the end, its connection goes back to the
-/// pool; dropped early, the connection is closed, because unread bytes would corrupt the
-/// next response.
-pub struct PooledBody {
-    inner: Incoming,
-    done: bool,
-    release: Option<Release>,
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        match &poll {
-            Poll::Ready(None) => self.done = true,
-            Poll::Ready(Some(Err(_))) => self.release = None,
-            _ => {}
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if (self.done || self.inner.is_end_stream())
-            && let Some(release) = self.release.take()
-        {
-            release.give_back();
-        }
     }
 }
 

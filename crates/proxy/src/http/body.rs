@@ -9,7 +9,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::http::replay::{ReplayBody, TeeBody};
-use crate::upstream::PooledBody;
+use crate::upstream::H1Body;
 
 /// The error of any body in the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,7 +22,7 @@ pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    Pooled(PooledBody),
+    Upstream(Box<H1Body>),
     Tee(TeeBody),
     Replay(ReplayBody),
     Deadline(Box<DeadlineBody>),
@@ -69,7 +69,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Incoming(body) => boxed(Pin::new(body).poll_frame(cx)),
-            Body::Pooled(body) => boxed(Pin::new(body).poll_frame(cx)),
+            Body::Upstream(body) => Pin::new(body.as_mut()).poll_frame(cx),
             Body::Tee(body) => Pin::new(body).poll_frame(cx),
             Body::Replay(body) => Pin::new(body).poll_frame(cx),
             Body::Deadline(d) => {
@@ -86,7 +86,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(data) => data.is_none(),
             Body::Incoming(body) => body.is_end_stream(),
-            Body::Pooled(body) => body.is_end_stream(),
+            Body::Upstream(body) => body.is_end_stream(),
             Body::Tee(body) => body.is_end_stream(),
             Body::Replay(body) => body.is_end_stream(),
             Body::Deadline(d) => d.inner.is_end_stream(),
@@ -98,7 +98,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Incoming(body) => body.size_hint(),
-            Body::Pooled(body) => body.size_hint(),
+            Body::Upstream(body) => body.size_hint(),
             Body::Tee(body) => body.size_hint(),
             Body::Replay(body) => body.size_hint(),
             Body::Deadline(d) => d.inner.size_hint(),
@@ -112,7 +112,7 @@ impl std::fmt::Debug for Body {
             Body::Empty => "Body::Empty",
             Body::Full(_) => "Body::Full",
             Body::Incoming(_) => "Body::Incoming",
-            Body::Pooled(_) => "Body::Pooled",
+            Body::Upstream(_) => "Body::Upstream",
             Body::Tee(_) => "Body::Tee",
             Body::Replay(_) => "Body::Replay",
             Body::Deadline(_) => "Body::Deadline",
