@@ -62,8 +62,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
+    /// No: hyper then gathers a message's head and body into one buffer and writes it with
+    /// `send(2)`, where a vectored write is `writev(2)`, whose trip through the file layer
+    /// costs the kernel more per call than the copy of a small body costs us.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
