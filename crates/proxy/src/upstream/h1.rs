@@ -448,7 +448,12 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
         map.append(name, value);
     }
     let framing = framing(&map, status, head_request)?;
-    let keep = version == Version::HTTP_11 && framing != Framing::Eof && !has_close(&map);
+    let mut keep = version == Version::HTTP_11 && framing != Framing::Eof && !has_close(&map);
+    // Both lengths: the chunks win, and the other goes, so that nothing downstream frames the
+    // body by it (response splitting); such an upstream is not trusted with another request.
+    if map.contains_key(TRANSFER_ENCODING) && map.remove(CONTENT_LENGTH).is_some() {
+        keep = false;
+    }
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
@@ -600,11 +605,13 @@ impl H1Body {
 }
 
 /// One step of the chunked decoder: the next state, and a frame when the step made one.
+type ChunkStep = (Framing, Option<Frame<Bytes>>);
+
 fn poll_chunk(
     conn: &mut H1Conn,
     chunk: Chunk,
     cx: &mut Context<'_>,
-) -> Poll<Result<(Framing, Option<Frame<Bytes>>), ExchangeError>> {
+) -> Poll<Result<ChunkStep, ExchangeError>> {
     loop {
         let step = match chunk {
             Chunk::Size => chunk_size(&mut conn.read)?.map(|size| {
@@ -765,6 +772,11 @@ mod tests {
         assert_eq!((f, keep), (Framing::Eof, false));
         let (_, f, keep) = final_head("HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((f, keep), (Framing::Eof, false), "read until close");
+        let (p, f, keep) = final_head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+        );
+        assert_eq!((f, keep), (Framing::Chunked(Chunk::Size), false));
+        assert!(!p.headers.contains_key(CONTENT_LENGTH), "the length goes");
         let (_, f, keep) = final_head("HTTP/1.1 204 No Content\r\n\r\n");
         assert_eq!((f, keep), (Framing::Done, true));
         let (_, f, keep) =
