@@ -146,3 +146,44 @@ async fn sixty_four_mebibytes_stream_each_way_in_little_memory() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_costs_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = at(pod_ip(), 8080);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let _server = weft_tests::workloads::close_after_response(
+        tokio::net::TcpListener::bind(app).await.unwrap(),
+        accepted.clone(),
+    )
+    .await;
+    let config = Mesh::new("c1")
+        .service("shop", "closing", None, 80, &[Ep::direct(app)])
+        .build();
+    let client = Proxy::start(pod_ip(), &config, &["--namespace", "shop"]).await;
+    let mut conn = client::http1(client.outbound).await.unwrap();
+    for i in 0..20 {
+        conn.ready().await.unwrap();
+        let resp = conn
+            .send_request(
+                Request::get("http://closing.shop/")
+                    .body(client::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        let (_, body) = client::text(resp).await.unwrap();
+        assert_eq!(body, "ok", "request {i}");
+    }
+    // Each response left its connection in the pool, and the upstream closed it: every request
+    // took a new one, and none met the closed one as an error.
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        client
+            .metric(r#"weft_proxy_errors_total{direction="outbound",reason="upstream-reset"}"#)
+            .await,
+        0.0
+    );
+}

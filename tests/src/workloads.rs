@@ -384,6 +384,24 @@ async fn read_head(stream: &mut TcpStream) {
     }
 }
 
+/// Answers one request with a keep-alive response, then closes the connection (as a server
+/// whose idle timeout is short does). Counts the connections it accepted in `accepted`.
+pub async fn close_after_response(
+    listener: TcpListener,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> JoinHandle<()> {
+    serve_tcp(listener, move |mut stream| {
+        accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            read_head(&mut stream).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    })
+}
+
 /// Closes with RST rather than FIN.
 fn reset(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));

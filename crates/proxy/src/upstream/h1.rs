@@ -428,21 +428,28 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     };
     // Where each name and value sits, so that the values can share the head's buffer.
     let base = read.as_ptr() as usize;
+    let offset = |p: *const u8| (p as usize).checked_sub(base);
     let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
     let count = parsed.headers.len();
     for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        *span = (
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        );
+        let (Some(n), Some(v)) = (offset(h.name.as_ptr()), offset(h.value.as_ptr())) else {
+            return Err(ExchangeError::Malformed("bad header"));
+        };
+        // An empty value need not point into the buffer.
+        let v = if h.value.is_empty() { 0 } else { v };
+        *span = (n, h.name.len(), v, h.value.len());
     }
     let head = read.split_to(len).freeze();
     let mut map = HeaderMap::with_capacity(count);
-    for &(n, nl, v, vl) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[n..n + nl])
+    for (n, nl, v, vl) in spans.into_iter().take(count) {
+        let name = head
+            .get(n..n + nl)
+            .ok_or(ExchangeError::Malformed("bad header"))?;
+        let name = HeaderName::from_bytes(name)
             .map_err(|_| ExchangeError::Malformed("bad header name"))?;
+        if v + vl > head.len() {
+            return Err(ExchangeError::Malformed("bad header"));
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| ExchangeError::Malformed("bad header value"))?;
         map.append(name, value);
@@ -810,6 +817,37 @@ mod tests {
         }
         let (_, f, _) = final_head("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n");
         assert_eq!(f, Framing::Length(3), "repeated equal lengths are one");
+    }
+
+    proptest::proptest! {
+        /// Whatever an upstream sends, parsing answers with a head, an error or "more", and
+        /// never panics.
+        #[test]
+        fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_head(&mut BytesMut::from(&bytes[..]), false);
+            let _ = chunk_size(&mut BytesMut::from(&bytes[..]));
+            let _ = trailers(&mut BytesMut::from(&bytes[..]));
+        }
+
+        #[test]
+        fn heads_made_of_header_like_lines_parse_without_panicking(
+            lines in proptest::collection::vec("[ -~]{0,40}", 0..12),
+            status in 0u16..1000,
+        ) {
+            let mut text = format!("HTTP/1.1 {status} X\r\n");
+            for l in &lines {
+                text.push_str(l);
+                text.push_str("\r\n");
+            }
+            text.push_str("\r\n");
+            let _ = parse_head(&mut BytesMut::from(text.as_bytes()), false);
+        }
+    }
+
+    #[test]
+    fn empty_header_values_are_kept() {
+        let (p, _, _) = final_head("HTTP/1.1 200 OK\r\nx-empty:\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(p.headers["x-empty"], "");
     }
 
     #[test]
