@@ -95,7 +95,11 @@ async fn serve(
         },
         PoolSettings {
             idle_timeout: settings.upstream_idle_timeout.0,
-            max_idle_per_key: 256,
+            // Enough that a burst's connections are kept for the next burst rather than closed
+            // and opened again (with 256, 1,000 concurrent clients through one endpoint opened
+            // 25,839 upstream connections in 5 s, and 1,000 with this); an idle HTTP/1
+            // connection holds a socket and no buffer (upstream::h1).
+            max_idle_per_key: 4096,
         },
         metrics.clone(),
     );

@@ -35,16 +35,20 @@ use crate::io::Conn;
 const MAX_HEADERS: usize = 128;
 /// The largest response head, and the longest chunk-size line.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How much room a read asks for: jemalloc's largest small size class but one, so that the
-/// buffer each exchange takes comes from the thread cache; a larger one is a page run that
-/// jemalloc hands back to the kernel and faults in again.
-const READ_SIZE: usize = 8 * 1024;
+/// How much room the first read of an exchange asks for: enough for most responses whole.
+/// Each read that fills its room doubles the next, up to [`MAX_READ_SIZE`], so that a large
+/// body is read in large pieces while a thousand small exchanges in flight hold little. All
+/// are jemalloc small size classes, served from its thread cache.
+const READ_SIZE: usize = 4 * 1024;
+const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// An open HTTP/1 connection to an upstream, idle or in one exchange.
 pub struct H1Conn {
     io: Conn,
     read: BytesMut,
     addr: SocketAddr,
+    /// How much room the next read asks for.
+    read_size: usize,
     /// Holds the connection's place under the backend's `maxConnections`.
     permit: Option<ConnectionPermit>,
     limiter: Option<Arc<ConnLimiter>>,
@@ -60,6 +64,7 @@ impl H1Conn {
         H1Conn {
             io,
             read: BytesMut::new(),
+            read_size: READ_SIZE,
             addr,
             permit: Some(permit),
             limiter,
@@ -84,10 +89,18 @@ impl H1Conn {
 
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
-            self.read.reserve(READ_SIZE);
+        if self.read.capacity() - self.read.len() < self.read_size / 4 {
+            self.read.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        if n >= self.read_size && self.read_size < MAX_READ_SIZE {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -553,6 +566,7 @@ impl H1Body {
         {
             // An idle connection keeps no buffer.
             conn.read = BytesMut::new();
+            conn.read_size = READ_SIZE;
             pools.checkin_http1(key, conn);
         }
     }
