@@ -463,12 +463,9 @@ impl Pools {
         opts: &SendOptions,
     ) -> Result<Response<Body>, SendError> {
         let addr = key.dial.addr();
-        let permit = loop {
-            match self.connection_permit(opts).await {
-                Ok(Some(permit)) => break permit,
-                Ok(None) => {}
-                Err(error) => return Err(SendError::unsent(error, req)),
-            }
+        let permit = match self.new_connection_permit(opts).await {
+            Ok(permit) => permit,
+            Err(error) => return Err(SendError::unsent(error, req)),
         };
         let stream = match self.connect(&key, opts).await {
             Ok(stream) => stream,
@@ -544,6 +541,19 @@ impl Pools {
         tokio::time::timeout(limiter.timeout, wait)
             .await
             .map_err(|_| overloaded())
+    }
+
+    /// A permit for a new connection, waiting on when an idle HTTP/1 connection comes back
+    /// instead (for callers that cannot use one).
+    async fn new_connection_permit(
+        &self,
+        opts: &SendOptions,
+    ) -> Result<ConnectionPermit, ProxyError> {
+        loop {
+            if let Some(permit) = self.connection_permit(opts).await? {
+                return Ok(permit);
+            }
+        }
     }
 
     fn checkout_http1(&self, key: &Key) -> Option<h1::H1Conn> {
@@ -632,11 +642,7 @@ impl Pools {
             return Ok(sender.clone());
         }
         let addr = key.dial.addr();
-        let permit = loop {
-            if let Some(permit) = self.connection_permit(opts).await? {
-                break permit;
-            }
-        };
+        let permit = self.new_connection_permit(opts).await?;
         let stream = self.connect(key, opts).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

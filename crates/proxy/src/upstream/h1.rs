@@ -201,12 +201,7 @@ impl Writer {
         } else {
             b" HTTP/1.1\r\n"
         });
-        for (name, value) in &parts.headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        put_fields(&mut head, &parts.headers);
         let ended = body.is_end_stream();
         let has_length = parts.headers.contains_key(CONTENT_LENGTH);
         let mut chunked = false;
@@ -338,12 +333,7 @@ impl Writer {
                         // Trailers end the body; without chunks there is no room for them.
                         if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
                             let mut last = BytesMut::from(&b"0\r\n"[..]);
-                            for (name, value) in &trailers {
-                                last.extend_from_slice(name.as_str().as_bytes());
-                                last.extend_from_slice(b": ");
-                                last.extend_from_slice(value.as_bytes());
-                                last.extend_from_slice(b"\r\n");
-                            }
+                            put_fields(&mut last, &trailers);
                             last.extend_from_slice(b"\r\n");
                             self.queue.push_back(last.freeze());
                             self.body = None;
@@ -353,6 +343,58 @@ impl Writer {
             }
         }
     }
+}
+
+/// Writes `name: value` lines.
+fn put_fields(buf: &mut BytesMut, fields: &HeaderMap) {
+    for (name, value) in fields {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Where a parsed field's name and value sit in the buffer it was parsed from: (name start,
+/// name length, value start, value length).
+type Span = (usize, usize, usize, usize);
+
+/// The spans of `parsed`, fields that httparse found in `buf`; how many there are.
+fn spans(
+    buf: &[u8],
+    parsed: &[httparse::Header<'_>],
+    out: &mut [Span; MAX_HEADERS],
+) -> Result<usize, ExchangeError> {
+    let base = buf.as_ptr() as usize;
+    let offset = |p: *const u8| (p as usize).checked_sub(base);
+    for (span, h) in out.iter_mut().zip(parsed) {
+        let (Some(n), Some(v)) = (offset(h.name.as_ptr()), offset(h.value.as_ptr())) else {
+            return Err(ExchangeError::Malformed("bad header"));
+        };
+        // An empty value need not point into the buffer.
+        let v = if h.value.is_empty() { 0 } else { v };
+        *span = (n, h.name.len(), v, h.value.len());
+    }
+    Ok(parsed.len().min(MAX_HEADERS))
+}
+
+/// The fields at `spans` in `block`, their values sharing its buffer.
+fn fields(block: &Bytes, spans: &[Span]) -> Result<HeaderMap, ExchangeError> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &(n, nl, v, vl) in spans {
+        let name = block
+            .get(n..n + nl)
+            .ok_or(ExchangeError::Malformed("bad header"))?;
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| ExchangeError::Malformed("bad header name"))?;
+        if v + vl > block.len() {
+            return Err(ExchangeError::Malformed("bad header"));
+        }
+        let value = HeaderValue::from_maybe_shared(block.slice(v..v + vl))
+            .map_err(|_| ExchangeError::Malformed("bad header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 /// How a response body is delimited.
@@ -439,34 +481,9 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     } else {
         Version::HTTP_11
     };
-    // Where each name and value sits, so that the values can share the head's buffer.
-    let base = read.as_ptr() as usize;
-    let offset = |p: *const u8| (p as usize).checked_sub(base);
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let (Some(n), Some(v)) = (offset(h.name.as_ptr()), offset(h.value.as_ptr())) else {
-            return Err(ExchangeError::Malformed("bad header"));
-        };
-        // An empty value need not point into the buffer.
-        let v = if h.value.is_empty() { 0 } else { v };
-        *span = (n, h.name.len(), v, h.value.len());
-    }
-    let head = read.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(count);
-    for (n, nl, v, vl) in spans.into_iter().take(count) {
-        let name = head
-            .get(n..n + nl)
-            .ok_or(ExchangeError::Malformed("bad header"))?;
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| ExchangeError::Malformed("bad header name"))?;
-        if v + vl > head.len() {
-            return Err(ExchangeError::Malformed("bad header"));
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-            .map_err(|_| ExchangeError::Malformed("bad header value"))?;
-        map.append(name, value);
-    }
+    let mut at = [(0, 0, 0, 0); MAX_HEADERS];
+    let count = spans(read, parsed.headers, &mut at)?;
+    let mut map = fields(&read.split_to(len).freeze(), &at[..count])?;
     let framing = framing(&map, status, head_request)?;
     let mut keep = version == Version::HTTP_11 && framing != Framing::Eof && !has_close(&map);
     // Both lengths: the chunks win, and the other goes, so that nothing downstream frames the
@@ -711,15 +728,9 @@ fn trailers(read: &mut BytesMut) -> Result<Option<Option<Frame<Bytes>>>, Exchang
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ExchangeError::Malformed("bad trailers")),
     };
-    let mut map = HeaderMap::with_capacity(parsed.len());
-    for h in parsed {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ExchangeError::Malformed("bad trailer name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| ExchangeError::Malformed("bad trailer value"))?;
-        map.append(name, value);
-    }
-    read.advance(len);
+    let mut at = [(0, 0, 0, 0); MAX_HEADERS];
+    let count = spans(read, parsed, &mut at)?;
+    let map = fields(&read.split_to(len).freeze(), &at[..count])?;
     Ok(Some(Some(Frame::trailers(map))))
 }
 
