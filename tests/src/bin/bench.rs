@@ -855,12 +855,9 @@ async fn measure_h2(t: &Target, kind: H2Kind, duration: Duration) -> anyhow::Res
 
     let cpu1 = t.cpu();
     let n = u64::from(RATE) * duration.as_secs();
-    let period = Duration::from_secs(1) / RATE;
-    let start = Instant::now() + Duration::from_millis(10);
+    let mut dues = schedule(RATE, n);
     let mut calls = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
-        tokio::time::sleep_until(due.into()).await;
+    while let Some(due) = dues.recv().await {
         let mut s = sender.clone();
         calls.push(tokio::spawn(async move {
             let ok = h2_call(&mut s, kind).await;
@@ -938,8 +935,33 @@ fn wrk(target: SocketAddr, connections: u32, duration: Duration) -> anyhow::Resu
     Ok((rps, total))
 }
 
-/// An open-loop generator: request `i` is due at `start + i / rate`, and its latency is
-/// counted from then, not from when a connection was free (no coordinated omission).
+/// The due times of an open-loop run: request `i` is due at `start + i / rate`. A thread of
+/// its own sleeps until each one (the kernel's high-resolution timers wake it within tens of
+/// microseconds) and hands it over. tokio's timer would round every due time up to the next
+/// millisecond, and every latency counted from the due time would carry that wait: up to a
+/// millisecond of the generator's own in every figure, varying from request to request.
+fn schedule(rate: u32, n: u64) -> tokio::sync::mpsc::Receiver<Instant> {
+    let (tx, rx) = tokio::sync::mpsc::channel(usize::try_from(n).unwrap_or(usize::MAX).max(1));
+    let period = Duration::from_secs(1) / rate;
+    std::thread::spawn(move || {
+        let start = Instant::now() + Duration::from_millis(10);
+        for i in 0..n {
+            let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            // The receiver is gone when the run failed early.
+            if tx.blocking_send(due).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// An open-loop generator: request `i` is due at `start + i / rate` ([`schedule`]), and its
+/// latency is counted from then, not from when a connection was free (no coordinated
+/// omission).
 /// Returns the latencies in microseconds and the number of requests.
 async fn fixed_rate(
     target: SocketAddr,
@@ -947,12 +969,14 @@ async fn fixed_rate(
     duration: Duration,
 ) -> anyhow::Result<(Vec<f64>, u64)> {
     let n = u64::from(rate) * duration.as_secs();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(n as usize);
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let mut workers = Vec::new();
+    let mut conns = Vec::new();
     for _ in 0..32 {
+        conns.push(http1(target).await?);
+    }
+    let rx = Arc::new(tokio::sync::Mutex::new(schedule(rate, n)));
+    let mut workers = Vec::new();
+    for mut conn in conns {
         let rx = rx.clone();
-        let mut conn = http1(target).await?;
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
@@ -975,16 +999,6 @@ async fn fixed_rate(
             (lat, errors)
         }));
     }
-    let start = Instant::now() + Duration::from_millis(10);
-    let period = Duration::from_secs(1) / rate;
-    for i in 0..n {
-        let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
-        tokio::time::sleep_until(due.into()).await;
-        if tx.send(due).await.is_err() {
-            break;
-        }
-    }
-    drop(tx);
     let mut all = Vec::with_capacity(n as usize);
     let mut errors = 0;
     for w in workers {

@@ -30,8 +30,10 @@ pub struct Limits {
     pub timer: CoarseTimer,
 }
 
-/// The most headers a request may carry.
-const MAX_HEADERS: usize = 128;
+/// The most headers a request may carry: hyper's own limit (and Envoy's default), which
+/// hyper parses into arrays on the stack. Setting any other limit on hyper's builder makes it
+/// allocate two arrays of that many entries for every request it parses.
+const MAX_HEADERS: usize = 100;
 
 /// What [`check_first_head`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -137,8 +139,7 @@ pub async fn serve<I, F, Fut>(
         builder
             .timer(limits.timer)
             .header_read_timeout(limits.header_read_timeout)
-            .max_header_size(limits.max_header_bytes)
-            .max_headers(MAX_HEADERS);
+            .max_header_size(limits.max_header_bytes);
         let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {

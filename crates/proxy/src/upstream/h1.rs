@@ -35,11 +35,12 @@ use crate::io::Conn;
 const MAX_HEADERS: usize = 128;
 /// The largest response head, and the longest chunk-size line.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How much room the first read of an exchange asks for: enough for most responses whole.
-/// Each read that fills its room doubles the next, up to [`MAX_READ_SIZE`], so that a large
-/// body is read in large pieces while a thousand small exchanges in flight hold little. All
-/// are jemalloc small size classes, served from its thread cache.
-const READ_SIZE: usize = 4 * 1024;
+/// How much room the first read of an exchange asks for: enough for most response heads and
+/// small bodies whole, in a quarter of a page. Each read that fills its room doubles the
+/// next, up to [`MAX_READ_SIZE`], so that a large body is read in large pieces while a
+/// thousand small exchanges in flight hold little. All are jemalloc small size classes,
+/// served from its thread cache.
+const READ_SIZE: usize = 1024;
 const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// An open HTTP/1 connection to an upstream, idle or in one exchange.
