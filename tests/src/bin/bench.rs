@@ -57,6 +57,25 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(backend(addr));
     }
+    if args.first().map(String::as_str) == Some("fixed") {
+        // Latency of one target at the fixed rate, for comparing builds or settings by hand.
+        let addr: SocketAddr = args.get(1).context("fixed ADDR [SECONDS]")?.parse()?;
+        let seconds = args.get(2).map_or(Ok(5), |s| s.parse())?;
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let (lat, _) = fixed_rate(addr, RATE, Duration::from_secs(seconds)).await?;
+                println!(
+                    "{addr}: {} requests at {RATE}/s: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+                    lat.len(),
+                    percentile(&lat, 0.5),
+                    percentile(&lat, 0.99),
+                    percentile(&lat, 0.999)
+                );
+                Ok(())
+            });
+    }
     let mut opts = Options {
         rounds: 3,
         duration: Duration::from_secs(5),

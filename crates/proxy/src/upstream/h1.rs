@@ -80,6 +80,15 @@ impl H1Conn {
     /// it nor sent anything unasked.
     pub(super) fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
+        // A plain connection whose last read stopped short of its buffer has had nothing
+        // since: tokio cleared the socket's read readiness then, and sets it again only when
+        // epoll reports data or the upstream's FIN. That saves a read(2) per request. (TLS
+        // may hold a record already read, so it is read.)
+        if let Conn::Tcp(tcp) = &self.io
+            && tcp.poll_read_ready(&mut cx).is_pending()
+        {
+            return true;
+        }
         let mut byte = [0u8; 1];
         let mut buf = tokio::io::ReadBuf::new(&mut byte);
         matches!(
