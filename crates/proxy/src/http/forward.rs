@@ -80,7 +80,7 @@ pub fn forward(
             ..SendOptions::default()
         };
         let resp = pools
-            .send(dial, req.map(Body::Incoming), &opts)
+            .send(dial, Box::new(req.map(Body::Incoming)), &opts)
             .await
             .map_err(|e| e.error)?;
         Ok(complete(prepared, resp, tasks))

@@ -38,7 +38,7 @@ use crate::policy::weighted;
 use crate::shared::Shared;
 use crate::state::{Destination, Rule};
 use crate::transport_header;
-use crate::upstream::{SendError, SendOptions};
+use crate::upstream::{Outgoing, SendError, SendOptions};
 
 const DIRECTION: Direction = Direction::Outbound;
 /// Retries of requests that never reached the application, when the route sets none.
@@ -187,7 +187,8 @@ impl Http {
             // them only when such a retry is possible (a retry policy, or HTTP/2's REFUSED_STREAM).
             let may_resend = !upgrade && (rule.retry.is_some() || req.version() == Version::HTTP_2);
             let keep = may_resend || !rule.mirrors.is_empty();
-            let head = keep.then(|| Head::of(&req));
+            // Boxed: the request future would otherwise keep its room whether or not it is.
+            let head = keep.then(|| Box::new(Head::of(&req)));
             let (parts, body) = req.into_parts();
             let recorder = keep.then(|| {
                 if http_body::Body::is_end_stream(&body) {
@@ -200,11 +201,11 @@ impl Http {
                 Some(r) => Body::Tee(r.tee(body)),
                 None => Body::Incoming(body),
             };
-            let req = Request::from_parts(parts, body);
+            let req = Box::new(Request::from_parts(parts, body));
             if let Some(head) = &head {
                 for (mirror, percent) in &rule.mirrors {
                     if fastrand::u32(..100) < *percent {
-                        self.mirror(mirror.clone(), head.clone(), recorder.clone());
+                        self.mirror(mirror.clone(), (**head).clone(), recorder.clone());
                     }
                 }
             }
@@ -222,14 +223,18 @@ impl Http {
             };
             let deadline = rule.request_timeout.map(|t| start + t);
             // Pinned where it stands, so that `within` moves a pointer, not the future.
-            let attempts = pin!(self.attempts(
-                req,
-                rule,
-                backend,
-                head.as_ref().zip(recorder.as_ref()).filter(|_| may_resend),
-                &safety,
-                upgrade,
-            ));
+            let attempts = pin!(
+                self.attempts(
+                    req,
+                    rule,
+                    backend,
+                    head.as_deref()
+                        .zip(recorder.as_ref())
+                        .filter(|_| may_resend),
+                    &safety,
+                    upgrade,
+                )
+            );
             let attempts = within(deadline, attempts).await;
             // `None`: the deadline passed, so there was a request timeout.
             let result = attempts.unwrap_or_else(|| {
@@ -260,7 +265,7 @@ impl Http {
     )]
     fn attempts(
         &self,
-        mut req: Request<Body>,
+        mut req: Outgoing,
         rule: &Rule,
         backend: &Arc<Backend>,
         replay: Option<(&Head, &Recorder)>,
@@ -344,9 +349,9 @@ impl Http {
                 }
                 // The next attempt sends the request as it was, if it never left, or again from its
                 // head and recorded body.
-                let again = unsent.map(|r| *r).or_else(|| {
+                let again = unsent.or_else(|| {
                     let (head, recorder) = replay?;
-                    Some(head.request(Body::Replay(recorder.replay()?)))
+                    Some(Box::new(head.request(Body::Replay(recorder.replay()?))))
                 });
                 let Some(again) = again else { return result };
                 if !backend.try_retry(Instant::now()) {
@@ -386,7 +391,7 @@ impl Http {
                     Some(r) => Body::Replay(r.settled().await.ok_or("skipped")?),
                     None => Body::Empty,
                 };
-                let req = head.request(body);
+                let req = Box::new(head.request(body));
                 let picked = backend
                     .pick(req.headers(), &[], Instant::now())
                     .map_err(|_| "no-endpoint")?;

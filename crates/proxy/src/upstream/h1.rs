@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{ConnectionPermit, Key, Pools, SendError};
+use super::{ConnectionPermit, Key, Outgoing, Pools, SendError};
 use crate::backends::ConnLimiter;
 use crate::errors::{ExchangeError, ProxyError};
 use crate::http::body::{Body, BoxError};
@@ -139,13 +139,13 @@ pub(super) struct Release {
 )]
 pub(super) fn send(
     mut conn: H1Conn,
-    req: Request<Body>,
+    req: Outgoing,
     reused: bool,
     release: Option<Release>,
 ) -> impl Future<Output = Result<Response<Body>, SendError>> {
     async move {
         let head_request = req.method() == Method::HEAD;
-        let (parts, body) = req.into_parts();
+        let (parts, body) = (*req).into_parts();
         let mut out = Writer::new(&parts, body);
         let keep_request = parts.version == Version::HTTP_11;
         let result = std::future::poll_fn(|cx| {
