@@ -70,8 +70,8 @@ pub async fn check_first_head<R: AsyncRead + Unpin>(
 /// its own so that the 4 KiB of parsed headers never live across an await (they would sit in
 /// every connection's task for its whole life).
 fn judge_head(buf: &[u8], limits: &Limits) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf) {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    match httparse::Request::new(&mut []).parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => Some(Head::Ok),
         Ok(httparse::Status::Complete(_)) => Some(Head::Refuse(Reason::HeaderTooLarge)),
         Ok(httparse::Status::Partial) if buf.len() > limits.max_header_bytes => {

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -369,23 +370,22 @@ fn put_fields(buf: &mut BytesMut, fields: &HeaderMap) {
 /// name length, value start, value length).
 type Span = (usize, usize, usize, usize);
 
-/// The spans of `parsed`, fields that httparse found in `buf`; how many there are.
-fn spans(
-    buf: &[u8],
-    parsed: &[httparse::Header<'_>],
-    out: &mut [Span; MAX_HEADERS],
-) -> Result<usize, ExchangeError> {
+/// The spans of `parsed`, fields that httparse found in `buf`. (A vector the size of the
+/// head, not an array for the most fields there may be: zeroing that cost more than the
+/// parse.)
+fn spans(buf: &[u8], parsed: &[httparse::Header<'_>]) -> Result<Vec<Span>, ExchangeError> {
     let base = buf.as_ptr() as usize;
     let offset = |p: *const u8| (p as usize).checked_sub(base);
-    for (span, h) in out.iter_mut().zip(parsed) {
+    let mut out = Vec::with_capacity(parsed.len());
+    for h in parsed {
         let (Some(n), Some(v)) = (offset(h.name.as_ptr()), offset(h.value.as_ptr())) else {
             return Err(ExchangeError::Malformed("bad header"));
         };
         // An empty value need not point into the buffer.
         let v = if h.value.is_empty() { 0 } else { v };
-        *span = (n, h.name.len(), v, h.value.len());
+        out.push((n, h.name.len(), v, h.value.len()));
     }
-    Ok(parsed.len().min(MAX_HEADERS))
+    Ok(out)
 }
 
 /// The fields at `spans` in `block`, their values sharing its buffer.
@@ -464,9 +464,11 @@ enum Parsed {
 
 /// Parses a response head at the start of `read` and takes it off; `None` while incomplete.
 fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, ExchangeError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(read) {
+    // Left uninitialised: httparse writes the fields it finds, and nothing reads the rest.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, read, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -491,9 +493,8 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     } else {
         Version::HTTP_11
     };
-    let mut at = [(0, 0, 0, 0); MAX_HEADERS];
-    let count = spans(read, parsed.headers, &mut at)?;
-    let mut map = fields(&read.split_to(len).freeze(), &at[..count])?;
+    let at = spans(read, parsed.headers)?;
+    let mut map = fields(&read.split_to(len).freeze(), &at)?;
     let framing = framing(&map, status, head_request)?;
     let mut keep = version == Version::HTTP_11 && framing != Framing::Eof && !has_close(&map);
     // Both lengths: the chunks win, and the other goes, so that nothing downstream frames the
@@ -738,9 +739,8 @@ fn trailers(read: &mut BytesMut) -> Result<Option<Option<Frame<Bytes>>>, Exchang
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ExchangeError::Malformed("bad trailers")),
     };
-    let mut at = [(0, 0, 0, 0); MAX_HEADERS];
-    let count = spans(read, parsed, &mut at)?;
-    let map = fields(&read.split_to(len).freeze(), &at[..count])?;
+    let at = spans(read, parsed)?;
+    let map = fields(&read.split_to(len).freeze(), &at)?;
     Ok(Some(Some(Frame::trailers(map))))
 }
 
