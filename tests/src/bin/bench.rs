@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
             });
     }
     let mut opts = Options {
-        rounds: 3,
+        rounds: 5,
         duration: Duration::from_secs(5),
         out: PathBuf::from("bench/results"),
         instructions_only: false,
