@@ -904,4 +904,69 @@ mod tests {
             Ok(None)
         ));
     }
+
+    #[test]
+    fn heads_with_many_fields_parse_whole_and_too_many_are_refused() {
+        let head = |n: usize| {
+            let mut text = String::from("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n");
+            for i in 1..n {
+                text.push_str(&format!("x-{i}: v{i}\r\n"));
+            }
+            text + "\r\n"
+        };
+        let (p, _, _) = final_head(&head(MAX_HEADERS));
+        assert_eq!(p.headers.len(), MAX_HEADERS);
+        assert_eq!(p.headers["x-1"], "v1");
+        assert_eq!(
+            p.headers[format!("x-{}", MAX_HEADERS - 1)],
+            format!("v{}", MAX_HEADERS - 1)
+        );
+        assert!(matches!(
+            parse(&head(MAX_HEADERS + 1)),
+            Err(ExchangeError::Malformed("too many headers"))
+        ));
+    }
+
+    /// The pool's check before reuse: open while the upstream is silent, closed once it has
+    /// closed or sent something nobody asked for.
+    #[tokio::test]
+    async fn an_idle_connection_is_open_until_the_upstream_closes_or_speaks() {
+        use tokio::io::AsyncWriteExt;
+        async fn pair() -> (H1Conn, tokio::net::TcpStream) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let conn = H1Conn::new(Conn::Tcp(client), addr, ConnectionPermit(None), None);
+            (conn, server)
+        }
+        async fn readable(conn: &H1Conn) {
+            if let Conn::Tcp(tcp) = &conn.io {
+                tcp.readable().await.unwrap();
+            }
+        }
+
+        // An exchange ends with a read that stops short of its buffer.
+        let (mut conn, mut upstream) = pair().await;
+        upstream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        readable(&conn).await;
+        let n = std::future::poll_fn(|cx| conn.poll_fill(cx)).await.unwrap();
+        assert!(n > 0 && n < READ_SIZE);
+        conn.read.clear();
+        assert!(conn.is_open(), "a silent upstream");
+        assert!(conn.is_open(), "asking again changes nothing");
+
+        upstream.write_all(b"x").await.unwrap();
+        readable(&conn).await;
+        assert!(!conn.is_open(), "bytes nobody asked for");
+
+        let (mut conn, upstream) = pair().await;
+        assert!(conn.is_open(), "a new connection");
+        drop(upstream);
+        readable(&conn).await;
+        assert!(!conn.is_open(), "the upstream closed it");
+    }
 }
