@@ -100,6 +100,13 @@ impl H1Conn {
 
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        // An exchange that waits for its response holds no buffer until there is something
+        // to read. (Not over TLS, whose stream may hold a record it has already read.)
+        if self.read.capacity() == 0
+            && let Conn::Tcp(tcp) = &self.io
+        {
+            ready!(tcp.poll_read_ready(cx))?;
+        }
         if self.read.capacity() - self.read.len() < self.read_size / 4 {
             self.read.reserve(self.read_size);
         }
