@@ -1148,6 +1148,20 @@ struct MemoryRow {
     slow: u64,
 }
 
+/// Waits (up to 5 s) until the proxies' RSS has stopped falling: less than 1% over 500 ms.
+async fn settle(t: &Target) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = t.memory_kib().0;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = t.memory_kib().0;
+        if now + last / 100 >= last {
+            return;
+        }
+        last = now;
+    }
+}
+
 async fn memory_figures(targets: [(&Target, u64); 2]) -> anyhow::Result<Memory> {
     let mut rows = Vec::new();
     for (t, idle) in targets {
@@ -1163,6 +1177,10 @@ async fn memory_figures(targets: [(&Target, u64); 2]) -> anyhow::Result<Memory> 
         }
         let open = t.memory_kib().0;
         drop(conns);
+        // What the closed connections freed is still resident for a while (weft's allocator
+        // returns pages after a second); measured on top of it, the next figure would depend on
+        // when it was taken.
+        settle(t).await;
         let slow: Vec<_> = (0..1000)
             .map(|_| {
                 let a = t.addr;
