@@ -81,13 +81,8 @@ impl H1Conn {
     /// it nor sent anything unasked.
     pub(super) fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        // A plain connection whose last read stopped short of its buffer has had nothing
-        // since: tokio cleared the socket's read readiness then, and sets it again only when
-        // epoll reports data or the upstream's FIN. That saves a read(2) per request. (TLS
-        // may hold a record already read, so it is read.)
-        if let Conn::Tcp(tcp) = &self.io
-            && tcp.poll_read_ready(&mut cx).is_pending()
-        {
+        // Nothing has arrived since the last read: no read(2) needed to know.
+        if let Some(Poll::Pending) = self.plain_read_ready(&mut cx) {
             return true;
         }
         let mut byte = [0u8; 1];
@@ -98,14 +93,25 @@ impl H1Conn {
         )
     }
 
+    /// The socket's read readiness as tokio keeps it, on a plain connection: cleared by a
+    /// read that stopped short of its buffer, set again when epoll reports data or the
+    /// upstream's FIN, so `Pending` means nothing has arrived since. `None` over TLS, whose
+    /// stream may hold a record it has already read: there only a read tells.
+    fn plain_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<()>>> {
+        match &self.io {
+            Conn::Tcp(tcp) => Some(tcp.poll_read_ready(cx)),
+            Conn::TlsClient(_) | Conn::TlsServer(_) => None,
+        }
+    }
+
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         // An exchange that waits for its response holds no buffer until there is something
-        // to read. (Not over TLS, whose stream may hold a record it has already read.)
+        // to read.
         if self.read.capacity() == 0
-            && let Conn::Tcp(tcp) = &self.io
+            && let Some(ready) = self.plain_read_ready(cx)
         {
-            ready!(tcp.poll_read_ready(cx))?;
+            ready!(ready)?;
         }
         if self.read.capacity() - self.read.len() < self.read_size / 4 {
             self.read.reserve(self.read_size);
