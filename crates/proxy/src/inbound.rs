@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::{HeaderValue, Method, Request, Response};
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -25,7 +24,7 @@ use crate::detect::{self, Protocol, Undecided};
 use crate::errors::{self, ProxyError, Reason};
 use crate::http::body::Body;
 use crate::http::forward;
-use crate::http::server::{self, Head};
+use crate::http::server;
 use crate::io::{Conn, Rewind};
 use crate::metrics::{Direction, Name, RequestStats};
 use crate::orig_dst::{canonical, original_dst};
@@ -122,19 +121,6 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
         .connection_protocol(DIRECTION, protocol.as_str());
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            let http2 = protocol == Protocol::Http2;
-            if !http2 {
-                match server::check_first_head(&mut conn, &mut buf, &shared.http_limits).await {
-                    Head::Ok => {}
-                    Head::Refuse(reason) => {
-                        shared.metrics.proxy_error(DIRECTION, reason);
-                        server::refuse(&mut conn, reason).await;
-                        return;
-                    }
-                    Head::Closed => return,
-                }
-            }
-            let io = Rewind::new(buf.freeze(), conn);
             let backend = Name(app.to_string().into());
             let handler = Arc::new(Http {
                 shared: shared.clone(),
@@ -145,14 +131,23 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 peer,
                 from_proxy: hint.is_some(),
             });
-            server::serve(
-                io,
-                http2,
-                shared.http_limits.clone(),
-                shared.shutdown.clone(),
-                move |req| handler.clone().handle(req),
-            )
-            .await;
+            let limits = shared.http_limits.clone();
+            let shutdown = shared.shutdown.clone();
+            if protocol == Protocol::Http2 {
+                let io = Rewind::new(buf.freeze(), conn);
+                server::serve_http2(io, limits, shutdown, move |req| handler.clone().handle(req))
+                    .await;
+            } else {
+                server::serve_http1(
+                    conn,
+                    buf,
+                    limits,
+                    shutdown,
+                    |req| handler.clone().handle(req),
+                    |reason| shared.metrics.proxy_error(DIRECTION, reason),
+                )
+                .await;
+            }
         }
         // Application TLS and other opaque protocols go to the application as they are.
         _ => {
@@ -306,7 +301,7 @@ impl Http {
     /// Applies the port's ServerPolicy to one request, loaded afresh so that a policy change
     /// reaches long-lived connections. With path rules, the application gets the normalized
     /// path that was authorized.
-    fn authorize(&self, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    fn authorize(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
         let snapshot = self.shared.state.load();
         let Some(policy) = snapshot.inbound_policy(self.app.port()) else {
             return Ok(());
@@ -356,7 +351,7 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see outbound::request"
     )]
-    fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> impl Future<Output = Response<Body>> {
+    fn handle(self: Arc<Self>, mut req: Request<Body>) -> impl Future<Output = Response<Body>> {
         async move {
             let start = Instant::now();
             let grpc = errors::is_grpc(&req);

@@ -161,6 +161,19 @@ impl AsyncWrite for Conn {
     }
 }
 
+impl Conn {
+    /// The socket's read readiness as tokio keeps it, on a plain connection: cleared by a
+    /// read that stopped short of its buffer, set again when epoll reports data or the peer's
+    /// FIN, so `Pending` means nothing has arrived since. `None` over TLS, whose stream may
+    /// hold a record it has already read: there only a read tells.
+    pub fn plain_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        match self {
+            Conn::Tcp(tcp) => Some(tcp.poll_read_ready(cx)),
+            Conn::TlsClient(_) | Conn::TlsServer(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

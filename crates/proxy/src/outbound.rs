@@ -25,8 +25,8 @@ use weft_api::config::Protocol as ServiceProtocol;
 
 use crate::detect::{self, Protocol, Undecided};
 use crate::errors::Reason;
-use crate::http::server::{self, Head};
-use crate::io::Rewind;
+use crate::http::server;
+use crate::io::{Conn, Rewind};
 use crate::metrics::Direction;
 use crate::orig_dst::original_dst;
 use crate::shared::Shared;
@@ -78,21 +78,8 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         .metrics
         .connection_protocol(DIRECTION, protocol.as_str());
     match (protocol, dest) {
-        (Protocol::Http1, _) => {
-            match server::check_first_head(&mut stream, &mut buf, &shared.http_limits).await {
-                Head::Ok => {}
-                Head::Refuse(reason) => {
-                    shared.metrics.proxy_error(DIRECTION, reason);
-                    server::refuse(&mut stream, reason).await;
-                    return;
-                }
-                Head::Closed => return,
-            }
-            serve_http(shared, Rewind::new(buf.freeze(), stream), false, orig).await;
-        }
-        (Protocol::Http2, _) => {
-            serve_http(shared, Rewind::new(buf.freeze(), stream), true, orig).await
-        }
+        (Protocol::Http1, _) => serve_http(shared, stream, buf, false, orig).await,
+        (Protocol::Http2, _) => serve_http(shared, stream, buf, true, orig).await,
         (_, Some(dest)) => to_destination(&shared, Rewind::new(buf.freeze(), stream), &dest).await,
         (Protocol::Opaque, None) if !buf.is_empty() => {
             // The client addressed us as an HTTP proxy and sent something else.
@@ -115,7 +102,8 @@ where
 
 async fn serve_http(
     shared: Arc<Shared>,
-    io: Rewind<TcpStream>,
+    stream: TcpStream,
+    buf: BytesMut,
     http2: bool,
     orig: Option<SocketAddr>,
 ) {
@@ -123,12 +111,20 @@ async fn serve_http(
         shared: shared.clone(),
         orig,
     });
-    server::serve(
-        io,
-        http2,
-        shared.http_limits.clone(),
-        shared.shutdown.clone(),
-        move |req| handler.clone().handle(req),
-    )
-    .await;
+    let limits = shared.http_limits.clone();
+    let shutdown = shared.shutdown.clone();
+    if http2 {
+        let io = Rewind::new(buf.freeze(), stream);
+        server::serve_http2(io, limits, shutdown, move |req| handler.clone().handle(req)).await;
+    } else {
+        server::serve_http1(
+            Conn::Tcp(stream),
+            buf,
+            limits,
+            shutdown,
+            |req| handler.clone().handle(req),
+            |reason| shared.metrics.proxy_error(DIRECTION, reason),
+        )
+        .await;
+    }
 }

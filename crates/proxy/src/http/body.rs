@@ -9,18 +9,20 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::http::replay::{ReplayBody, TeeBody};
+use crate::http::server::h1::RequestBody;
 use crate::upstream::H1Body;
 
 /// The error of any body in the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A streamed message body: what arrived from a peer, what an upstream connection sends back
-/// (which returns its connection to the pool when done), a small body the proxy made, a
-/// request body recorded for a retry or replayed for one, or a response body that must end by
-/// a deadline.
+/// A streamed message body: a request body from an HTTP/1 client, what arrived over HTTP/2
+/// (or an upgrade's answer), what an upstream HTTP/1 connection sends back (which returns its
+/// connection to the pool when done), a small body the proxy made, a request body recorded
+/// for a retry or replayed for one, or a response body that must end by a deadline.
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
+    Downstream(RequestBody),
     Incoming(Incoming),
     Upstream(Box<H1Body>),
     Tee(TeeBody),
@@ -68,6 +70,7 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Body::Downstream(body) => Pin::new(body).poll_frame(cx),
             Body::Incoming(body) => boxed(Pin::new(body).poll_frame(cx)),
             Body::Upstream(body) => Pin::new(body.as_mut()).poll_frame(cx),
             Body::Tee(body) => Pin::new(body).poll_frame(cx),
@@ -85,6 +88,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(data) => data.is_none(),
+            Body::Downstream(body) => body.is_end_stream(),
             Body::Incoming(body) => body.is_end_stream(),
             Body::Upstream(body) => body.is_end_stream(),
             Body::Tee(body) => body.is_end_stream(),
@@ -97,6 +101,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Body::Downstream(body) => body.size_hint(),
             Body::Incoming(body) => body.size_hint(),
             Body::Upstream(body) => body.size_hint(),
             Body::Tee(body) => body.size_hint(),
@@ -111,6 +116,7 @@ impl std::fmt::Debug for Body {
         f.write_str(match self {
             Body::Empty => "Body::Empty",
             Body::Full(_) => "Body::Full",
+            Body::Downstream(_) => "Body::Downstream",
             Body::Incoming(_) => "Body::Incoming",
             Body::Upstream(_) => "Body::Upstream",
             Body::Tee(_) => "Body::Tee",

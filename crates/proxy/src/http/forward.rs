@@ -10,14 +10,13 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::errors::ProxyError;
 use crate::http::body::Body;
 use crate::http::headers::{self, Upgrade};
+use crate::http::server::{self, OnUpgrade};
 use crate::io::splice;
 use crate::upstream::{Dial, Pools, SendOptions};
 
@@ -29,9 +28,9 @@ pub struct Prepared {
 
 /// Readies a downstream request: hop-by-hop headers go, and for an upgrade the downstream
 /// connection is claimed.
-pub fn prepare(req: &mut Request<Incoming>) -> Prepared {
+pub fn prepare(req: &mut Request<Body>) -> Prepared {
     let upgrade = headers::upgrade_of(req);
-    let downstream = upgrade.map(|_| hyper::upgrade::on(&mut *req));
+    let downstream = upgrade.map(|_| server::on_upgrade(req));
     headers::prepare_request(req, upgrade);
     Prepared {
         upgrade,
@@ -71,7 +70,7 @@ pub fn forward(
     pools: &Arc<Pools>,
     tasks: &TaskTracker,
     dial: Dial,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
     async move {
         let prepared = prepare(&mut req);
@@ -80,7 +79,7 @@ pub fn forward(
             ..SendOptions::default()
         };
         let resp = pools
-            .send(dial, Box::new(req.map(Body::Incoming)), &opts)
+            .send(dial, Box::new(req), &opts)
             .await
             .map_err(|e| e.error)?;
         Ok(complete(prepared, resp, tasks))
@@ -117,10 +116,11 @@ impl Head {
 }
 
 /// Splices an upgraded downstream connection with an upgraded upstream one.
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
-    match tokio::try_join!(downstream, upstream) {
-        Ok((down, up)) => {
-            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+async fn tunnel(downstream: OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let upstream = async { upstream.await.map_err(std::io::Error::other) };
+    match tokio::try_join!(downstream.wait(), upstream) {
+        Ok((mut down, up)) => {
+            let mut up = TokioIo::new(up);
             if let Err(e) = splice(&mut down, &mut up).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }

@@ -13,10 +13,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::Notify;
 
-use crate::http::body::BoxError;
+use crate::http::body::{Body, BoxError};
 
 /// The largest body kept for replay.
 pub const MAX_REPLAY: usize = 64 * 1024;
@@ -54,9 +53,9 @@ impl Recorder {
     }
 
     /// Wraps the original body so that it records as it streams.
-    pub fn tee(&self, inner: Incoming) -> TeeBody {
+    pub fn tee(&self, inner: Body) -> TeeBody {
         TeeBody {
-            inner,
+            inner: Box::new(inner),
             recorder: self.clone(),
         }
     }
@@ -104,7 +103,7 @@ impl Recorder {
 
 /// The first attempt's body: the original, recorded on the way.
 pub struct TeeBody {
-    inner: Incoming,
+    inner: Box<Body>,
     recorder: Recorder,
 }
 

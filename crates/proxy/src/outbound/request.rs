@@ -18,8 +18,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method, Request, Response, Version};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::backends::{Backend, NoEndpoint};
@@ -65,7 +63,7 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see the module docs"
     )]
-    pub fn handle(self: Arc<Self>, req: Request<Incoming>) -> impl Future<Output = Response<Body>> {
+    pub fn handle(self: Arc<Self>, req: Request<Body>) -> impl Future<Output = Response<Body>> {
         async move {
             let start = Instant::now();
             let grpc = errors::is_grpc(&req);
@@ -147,7 +145,7 @@ impl Http {
     }
 
     /// The Service the request is for, and whether its authority named it.
-    fn destination(&self, req: &Request<Incoming>) -> (Option<Arc<Destination>>, bool) {
+    fn destination(&self, req: &Request<Body>) -> (Option<Arc<Destination>>, bool) {
         let snapshot = self.shared.state.load();
         if let Some(d) = headers::authority_of(req).and_then(|a| snapshot.by_authority(a)) {
             return (Some(d.clone()), true);
@@ -161,7 +159,7 @@ impl Http {
     )]
     fn exchange(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         rule: &Rule,
         backend: &Arc<Backend>,
         prefix: Option<&str>,
@@ -199,7 +197,7 @@ impl Http {
             });
             let body = match &recorder {
                 Some(r) => Body::Tee(r.tee(body)),
-                None => Body::Incoming(body),
+                None => body,
             };
             let req = Box::new(Request::from_parts(parts, body));
             if let Some(head) = &head {
@@ -419,7 +417,7 @@ impl Http {
     /// endpoint as opaque TCP.
     async fn tunnel(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         dest: &Destination,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = &dest.backend;
@@ -449,11 +447,11 @@ impl Http {
             &self.shared.metrics,
         );
         let mut upstream = connected?;
-        let on_upgrade = hyper::upgrade::on(&mut req);
+        let on_upgrade = crate::http::server::on_upgrade(&mut req);
         self.shared.tasks.spawn(async move {
-            match on_upgrade.await {
-                Ok(down) => {
-                    if let Err(e) = splice(&mut TokioIo::new(down), &mut upstream).await {
+            match on_upgrade.wait().await {
+                Ok(mut down) => {
+                    if let Err(e) = splice(&mut down, &mut upstream).await {
                         tracing::debug!(error = %e, "CONNECT tunnel ended");
                     }
                 }

@@ -11,9 +11,7 @@
 //!
 //! Upgrades and CONNECT, whose connection leaves HTTP, stay with hyper's client.
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,27 +20,24 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 
 use super::{ConnectionPermit, Key, Outgoing, Pools, SendError};
 use crate::backends::ConnLimiter;
 use crate::errors::{ExchangeError, ProxyError};
 use crate::http::body::{Body, BoxError};
+use crate::http::h1::{
+    CodecError, Encoding, Fill, Framing, MAX_FRAMING_BYTES, READ_SIZE, WriteError, Writer,
+    content_length, fields, fields_len, has_token, poll_decode, put_fields, spans,
+};
 use crate::io::Conn;
 
-/// The most headers a response (or its trailers) may carry.
+/// The most headers a response may carry.
 const MAX_HEADERS: usize = 128;
-/// The largest response head, and the longest chunk-size line.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How much room the first read of an exchange asks for: enough for most response heads and
-/// small bodies whole, in a quarter of a page. Each read that fills its room doubles the
-/// next, up to [`MAX_READ_SIZE`], so that a large body is read in large pieces while a
-/// thousand small exchanges in flight hold little. All are jemalloc small size classes,
-/// served from its thread cache.
-const READ_SIZE: usize = 1024;
-const MAX_READ_SIZE: usize = 64 * 1024;
+/// The largest response head.
+const MAX_HEAD_BYTES: usize = MAX_FRAMING_BYTES;
 
 /// An open HTTP/1 connection to an upstream, idle or in one exchange.
 pub struct H1Conn {
@@ -82,7 +77,7 @@ impl H1Conn {
     pub(super) fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         // Nothing has arrived since the last read: no read(2) needed to know.
-        if let Some(Poll::Pending) = self.plain_read_ready(&mut cx) {
+        if let Some(Poll::Pending) = self.io.plain_read_ready(&mut cx) {
             return true;
         }
         let mut byte = [0u8; 1];
@@ -92,39 +87,15 @@ impl H1Conn {
             Poll::Pending
         )
     }
+}
 
-    /// The socket's read readiness as tokio keeps it, on a plain connection: cleared by a
-    /// read that stopped short of its buffer, set again when epoll reports data or the
-    /// upstream's FIN, so `Pending` means nothing has arrived since. `None` over TLS, whose
-    /// stream may hold a record it has already read: there only a read tells.
-    fn plain_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<()>>> {
-        match &self.io {
-            Conn::Tcp(tcp) => Some(tcp.poll_read_ready(cx)),
-            Conn::TlsClient(_) | Conn::TlsServer(_) => None,
-        }
+impl Fill for H1Conn {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.read
     }
 
-    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        // An exchange that waits for its response holds no buffer until there is something
-        // to read.
-        if self.read.capacity() == 0
-            && let Some(ready) = self.plain_read_ready(cx)
-        {
-            ready!(ready)?;
-        }
-        if self.read.capacity() - self.read.len() < self.read_size / 4 {
-            self.read.reserve(self.read_size);
-        }
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read
-        ))?;
-        if n >= self.read_size && self.read_size < MAX_READ_SIZE {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        crate::http::h1::poll_fill(&mut self.io, &mut self.read, &mut self.read_size, cx)
     }
 }
 
@@ -160,14 +131,14 @@ pub(super) fn send(
     async move {
         let head_request = req.method() == Method::HEAD;
         let (parts, body) = (*req).into_parts();
-        let mut out = Writer::new(&parts, body);
+        let mut out = request_writer(&parts, body);
         let keep_request = parts.version == Version::HTTP_11;
         let result = std::future::poll_fn(|cx| {
             // A response may come before the request body has all been written.
             if !out.is_done()
                 && let Poll::Ready(Err(e)) = out.poll(&mut conn.io, cx)
             {
-                return Poll::Ready(Err(e));
+                return Poll::Ready(Err(e.into()));
             }
             poll_head(&mut conn, head_request, cx)
         })
@@ -198,246 +169,67 @@ pub(super) fn send(
     }
 }
 
-/// The request's bytes still to write: the head and any framing first, then the body frame
-/// by frame.
-struct Writer {
-    queue: VecDeque<Bytes>,
-    /// `None` once the body has ended (or there was none).
-    body: Option<Body>,
-    chunked: bool,
-    /// Whether the body has been polled: before that it can still be sent elsewhere.
-    touched: bool,
-    /// A body with nothing to write, kept whole in case the request must go elsewhere.
-    empty: Option<Body>,
-    /// Whether bytes were written since the last flush (TLS buffers them).
-    need_flush: bool,
-}
-
-impl Writer {
-    fn new(parts: &http::request::Parts, body: Body) -> Writer {
-        let mut head = BytesMut::with_capacity(256);
-        head.extend_from_slice(parts.method.as_str().as_bytes());
-        head.extend_from_slice(b" ");
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        head.extend_from_slice(target.as_bytes());
-        head.extend_from_slice(if parts.version == Version::HTTP_10 {
-            b" HTTP/1.0\r\n"
-        } else {
-            b" HTTP/1.1\r\n"
-        });
-        put_fields(&mut head, &parts.headers);
-        let ended = body.is_end_stream();
-        let has_length = parts.headers.contains_key(CONTENT_LENGTH);
-        let mut chunked = false;
-        if !has_length {
-            match body.size_hint().exact() {
-                // A body-less request says so when its method usually carries one.
-                Some(0) if ended => {
-                    if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-                        head.extend_from_slice(b"content-length: 0\r\n");
-                    }
+/// The request's head, and a writer of it and its body.
+fn request_writer(parts: &http::request::Parts, body: Body) -> Writer {
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = BytesMut::with_capacity(
+        parts.method.as_str().len() + target.len() + 40 + fields_len(&parts.headers),
+    );
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(if parts.version == Version::HTTP_10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    put_fields(&mut head, &parts.headers);
+    let ended = body.is_end_stream();
+    let encoding = match content_length(&parts.headers) {
+        Ok(Some(n)) => Encoding::Length(n),
+        // Not ours to judge: it goes as it came.
+        Err(_) => Encoding::Raw,
+        Ok(None) => match body.size_hint().exact() {
+            // A body-less request says so when its method usually carries one.
+            Some(0) if ended => {
+                if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                    head.extend_from_slice(b"content-length: 0\r\n");
                 }
-                Some(n) => {
-                    head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
-                }
-                None if parts.version == Version::HTTP_11 => {
-                    head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                    chunked = true;
-                }
-                // HTTP/1.0 has no chunks; the upstream reads until the end of the request.
-                None => {}
+                Encoding::Length(0)
             }
-        }
-        head.extend_from_slice(b"\r\n");
-        let (body, empty) = if ended {
-            (None, Some(body))
-        } else {
-            (Some(body), None)
-        };
-        Writer {
-            queue: VecDeque::from([head.freeze()]),
-            body,
-            chunked,
-            touched: false,
-            empty,
-            need_flush: false,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.body.is_none() && self.queue.is_empty() && !self.need_flush
-    }
-
-    /// The body, if it was never read from.
-    fn untouched(&mut self) -> Option<Body> {
-        if self.touched {
-            return None;
-        }
-        self.empty.take().or_else(|| self.body.take())
-    }
-
-    /// Writes what it can; ready once the whole request has been written.
-    fn poll(&mut self, io: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
-        loop {
-            while let Some(first) = self.queue.front() {
-                // One piece goes by `send(2)`, several by `writev(2)`, which costs the kernel
-                // more per call.
-                let mut written = if self.queue.len() == 1 {
-                    ready!(Pin::new(&mut *io).poll_write(cx, first))?
-                } else {
-                    let mut slices = [IoSlice::new(&[]); 8];
-                    let n = self.queue.len().min(slices.len());
-                    for (slice, bytes) in slices.iter_mut().zip(self.queue.iter()) {
-                        *slice = IoSlice::new(bytes);
-                    }
-                    ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?
-                };
-                self.need_flush = true;
-                if written == 0 {
-                    return Poll::Ready(Err(
-                        std::io::Error::from(std::io::ErrorKind::WriteZero).into()
-                    ));
-                }
-                while written > 0 {
-                    let Some(front) = self.queue.front_mut() else {
-                        break;
-                    };
-                    if written >= front.len() {
-                        written -= front.len();
-                        self.queue.pop_front();
-                    } else {
-                        front.advance(written);
-                        written = 0;
-                    }
-                }
+            Some(n) => {
+                head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+                Encoding::Length(n)
             }
-            let Some(body) = &mut self.body else {
-                if self.need_flush {
-                    ready!(Pin::new(&mut *io).poll_flush(cx))?;
-                    self.need_flush = false;
-                }
-                return Poll::Ready(Ok(()));
-            };
-            self.touched = true;
-            let frame = match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    // What was written goes out while the body waits for more.
-                    if self.need_flush
-                        && let Poll::Ready(flushed) = Pin::new(&mut *io).poll_flush(cx)
-                    {
-                        flushed?;
-                        self.need_flush = false;
-                    }
-                    return Poll::Pending;
-                }
-            };
-            match frame {
-                None => {
-                    self.body = None;
-                    if self.chunked {
-                        self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
-                    }
-                }
-                Some(Err(e)) => {
-                    self.body = None;
-                    return Poll::Ready(Err(ExchangeError::RequestBody(e)));
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => {}
-                    Ok(data) if self.chunked => {
-                        let mut size = BytesMut::with_capacity(18);
-                        size.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        self.queue.push_back(size.freeze());
-                        self.queue.push_back(data);
-                        self.queue.push_back(Bytes::from_static(b"\r\n"));
-                    }
-                    Ok(data) => self.queue.push_back(data),
-                    Err(frame) => {
-                        // Trailers end the body; without chunks there is no room for them.
-                        if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
-                            let mut last = BytesMut::from(&b"0\r\n"[..]);
-                            put_fields(&mut last, &trailers);
-                            last.extend_from_slice(b"\r\n");
-                            self.queue.push_back(last.freeze());
-                            self.body = None;
-                        }
-                    }
-                },
+            None if parts.version == Version::HTTP_11 => {
+                head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Encoding::Chunked
             }
+            // HTTP/1.0 has no chunks; the upstream reads until the end of the request.
+            None => Encoding::Raw,
+        },
+    };
+    head.extend_from_slice(b"\r\n");
+    Writer::new(head.freeze(), body, encoding, false)
+}
+
+impl From<CodecError> for ExchangeError {
+    fn from(e: CodecError) -> ExchangeError {
+        match e {
+            CodecError::Io(e) => ExchangeError::Io(e),
+            CodecError::Closed => ExchangeError::Closed,
+            CodecError::Malformed(what) => ExchangeError::Malformed(what),
         }
     }
 }
 
-/// Writes `name: value` lines.
-fn put_fields(buf: &mut BytesMut, fields: &HeaderMap) {
-    for (name, value) in fields {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Where a parsed field's name and value sit in the buffer it was parsed from: (name start,
-/// name length, value start, value length).
-type Span = (usize, usize, usize, usize);
-
-/// The spans of `parsed`, fields that httparse found in `buf`. (A vector the size of the
-/// head, not an array for the most fields there may be: zeroing that cost more than the
-/// parse.)
-fn spans(buf: &[u8], parsed: &[httparse::Header<'_>]) -> Result<Vec<Span>, ExchangeError> {
-    let base = buf.as_ptr() as usize;
-    let offset = |p: *const u8| (p as usize).checked_sub(base);
-    let mut out = Vec::with_capacity(parsed.len());
-    for h in parsed {
-        let (Some(n), Some(v)) = (offset(h.name.as_ptr()), offset(h.value.as_ptr())) else {
-            return Err(ExchangeError::Malformed("bad header"));
-        };
-        // An empty value need not point into the buffer.
-        let v = if h.value.is_empty() { 0 } else { v };
-        out.push((n, h.name.len(), v, h.value.len()));
-    }
-    Ok(out)
-}
-
-/// The fields at `spans` in `block`, their values sharing its buffer.
-fn fields(block: &Bytes, spans: &[Span]) -> Result<HeaderMap, ExchangeError> {
-    let mut map = HeaderMap::with_capacity(spans.len());
-    for &(n, nl, v, vl) in spans {
-        let name = block
-            .get(n..n + nl)
-            .ok_or(ExchangeError::Malformed("bad header"))?;
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| ExchangeError::Malformed("bad header name"))?;
-        if v + vl > block.len() {
-            return Err(ExchangeError::Malformed("bad header"));
+impl From<WriteError> for ExchangeError {
+    fn from(e: WriteError) -> ExchangeError {
+        match e {
+            WriteError::Io(e) => ExchangeError::Io(e),
+            WriteError::Body(e) => ExchangeError::RequestBody(e),
         }
-        let value = HeaderValue::from_maybe_shared(block.slice(v..v + vl))
-            .map_err(|_| ExchangeError::Malformed("bad header value"))?;
-        map.append(name, value);
     }
-    Ok(map)
-}
-
-/// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// Nothing (left) to read.
-    Done,
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes the connection.
-    Eof,
-}
-
-/// Where a chunked body's decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
 }
 
 /// Reads until a final response head is in; informational (1xx) responses are skipped.
@@ -509,7 +301,9 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     let at = spans(read, parsed.headers)?;
     let mut map = fields(&read.split_to(len).freeze(), &at)?;
     let framing = framing(&map, status, head_request)?;
-    let mut keep = version == Version::HTTP_11 && framing != Framing::Eof && !has_close(&map);
+    let mut keep = version == Version::HTTP_11
+        && framing != Framing::Eof
+        && !has_token(&map, &CONNECTION, "close");
     // Both lengths: the chunks win, and the other goes, so that nothing downstream frames the
     // body by it (response splitting); such an upstream is not trusted with another request.
     if map.contains_key(TRANSFER_ENCODING) && map.remove(CONTENT_LENGTH).is_some() {
@@ -540,39 +334,15 @@ fn framing(
             .map(str::trim)
             .rfind(|t| !t.is_empty());
         return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::CHUNKED,
             _ => Framing::Eof,
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = std::str::from_utf8(part)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(ExchangeError::Malformed("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match content_length(headers)? {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::Eof,
     })
-}
-
-fn has_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// A response body read from its upstream connection by the task that polls it, which also
@@ -623,138 +393,11 @@ impl H1Body {
             // but the connection cannot be reused.
             tracing::debug!(addr = %conn.addr, error = %e, "writing the rest of the request failed");
             self.keep = false;
-            self.out.body = None;
-            self.out.queue.clear();
-            self.out.need_flush = false;
+            self.out.abandon();
         }
-        loop {
-            match self.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) => {
-                    if conn.read.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
-                        return Poll::Ready(Some(Err(ExchangeError::Closed.into())));
-                    }
-                    let n = conn
-                        .read
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
-                    self.framing = if left == 0 {
-                        Framing::Done
-                    } else {
-                        Framing::Length(left)
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(conn.read.split_to(n).freeze()))));
-                }
-                Framing::Eof => {
-                    if conn.read.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
-                        self.framing = Framing::Done;
-                        return Poll::Ready(None);
-                    }
-                    let all = conn.read.len();
-                    return Poll::Ready(Some(Ok(Frame::data(conn.read.split_to(all).freeze()))));
-                }
-                Framing::Chunked(chunk) => {
-                    let (next, frame) = ready!(poll_chunk(conn, chunk, cx))?;
-                    self.framing = next;
-                    if let Some(frame) = frame {
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                }
-            }
-        }
+        poll_decode(&mut self.framing, conn, cx)
+            .map(|frame| frame.map(|r| r.map_err(|e| BoxError::from(ExchangeError::from(e)))))
     }
-}
-
-/// One step of the chunked decoder: the next state, and a frame when the step made one.
-type ChunkStep = (Framing, Option<Frame<Bytes>>);
-
-fn poll_chunk(
-    conn: &mut H1Conn,
-    chunk: Chunk,
-    cx: &mut Context<'_>,
-) -> Poll<Result<ChunkStep, ExchangeError>> {
-    loop {
-        let step = match chunk {
-            Chunk::Size => chunk_size(&mut conn.read)?.map(|size| {
-                let next = if size == 0 {
-                    Chunk::Trailers
-                } else {
-                    Chunk::Data(size)
-                };
-                (Framing::Chunked(next), None)
-            }),
-            Chunk::Data(left) if !conn.read.is_empty() => {
-                let n = conn
-                    .read
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                let left = left - n as u64;
-                let next = if left == 0 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(left)
-                };
-                let data = conn.read.split_to(n).freeze();
-                Some((Framing::Chunked(next), Some(Frame::data(data))))
-            }
-            Chunk::Data(_) => None,
-            Chunk::DataEnd if conn.read.len() >= 2 => {
-                if &conn.read[..2] != b"\r\n" {
-                    return Poll::Ready(Err(ExchangeError::Malformed("chunk without its CRLF")));
-                }
-                conn.read.advance(2);
-                Some((Framing::Chunked(Chunk::Size), None))
-            }
-            Chunk::DataEnd => None,
-            Chunk::Trailers => trailers(&mut conn.read)?.map(|t| (Framing::Done, t)),
-        };
-        if let Some(step) = step {
-            return Poll::Ready(Ok(step));
-        }
-        if conn.read.len() > MAX_HEAD_BYTES {
-            return Poll::Ready(Err(ExchangeError::Malformed("chunk framing too long")));
-        }
-        if ready!(conn.poll_fill(cx))? == 0 {
-            return Poll::Ready(Err(ExchangeError::Closed));
-        }
-    }
-}
-
-/// A chunk-size line (`1a;ext=1\r\n`), taken off `read`; `None` while incomplete.
-fn chunk_size(read: &mut BytesMut) -> Result<Option<u64>, ExchangeError> {
-    let Some(end) = read.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let line = &read[..end];
-    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
-    let digits = std::str::from_utf8(digits)
-        .map_err(|_| ExchangeError::Malformed("bad chunk size"))?
-        .trim_matches(|c| c == ' ' || c == '\t');
-    if digits.is_empty() || digits.len() > 16 {
-        return Err(ExchangeError::Malformed("bad chunk size"));
-    }
-    let size =
-        u64::from_str_radix(digits, 16).map_err(|_| ExchangeError::Malformed("bad chunk size"))?;
-    read.advance(end + 2);
-    Ok(Some(size))
-}
-
-/// The trailer section after the last chunk, taken off `read`: `Some(None)` when it is empty.
-fn trailers(read: &mut BytesMut) -> Result<Option<Option<Frame<Bytes>>>, ExchangeError> {
-    if read.starts_with(b"\r\n") {
-        read.advance(2);
-        return Ok(Some(None));
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (len, parsed) = match httparse::parse_headers(read, &mut headers) {
-        Ok(httparse::Status::Complete(done)) => done,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ExchangeError::Malformed("bad trailers")),
-    };
-    let at = spans(read, parsed)?;
-    let map = fields(&read.split_to(len).freeze(), &at)?;
-    Ok(Some(Some(Frame::trailers(map))))
 }
 
 impl http_body::Body for H1Body {
@@ -822,7 +465,7 @@ mod tests {
         assert_eq!((f, keep), (Framing::Length(2), true));
         let (_, f, keep) =
             final_head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
-        assert_eq!((f, keep), (Framing::Chunked(Chunk::Size), true));
+        assert_eq!((f, keep), (Framing::CHUNKED, true));
         let (_, f, keep) = final_head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
         assert_eq!((f, keep), (Framing::Eof, false));
         let (_, f, keep) = final_head("HTTP/1.1 200 OK\r\n\r\n");
@@ -830,7 +473,7 @@ mod tests {
         let (p, f, keep) = final_head(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
         );
-        assert_eq!((f, keep), (Framing::Chunked(Chunk::Size), false));
+        assert_eq!((f, keep), (Framing::CHUNKED, false));
         assert!(!p.headers.contains_key(CONTENT_LENGTH), "the length goes");
         let (_, f, keep) = final_head("HTTP/1.1 204 No Content\r\n\r\n");
         assert_eq!((f, keep), (Framing::Done, true));
@@ -873,8 +516,8 @@ mod tests {
         #[test]
         fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = parse_head(&mut BytesMut::from(&bytes[..]), false);
-            let _ = chunk_size(&mut BytesMut::from(&bytes[..]));
-            let _ = trailers(&mut BytesMut::from(&bytes[..]));
+            let _ = crate::http::h1::chunk_size(&mut BytesMut::from(&bytes[..]));
+            let _ = crate::http::h1::trailers(&mut BytesMut::from(&bytes[..]));
         }
 
         #[test]
@@ -896,26 +539,6 @@ mod tests {
     fn empty_header_values_are_kept() {
         let (p, _, _) = final_head("HTTP/1.1 200 OK\r\nx-empty:\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(p.headers["x-empty"], "");
-    }
-
-    #[test]
-    fn chunk_sizes_and_trailers() {
-        let mut b = BytesMut::from(&b"1A;ext=1\r\nrest"[..]);
-        assert_eq!(chunk_size(&mut b).unwrap(), Some(26));
-        assert_eq!(&b[..], b"rest");
-        assert_eq!(chunk_size(&mut BytesMut::from(&b"1a"[..])).unwrap(), None);
-        assert!(chunk_size(&mut BytesMut::from(&b"zz\r\n"[..])).is_err());
-        assert!(chunk_size(&mut BytesMut::from(&b"11111111111111111\r\n"[..])).is_err());
-        let mut t = BytesMut::from(&b"grpc-status: 0\r\n\r\nnext"[..]);
-        let frame = trailers(&mut t).unwrap().unwrap().unwrap();
-        assert_eq!(frame.trailers_ref().unwrap()["grpc-status"], "0");
-        assert_eq!(&t[..], b"next");
-        let mut none = BytesMut::from(&b"\r\n"[..]);
-        assert!(matches!(trailers(&mut none), Ok(Some(None))));
-        assert!(matches!(
-            trailers(&mut BytesMut::from(&b"a: b\r\n"[..])),
-            Ok(None)
-        ));
     }
 
     #[test]

@@ -1,0 +1,851 @@
+//! HTTP/1.1 served in the connection's own task.
+//!
+//! One loop per connection reads a request head, hands the request to the handler, writes the
+//! response, and reads the next head. The request body is read by whoever polls it (the
+//! upstream exchange writing it on), through a [`Link`] the loop shares with it; the loop
+//! itself reads only between requests, and while a request whose body has been read waits
+//! for its response, to see the client leave (which cancels the request) or pipeline the
+//! next one.
+//!
+//! Nothing is kept between requests: an idle connection holds no buffer until bytes arrive,
+//! reads ask for [`READ_SIZE`] and grow only for large messages, and a response's head is
+//! written with its first body bytes straight from where they are.
+//!
+//! Every request head is judged the same way (the first and each later one on a
+//! keep-alive connection): a malformed head gets 400, a head over the size or field limit
+//! 431, a head that does not arrive in time 408, each with `x-weft-error` and the connection
+//! closed. A body is framed as RFC 9112 section 6.3 says for requests, and anything a
+//! proxy behind or ahead of this one could frame differently (request smuggling) is refused:
+//! `Transfer-Encoding` with `Content-Length`, a transfer coding other than `chunked`,
+//! conflicting lengths, `Transfer-Encoding` in HTTP/1.0, obsolete line folding.
+
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::Limits;
+use crate::errors::Reason;
+use crate::http::body::{Body, BoxError};
+use crate::http::h1::{
+    CodecError, Encoding, Fill, Framing, READ_SIZE, Sink, Writer, content_length, fields,
+    fields_len, has_token, poll_decode, put_fields, spans,
+};
+use crate::http::headers;
+use crate::io::{Conn, Rewind};
+
+/// The most headers a request may carry (Envoy's default).
+const MAX_HEADERS: usize = 100;
+/// The most of an unread request body the server reads and discards to keep the connection
+/// after answering early; a longer one closes it.
+const MAX_DRAIN: u64 = 64 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// How long, and for how many bytes, a closing connection still reads what the client sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const MAX_LINGER_BYTES: usize = 1 << 20;
+
+/// What the connection's loop and the body of its current request share.
+struct Link {
+    io: Conn,
+    read: BytesMut,
+    read_size: usize,
+    /// The request body still to read, for request number `generation`.
+    body: Framing,
+    generation: u64,
+    /// `100 Continue` owed to the client before its body is read: how much of it has been
+    /// written (its whole length: written, not yet flushed).
+    continue_owed: Option<usize>,
+}
+
+impl Fill for Link {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.read
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        crate::http::h1::poll_fill(&mut self.io, &mut self.read, &mut self.read_size, cx)
+    }
+}
+
+impl Link {
+    /// Writes the `100 Continue` the client waits for, if it is owed.
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(done) = self.continue_owed {
+            if done < CONTINUE.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[done..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                self.continue_owed = Some(done + n);
+            } else {
+                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                self.continue_owed = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+type Shared = Arc<Mutex<Link>>;
+
+fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
+    link.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The connection as the loop writes to it: taken for each write, never across an await (a
+/// request body may need it in between).
+struct LinkIo<'a>(&'a Mutex<Link>);
+
+impl Sink for LinkIo<'_> {
+    fn with<R>(&mut self, f: impl FnOnce(Pin<&mut Conn>) -> R) -> R {
+        f(Pin::new(&mut lock(self.0).io))
+    }
+}
+
+impl AsyncWrite for LinkIo<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut lock(self.0).io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut lock(self.0).io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut lock(self.0).io).poll_shutdown(cx)
+    }
+}
+
+/// A request body, read from the client's connection by whoever polls it.
+pub struct RequestBody {
+    link: Shared,
+    generation: u64,
+}
+
+/// A request body the client did not send as it said it would.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("the client closed the connection inside the request body")]
+    Closed,
+    #[error("malformed request body: {0}")]
+    Malformed(&'static str),
+    #[error("reading the request body: {0}")]
+    Io(std::io::Error),
+    #[error("the request is over: its body can no longer be read")]
+    Over,
+}
+
+impl From<CodecError> for RequestBodyError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(e) => RequestBodyError::Io(e),
+            CodecError::Closed => RequestBodyError::Closed,
+            CodecError::Malformed(what) => RequestBodyError::Malformed(what),
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut link = lock(&self.link);
+        if link.generation != self.generation {
+            return Poll::Ready(Some(Err(RequestBodyError::Over.into())));
+        }
+        if let Err(e) = ready!(link.poll_continue(cx)) {
+            return Poll::Ready(Some(Err(RequestBodyError::Io(e).into())));
+        }
+        let mut framing = link.body;
+        let frame = poll_decode(&mut framing, &mut *link, cx);
+        link.body = match frame {
+            // A broken body is over: nothing more is read for it.
+            Poll::Ready(Some(Err(_))) => Framing::Done,
+            _ => framing,
+        };
+        frame.map(|f| f.map(|r| r.map_err(|e| RequestBodyError::from(e).into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // A body whose request is over has not ended: it was cut off.
+        let link = lock(&self.link);
+        link.generation == self.generation && link.body == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let link = lock(&self.link);
+        match link.body {
+            _ if link.generation != self.generation => SizeHint::default(),
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The client's side of an upgrade (`Upgrade` or `CONNECT`) once the response agreeing to it
+/// has been written: the connection, with what the client sent after its request first. (In
+/// an `Arc` because request extensions must be `Clone`; the first to take it has it.)
+#[derive(Clone)]
+pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Rewind<Conn>>>>>);
+
+impl OnUpgrade {
+    pub async fn wait(self) -> std::io::Result<Rewind<Conn>> {
+        let rx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match rx {
+            Some(rx) => rx
+                .await
+                .map_err(|_| std::io::Error::other("the connection was not upgraded")),
+            None => Err(std::io::Error::other("the upgrade was already claimed")),
+        }
+    }
+}
+
+/// A request head, parsed.
+struct Parsed {
+    parts: http::request::Parts,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Parses a request head at the start of `read` and takes it off; `None` while incomplete.
+fn parse_request(read: &mut BytesMut, max_bytes: usize) -> Result<Option<Parsed>, Reason> {
+    // Left uninitialised: httparse writes the fields it finds, and nothing reads the rest.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(read, &mut headers) {
+        Ok(httparse::Status::Complete(len)) if len <= max_bytes => len,
+        Ok(httparse::Status::Complete(_)) => return Err(Reason::HeaderTooLarge),
+        Ok(httparse::Status::Partial) if read.len() > max_bytes => {
+            return Err(Reason::HeaderTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reason::HeaderTooLarge),
+        Err(_) => return Err(Reason::BadRequest),
+    };
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Reason::BadRequest)?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let path = req.path.unwrap_or_default();
+    let target_at = (path.as_ptr() as usize)
+        .checked_sub(read.as_ptr() as usize)
+        .ok_or(Reason::BadRequest)?;
+    let target = (target_at, path.len());
+    let at = spans(read, req.headers).map_err(|_| Reason::BadRequest)?;
+    let block = read.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(block.slice(target.0..target.0 + target.1))
+        .map_err(|_| Reason::BadRequest)?;
+    let form_ok = if method == Method::CONNECT {
+        uri.authority().is_some() && uri.scheme().is_none()
+    } else if uri.scheme().is_some() {
+        uri.authority().is_some()
+    } else {
+        uri.path().starts_with('/') || (method == Method::OPTIONS && uri.path() == "*")
+    };
+    if !form_ok {
+        return Err(Reason::BadRequest);
+    }
+    let map = fields(&block, &at).map_err(|_| Reason::BadRequest)?;
+    let framing = request_framing(&map, version)?;
+    let keep_alive = if version == Version::HTTP_11 {
+        !has_token(&map, &CONNECTION, "close")
+    } else {
+        has_token(&map, &CONNECTION, "keep-alive")
+    };
+    let expect_continue = version == Version::HTTP_11
+        && map
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = map;
+    Ok(Some(Parsed {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// RFC 9112 section 6.3 for a request, refusing whatever another hop could read differently.
+fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, Reason> {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let chunked_only = {
+            let mut codings = headers
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(|t| t.trim_ascii())
+                .filter(|t| !t.is_empty());
+            codings
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+                && codings.next().is_none()
+        };
+        if version == Version::HTTP_10 || headers.contains_key(CONTENT_LENGTH) || !chunked_only {
+            return Err(Reason::BadRequest);
+        }
+        return Ok(Framing::CHUNKED);
+    }
+    match content_length(headers) {
+        Ok(Some(0) | None) => Ok(Framing::Done),
+        Ok(Some(n)) => Ok(Framing::Length(n)),
+        Err(_) => Err(Reason::BadRequest),
+    }
+}
+
+/// How a wait for the next request head ended.
+enum HeadWait {
+    Parsed(Parsed),
+    Refuse(Reason),
+    /// The client left, or the connection is idle and the proxy drains or timed it out.
+    Close,
+}
+
+/// Serves HTTP/1 on `io` (whose first bytes are already in `read`) until the client closes,
+/// or, once `shutdown` fires, until the request in flight has been answered.
+pub async fn serve<F, Fut, R>(
+    io: Conn,
+    read: BytesMut,
+    limits: Limits,
+    shutdown: CancellationToken,
+    handler: F,
+    refused: R,
+) where
+    F: Fn(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+    R: Fn(Reason),
+{
+    let link: Shared = Arc::new(Mutex::new(Link {
+        io,
+        read,
+        read_size: READ_SIZE,
+        body: Framing::Done,
+        generation: 0,
+        continue_owed: None,
+    }));
+    let mut draining = pin!(shutdown.cancelled());
+    loop {
+        let parsed = match read_head(&link, &limits, draining.as_mut()).await {
+            HeadWait::Parsed(parsed) => parsed,
+            HeadWait::Refuse(reason) => {
+                refused(reason);
+                super::refuse(&mut LinkIo(&link), reason).await;
+                return;
+            }
+            HeadWait::Close => {
+                close(&link).await;
+                return;
+            }
+        };
+        let Parsed {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = parsed;
+        let generation = {
+            let mut l = lock(&link);
+            l.generation += 1;
+            l.body = framing;
+            l.continue_owed = (expect_continue && framing != Framing::Done).then_some(0);
+            l.generation
+        };
+        let method = parts.method.clone();
+        let version = parts.version;
+        let body = if framing == Framing::Done {
+            Body::empty()
+        } else {
+            Body::Downstream(RequestBody {
+                link: link.clone(),
+                generation,
+            })
+        };
+        let mut req = Request::from_parts(parts, body);
+        let upgrade =
+            (method == Method::CONNECT || headers::upgrade_of(&req).is_some()).then(|| {
+                let (tx, rx) = oneshot::channel();
+                req.extensions_mut()
+                    .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
+                tx
+            });
+
+        // The handler's future is large (the whole route, retry and upstream state machine):
+        // it lives in an allocation of its own while the request is in flight.
+        let mut pending = Box::pin(handler(req));
+        let mut watching = true;
+        let resp = std::future::poll_fn(|cx| {
+            if let Poll::Ready(resp) = pending.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            // Once the body has been read, the connection is the loop's to watch.
+            let mut l = lock(&link);
+            while watching && l.body == Framing::Done {
+                match l.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    // The next request, pipelined: kept for when this one is over, up to a
+                    // head's worth.
+                    Poll::Ready(Ok(_)) => watching = l.read.len() <= limits.max_header_bytes,
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        drop(pending);
+        let Some(resp) = resp else {
+            tracing::debug!("the client left before its response");
+            return;
+        };
+
+        let (parts, body) = resp.into_parts();
+        let upgraded = upgrade.is_some()
+            && if method == Method::CONNECT {
+                parts.status.is_success()
+            } else {
+                parts.status == StatusCode::SWITCHING_PROTOCOLS
+            };
+        let mut keep = keep_alive && !shutdown.is_cancelled() && !upgraded;
+        let (head, encoding) = response_head(&parts, &method, version, upgraded, &body, &mut keep);
+        lock(&link).continue_owed = None;
+        let body = if upgraded || is_bodiless(&method, parts.status) {
+            Body::empty()
+        } else {
+            body
+        };
+        let mut writer = Writer::new(head, body, encoding, true);
+        let written = std::future::poll_fn(|cx| writer.poll(&mut LinkIo(&link), cx)).await;
+        drop(writer);
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "writing the response failed");
+            return;
+        }
+
+        if upgraded {
+            if let (Some(tx), Ok(link)) = (upgrade, Arc::try_unwrap(link)) {
+                let link = link.into_inner().unwrap_or_else(|p| p.into_inner());
+                let _ = tx.send(Rewind::new(link.read.freeze(), link.io));
+            }
+            return;
+        }
+        drop(upgrade);
+        if !keep {
+            close(&link).await;
+            return;
+        }
+        if !drain(&link, generation, &limits).await {
+            close(&link).await;
+            return;
+        }
+        let mut l = lock(&link);
+        if l.read.is_empty() {
+            // An idle connection keeps no buffer.
+            l.read = BytesMut::new();
+            l.read_size = READ_SIZE;
+        }
+        drop(l);
+    }
+}
+
+/// Waits for the next request head, by the header-read deadline.
+async fn read_head(
+    link: &Mutex<Link>,
+    limits: &Limits,
+    mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> HeadWait {
+    use hyper::rt::Timer as _;
+    let mut deadline: Option<Pin<Box<dyn hyper::rt::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        let mut l = lock(link);
+        loop {
+            if !l.read.is_empty() {
+                match parse_request(&mut l.read, limits.max_header_bytes) {
+                    Ok(Some(parsed)) => return Poll::Ready(HeadWait::Parsed(parsed)),
+                    Ok(None) => {}
+                    Err(reason) => return Poll::Ready(HeadWait::Refuse(reason)),
+                }
+            } else if draining.as_mut().poll(cx).is_ready() {
+                // Draining: an idle connection closes.
+                return Poll::Ready(HeadWait::Close);
+            }
+            match l.poll_fill(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(HeadWait::Close),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => break,
+            }
+        }
+        let sleep = deadline.get_or_insert_with(|| {
+            limits
+                .timer
+                .sleep_until(Instant::now() + limits.header_read_timeout)
+        });
+        if sleep.as_mut().poll(cx).is_ready() {
+            // A keep-alive connection with nothing sent is just idle.
+            return Poll::Ready(if l.read.is_empty() {
+                HeadWait::Close
+            } else {
+                HeadWait::Refuse(Reason::HeaderTimeout)
+            });
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether a response to `method` with `status` has no body, whatever its head says.
+fn is_bodiless(method: &Method, status: StatusCode) -> bool {
+    method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || (method == Method::CONNECT && status.is_success())
+}
+
+/// The response's head, and how its body goes on the wire. `keep` turns false when the body
+/// can only be ended by closing the connection.
+fn response_head(
+    parts: &http::response::Parts,
+    method: &Method,
+    version: Version,
+    upgraded: bool,
+    body: &Body,
+    keep: &mut bool,
+) -> (Bytes, Encoding) {
+    use http_body::Body as _;
+    let status = parts.status;
+    let reason = status.canonical_reason().unwrap_or("");
+    let mut head = BytesMut::with_capacity(64 + reason.len() + fields_len(&parts.headers));
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(reason.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let bodiless = is_bodiless(method, status);
+    // The framing is this hop's: only a length that is about the body stays.
+    let declared = match content_length(&parts.headers) {
+        Ok(n) => n,
+        Err(_) => None,
+    };
+    let framing_fields = parts.headers.contains_key(TRANSFER_ENCODING)
+        || parts.headers.contains_key(CONNECTION)
+        || (declared.is_none() && parts.headers.contains_key(CONTENT_LENGTH))
+        || (bodiless && !upgraded && parts.headers.contains_key(CONTENT_LENGTH));
+    if framing_fields {
+        let mut fields = parts.headers.clone();
+        fields.remove(TRANSFER_ENCODING);
+        if !upgraded {
+            fields.remove(CONNECTION);
+        }
+        let keep_length = declared.is_some()
+            && (method == Method::HEAD || status == StatusCode::NOT_MODIFIED || !bodiless);
+        if !keep_length {
+            fields.remove(CONTENT_LENGTH);
+        }
+        put_fields(&mut head, &fields);
+    } else {
+        put_fields(&mut head, &parts.headers);
+    }
+    let encoding = if bodiless || upgraded {
+        Encoding::Raw
+    } else if let Some(n) = declared {
+        Encoding::Length(n)
+    } else if body.is_end_stream() {
+        head.extend_from_slice(b"content-length: 0\r\n");
+        Encoding::Length(0)
+    } else if let Some(n) = body.size_hint().exact() {
+        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        Encoding::Length(n)
+    } else if version == Version::HTTP_11 {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Encoding::Chunked
+    } else {
+        // HTTP/1.0 has no chunks: the end of the connection ends the body.
+        *keep = false;
+        Encoding::Raw
+    };
+    if !upgraded {
+        if !*keep && version == Version::HTTP_11 {
+            head.extend_from_slice(b"connection: close\r\n");
+        } else if *keep && version == Version::HTTP_10 {
+            head.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+    (head.freeze(), encoding)
+}
+
+/// Reads and discards what the client still sends of a request answered before its body was
+/// read, so that the connection can carry the next one. False when it is too long, the
+/// client waits for a `100 Continue` it will not get, or the body is broken.
+async fn drain(link: &Mutex<Link>, generation: u64, limits: &Limits) -> bool {
+    {
+        let l = lock(link);
+        if l.generation != generation || l.body == Framing::Done {
+            return true;
+        }
+        let too_long = match l.body {
+            Framing::Length(n) => n > MAX_DRAIN,
+            _ => false,
+        };
+        if too_long || l.continue_owed.is_some() {
+            return false;
+        }
+    }
+    let mut seen = 0u64;
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    let discard = std::future::poll_fn(|cx| {
+        let mut l = lock(link);
+        loop {
+            let mut framing = l.body;
+            let frame = ready!(poll_decode(&mut framing, &mut *l, cx));
+            l.body = framing;
+            match frame {
+                None => return Poll::Ready(true),
+                Some(Err(_)) => return Poll::Ready(false),
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if seen > MAX_DRAIN {
+                        return Poll::Ready(false);
+                    }
+                }
+            }
+        }
+    });
+    tokio::time::timeout_at(deadline, discard)
+        .await
+        .unwrap_or(false)
+}
+
+/// Ends the connection. When the client may still be sending a request body nobody read,
+/// what it sends is read and discarded for a while after the FIN: closing a socket with
+/// unread bytes resets it, and the reset can destroy the response before the client reads it.
+async fn close(link: &Mutex<Link>) {
+    let _ = LinkIo(link).shutdown().await;
+    let unread = {
+        let l = lock(link);
+        l.body != Framing::Done || !l.read.is_empty()
+    };
+    if !unread {
+        return;
+    }
+    let mut left = MAX_LINGER_BYTES;
+    let linger = std::future::poll_fn(|cx| {
+        let mut l = lock(link);
+        loop {
+            l.read.clear();
+            match ready!(l.poll_fill(cx)) {
+                Ok(n) if n > 0 && n < left => left -= n,
+                _ => return Poll::Ready(()),
+            }
+        }
+    });
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<Parsed>, Reason> {
+        parse_request(&mut BytesMut::from(text.as_bytes()), 8192)
+    }
+
+    fn parsed(text: &str) -> Parsed {
+        match parse(text) {
+            Ok(Some(p)) => p,
+            Ok(None) => panic!("incomplete: {text:?}"),
+            Err(r) => panic!("refused ({}): {text:?}", r.as_str()),
+        }
+    }
+
+    #[test]
+    fn request_heads_and_their_framing() {
+        let p = parsed("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            (p.parts.method, p.parts.uri.to_string()),
+            (Method::GET, "/a?b".into())
+        );
+        assert_eq!((p.framing, p.keep_alive), (Framing::Done, true));
+        let p = parsed("POST http://x/y HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(p.parts.uri.authority().unwrap(), "x");
+        assert_eq!(p.framing, Framing::Length(5));
+        let p = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(p.framing, Framing::CHUNKED);
+        let p = parsed("GET / HTTP/1.1\r\nconnection: close\r\n\r\n");
+        assert!(!p.keep_alive);
+        let p = parsed("GET / HTTP/1.0\r\n\r\n");
+        assert_eq!((p.parts.version, p.keep_alive), (Version::HTTP_10, false));
+        let p = parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(p.keep_alive);
+        let p = parsed("PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n");
+        assert!(p.expect_continue);
+        let p = parsed("CONNECT db:5432 HTTP/1.1\r\nhost: db:5432\r\n\r\n");
+        assert_eq!(p.parts.uri.authority().unwrap(), "db:5432");
+        let p = parsed("OPTIONS * HTTP/1.1\r\n\r\n");
+        assert_eq!(p.parts.uri.path(), "*");
+        let mut two = BytesMut::from(&b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"[..]);
+        let first = parse_request(&mut two, 8192).unwrap().unwrap();
+        assert_eq!(first.parts.uri.path(), "/1");
+        assert_eq!(&two[..], b"GET /2 HTTP/1.1\r\n\r\n", "the next head stays");
+        assert!(matches!(parse("GET / HTTP/1.1\r\nhost: a"), Ok(None)));
+    }
+
+    #[test]
+    fn requests_another_hop_could_frame_differently_are_refused() {
+        for bad in [
+            // CL.TE and TE.CL smuggling.
+            "POST / HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 4, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: +4\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+            // Obsolete line folding, and whitespace before the colon.
+            "GET / HTTP/1.1\r\nx-a: b\r\n c\r\n\r\n",
+            "GET / HTTP/1.1\r\ntransfer-encoding : chunked\r\n\r\n",
+            // Targets that are not a request target.
+            "GET a/b HTTP/1.1\r\n\r\n",
+            "GET * HTTP/1.1\r\n\r\n",
+            "CONNECT /path HTTP/1.1\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(Reason::BadRequest)),
+                "{bad:?} was not refused"
+            );
+        }
+        let p = parsed("POST / HTTP/1.1\r\ncontent-length: 4, 4\r\n\r\n");
+        assert_eq!(
+            p.framing,
+            Framing::Length(4),
+            "repeated equal lengths are one"
+        );
+    }
+
+    #[test]
+    fn oversized_heads_and_too_many_fields_are_431() {
+        let mut big = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
+        big.resize(10_000, b'a');
+        assert!(matches!(
+            parse_request(&mut BytesMut::from(&big[..]), 8192),
+            Err(Reason::HeaderTooLarge)
+        ));
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..MAX_HEADERS {
+            many.push_str(&format!("x-{i}: v\r\n"));
+        }
+        assert_eq!(
+            parsed(&(many.clone() + "\r\n")).parts.headers.len(),
+            MAX_HEADERS
+        );
+        many.push_str("x-one-more: v\r\n\r\n");
+        assert!(matches!(parse(&many), Err(Reason::HeaderTooLarge)));
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers with a head, a refusal or "more", and
+        /// never panics.
+        #[test]
+        fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_request(&mut BytesMut::from(&bytes[..]), 8192);
+        }
+
+        #[test]
+        fn heads_made_of_header_like_lines_parse_without_panicking(
+            lines in proptest::collection::vec("[ -~]{0,40}", 0..12),
+            target in "[ -~]{0,20}",
+        ) {
+            let mut text = format!("POST {target} HTTP/1.1\r\n");
+            for l in &lines {
+                text.push_str(l);
+                text.push_str("\r\n");
+            }
+            text.push_str("\r\n");
+            let _ = parse_request(&mut BytesMut::from(text.as_bytes()), 8192);
+        }
+    }
+
+    fn head_of(resp: Response<Body>, method: Method, version: Version) -> (String, Encoding, bool) {
+        let (parts, body) = resp.into_parts();
+        let mut keep = true;
+        let (head, enc) = response_head(&parts, &method, version, false, &body, &mut keep);
+        (String::from_utf8(head.to_vec()).unwrap(), enc, keep)
+    }
+
+    #[test]
+    fn response_heads_frame_the_body_for_this_hop() {
+        let (h, enc, keep) = head_of(
+            Response::new(Body::full("hello")),
+            Method::GET,
+            Version::HTTP_11,
+        );
+        assert_eq!(h, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!((enc, keep), (Encoding::Length(5), true));
+
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        resp.headers_mut()
+            .insert(CONNECTION, "keep-alive".parse().unwrap());
+        resp.headers_mut()
+            .insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        let (h, enc, _) = head_of(resp, Method::GET, Version::HTTP_11);
+        assert_eq!(h, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(enc, Encoding::Length(0));
+
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, "42".parse().unwrap());
+        let (h, enc, _) = head_of(resp, Method::HEAD, Version::HTTP_11);
+        assert_eq!(
+            h, "HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n",
+            "HEAD keeps the GET's length"
+        );
+        assert_eq!(enc, Encoding::Raw);
+
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, "0".parse().unwrap());
+        let (h, _, _) = head_of(resp, Method::GET, Version::HTTP_11);
+        assert_eq!(h, "HTTP/1.1 204 No Content\r\n\r\n");
+
+        let (h, enc, keep) = head_of(
+            Response::new(Body::full("x")),
+            Method::GET,
+            Version::HTTP_10,
+        );
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n"
+        );
+        assert_eq!((enc, keep), (Encoding::Length(1), true));
+    }
+}
