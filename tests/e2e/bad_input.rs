@@ -249,3 +249,67 @@ async fn requests_for_unknown_services_get_503_no_route() {
     assert_eq!(resp.status(), 200);
     assert_still_serving(&proxy).await;
 }
+
+#[tokio::test]
+async fn requests_framed_two_ways_are_refused_before_they_reach_the_app() {
+    let (proxy, app) = proxy_with(Mesh::new("c1"), &[]).await;
+    // Content-Length says the body is `0\r\n\r\n` and one more request follows; chunked says
+    // the body is empty and the "second" request is part of it. Whichever a hop believes,
+    // another hop may believe the other.
+    for attempt in [
+        &b"POST http://ok/record/smuggle HTTP/1.1\r\nHost: ok\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET http://ok/record/hidden HTTP/1.1\r\nHost: ok\r\n\r\n"[..],
+        b"POST http://ok/record/smuggle HTTP/1.1\r\nHost: ok\r\nContent-Length: 5\r\nContent-Length: 60\r\n\r\nhello",
+        b"POST http://ok/record/smuggle HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let answer = raw(proxy.outbound, attempt).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("x-weft-error: bad-request\r\n"), "{answer}");
+    }
+    assert_eq!(app.recorded(), Vec::new(), "nothing reached the app");
+    assert_still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_and_100_continue_pass_through() {
+    let (proxy, app) = proxy_with(Mesh::new("c1"), &[]).await;
+    let mut stream = TcpStream::connect(proxy.outbound).await.unwrap();
+    stream
+        .write_all(b"POST http://ok/record/one HTTP/1.1\r\nHost: ok\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .await
+        .unwrap();
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("100 Continue in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed before 100 Continue");
+        interim.push(byte[0]);
+    }
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream
+        .write_all(b"abcGET http://ok/record/two HTTP/1.1\r\nHost: ok\r\n\r\nGET http://ok/record/three HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("three answers, then the close")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{out}");
+    let recorded = app.recorded();
+    let paths: Vec<(&str, &str)> = recorded
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/record/one", "abc"),
+            ("/record/two", ""),
+            ("/record/three", "")
+        ]
+    );
+}

@@ -163,8 +163,10 @@ pub async fn read_and_classify<R: AsyncRead + Unpin>(
         if let Verdict::Is(p) = classify(buf) {
             return Ok(Ok(p));
         }
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(4096);
+        // A quarter page to start (most first reads are a request head, which then stays
+        // in this buffer while the request is in flight), doubling for what needs more.
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(crate::http::h1::READ_SIZE.max(buf.len()));
         }
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Err(_) => return Ok(Err(Undecided::Timeout)),

@@ -58,13 +58,13 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
     let (mut conn, mut buf, peer, app, hint) = match original_dst(&stream) {
         Some(orig) => (
             Conn::Tcp(stream),
-            BytesMut::with_capacity(4096),
+            BytesMut::new(),
             Peer::default(),
             orig,
             None,
         ),
         None => {
-            let mut buf = BytesMut::with_capacity(4096);
+            let mut buf = BytesMut::new();
             // Boxed: the handshake's state is large and gone once it completes.
             let Some((mut conn, peer)) =
                 Box::pin(accept_mesh(&shared, stream, &mut buf, client)).await

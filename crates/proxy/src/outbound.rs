@@ -55,7 +55,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         return;
     }
 
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
     // A silent connection to a Service may be a server-first protocol: after the detection
     // timeout it is forwarded as it is. With no destination there is nowhere to forward it.
     let timeout = match dest {

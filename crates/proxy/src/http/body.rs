@@ -28,6 +28,9 @@ pub enum Body {
     Tee(TeeBody),
     Replay(ReplayBody),
     Deadline(Box<DeadlineBody>),
+    /// Chunks as a test sends them, of no known length.
+    #[cfg(test)]
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 /// A body that fails if it has not ended by a deadline (the route's request timeout).
@@ -81,6 +84,8 @@ impl http_body::Body for Body {
                 }
                 Pin::new(&mut d.inner).poll_frame(cx)
             }
+            #[cfg(test)]
+            Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -94,6 +99,8 @@ impl http_body::Body for Body {
             Body::Tee(body) => body.is_end_stream(),
             Body::Replay(body) => body.is_end_stream(),
             Body::Deadline(d) => d.inner.is_end_stream(),
+            #[cfg(test)]
+            Body::Channel(_) => false,
         }
     }
 
@@ -107,6 +114,8 @@ impl http_body::Body for Body {
             Body::Tee(body) => body.size_hint(),
             Body::Replay(body) => body.size_hint(),
             Body::Deadline(d) => d.inner.size_hint(),
+            #[cfg(test)]
+            Body::Channel(_) => SizeHint::default(),
         }
     }
 }
@@ -122,6 +131,8 @@ impl std::fmt::Debug for Body {
             Body::Tee(_) => "Body::Tee",
             Body::Replay(_) => "Body::Replay",
             Body::Deadline(_) => "Body::Deadline",
+            #[cfg(test)]
+            Body::Channel(_) => "Body::Channel",
         })
     }
 }

@@ -429,7 +429,7 @@ pub async fn serve<F, Fut, R>(
             } else {
                 parts.status == StatusCode::SWITCHING_PROTOCOLS
             };
-        let mut keep = keep_alive && !shutdown.is_cancelled() && !upgraded;
+        let mut keep = keep_alive && !shutdown.is_cancelled() && !upgraded && !abandoned(&link);
         let (head, encoding) = response_head(&parts, &method, version, upgraded, &body, &mut keep);
         lock(&link).continue_owed = None;
         let body = if upgraded || is_bodiless(&method, parts.status) {
@@ -570,6 +570,13 @@ fn response_head(
         put_fields(&mut head, &parts.headers);
     }
     let encoding = if bodiless || upgraded {
+        // A HEAD answered here says how long the GET's body would be.
+        if method == Method::HEAD
+            && declared.is_none()
+            && let Some(n) = body.size_hint().exact()
+        {
+            head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        }
         Encoding::Raw
     } else if let Some(n) = declared {
         Encoding::Length(n)
@@ -596,6 +603,18 @@ fn response_head(
     }
     head.extend_from_slice(b"\r\n");
     (head.freeze(), encoding)
+}
+
+/// Whether the request's body is unread, nobody holds it any more, and it cannot be drained:
+/// the connection then closes after the response, and the response says so.
+fn abandoned(link: &Shared) -> bool {
+    let l = lock(link);
+    let too_long = match l.body {
+        Framing::Done => return false,
+        Framing::Length(n) => n > MAX_DRAIN,
+        _ => false,
+    };
+    Arc::strong_count(link) == 1 && (too_long || l.continue_owed.is_some())
 }
 
 /// Reads and discards what the client still sends of a request answered before its body was
@@ -847,5 +866,402 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n"
         );
         assert_eq!((enc, keep), (Encoding::Length(1), true));
+    }
+
+    /// Serving over real sockets: a server on an ephemeral loopback port whose handler is
+    /// `handler`, every connection served by [`serve`].
+    mod served {
+        use std::net::SocketAddr;
+        use std::time::Duration;
+
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        use super::*;
+        use crate::http::timer::CoarseTimer;
+
+        fn limits(header_read_timeout: Duration) -> Limits {
+            Limits {
+                header_read_timeout,
+                max_header_bytes: 8192,
+                timer: CoarseTimer::default(),
+            }
+        }
+
+        async fn start<F, Fut>(timeout: Duration, handler: F) -> SocketAddr
+        where
+            F: Fn(Request<Body>) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = Response<Body>> + Send + 'static,
+        {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let handler = handler.clone();
+                    tokio::spawn(serve(
+                        Conn::Tcp(stream),
+                        BytesMut::new(),
+                        limits(timeout),
+                        CancellationToken::new(),
+                        handler,
+                        |_| {},
+                    ));
+                }
+            });
+            addr
+        }
+
+        /// Answers with what arrived: method, target, body, and trailers as `t-*` headers.
+        async fn echo(req: Request<Body>) -> Response<Body> {
+            let (parts, body) = req.into_parts();
+            let collected = match body.collect().await {
+                Ok(c) => c,
+                Err(e) => return Response::new(Body::full(format!("body error: {e}"))),
+            };
+            let mut resp = Response::builder();
+            if let Some(trailers) = collected.trailers() {
+                for (name, value) in trailers {
+                    resp = resp.header(format!("t-{name}"), value);
+                }
+            }
+            let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+            resp.body(Body::full(format!("{} {} {body}", parts.method, parts.uri)))
+                .unwrap()
+        }
+
+        /// Reads one response: its head, and its body by its content-length or chunks.
+        async fn response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String, String) {
+            read_response(stream, pending, false).await
+        }
+
+        async fn read_response(
+            stream: &mut TcpStream,
+            pending: &mut Vec<u8>,
+            head_request: bool,
+        ) -> (String, String) {
+            async fn more(stream: &mut TcpStream, pending: &mut Vec<u8>) {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(
+                    n > 0,
+                    "closed early; have {:?}",
+                    String::from_utf8_lossy(pending)
+                );
+                pending.extend_from_slice(&chunk[..n]);
+            }
+            let end = loop {
+                if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                more(stream, pending).await;
+            };
+            let head = String::from_utf8(pending.drain(..end).collect()).unwrap();
+            let lower = head.to_ascii_lowercase();
+            let body = if head_request {
+                Vec::new()
+            } else if let Some(at) = lower.find("content-length: ") {
+                let n: usize = lower[at + 16..]
+                    .split("\r\n")
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                while pending.len() < n {
+                    more(stream, pending).await;
+                }
+                pending.drain(..n).collect()
+            } else if lower.contains("transfer-encoding: chunked") {
+                while !pending.windows(5).any(|w| w == b"0\r\n\r\n") {
+                    more(stream, pending).await;
+                }
+                let end = pending.windows(5).position(|w| w == b"0\r\n\r\n").unwrap() + 5;
+                pending.drain(..end).collect()
+            } else {
+                Vec::new()
+            };
+            (head, String::from_utf8(body).unwrap())
+        }
+
+        async fn closed(stream: &mut TcpStream) -> bool {
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+
+        #[tokio::test]
+        async fn pipelined_requests_are_answered_in_order() {
+            let addr = start(Duration::from_secs(5), echo).await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(
+                b"GET /1 HTTP/1.1\r\nhost: a\r\n\r\n\
+                  POST /2 HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello\
+                  POST /3 HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
+                  3\r\nabc\r\n0\r\nx-sum: 9\r\n\r\n\
+                  HEAD /4 HTTP/1.1\r\nhost: a\r\n\r\n\
+                  GET /5 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut pending = Vec::new();
+            let (h, b) = response(&mut c, &mut pending).await;
+            assert!(h.starts_with("HTTP/1.1 200 OK\r\n"), "{h}");
+            assert_eq!(b, "GET /1 ");
+            assert_eq!(response(&mut c, &mut pending).await.1, "POST /2 hello");
+            let (h, b) = response(&mut c, &mut pending).await;
+            assert_eq!(b, "POST /3 abc");
+            assert!(
+                h.contains("t-x-sum: 9\r\n"),
+                "trailers reach the handler: {h}"
+            );
+            let (h, b) = read_response(&mut c, &mut pending, true).await;
+            assert!(h.contains("content-length: 8\r\n"), "{h}");
+            assert_eq!(b, "", "HEAD has a length but no body");
+            let (h, b) = response(&mut c, &mut pending).await;
+            assert!(h.contains("connection: close"), "{h}");
+            assert_eq!(b, "GET /5 ");
+            assert!(closed(&mut c).await, "then the connection closes");
+        }
+
+        #[tokio::test]
+        async fn a_client_waiting_for_100_continue_gets_it_when_its_body_is_read() {
+            let addr = start(Duration::from_secs(5), echo).await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(
+                b"PUT /up HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut interim = [0u8; CONTINUE.len()];
+            c.read_exact(&mut interim).await.unwrap();
+            assert_eq!(&interim[..], CONTINUE);
+            c.write_all(b"data").await.unwrap();
+            let (h, b) = response(&mut c, &mut Vec::new()).await;
+            assert!(h.starts_with("HTTP/1.1 200 "), "{h}");
+            assert_eq!(b, "PUT /up data");
+        }
+
+        #[tokio::test]
+        async fn bad_heads_after_the_first_are_refused_with_the_error_header() {
+            let addr = start(Duration::from_secs(5), echo).await;
+            for (bad, status, reason) in [
+                (&b"GET /x HTTP/1.1 junk\r\n\r\n"[..], "400", "bad-request"),
+                (
+                    b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                    "400",
+                    "bad-request",
+                ),
+                (b"GET / HTTP/1.1\r\nx-big: ", "431", "header-too-large"),
+            ] {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.write_all(b"GET /ok HTTP/1.1\r\nhost: a\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut pending = Vec::new();
+                assert_eq!(response(&mut c, &mut pending).await.1, "GET /ok ");
+                let mut next = bad.to_vec();
+                if status == "431" {
+                    next.resize(9000, b'a');
+                }
+                c.write_all(&next).await.unwrap();
+                let (h, _) = response(&mut c, &mut pending).await;
+                assert!(h.starts_with(&format!("HTTP/1.1 {status} ")), "{h}");
+                assert!(h.contains(&format!("x-weft-error: {reason}\r\n")), "{h}");
+                assert!(closed(&mut c).await);
+            }
+        }
+
+        #[tokio::test]
+        async fn a_partial_head_times_out_with_408_and_an_idle_connection_just_closes() {
+            let addr = start(Duration::from_millis(300), echo).await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /ok HTTP/1.1\r\nhost: a\r\n\r\nGET /slow HTTP/1.1\r\n")
+                .await
+                .unwrap();
+            let mut pending = Vec::new();
+            assert_eq!(response(&mut c, &mut pending).await.1, "GET /ok ");
+            let (h, _) = response(&mut c, &mut pending).await;
+            assert!(h.starts_with("HTTP/1.1 408 "), "{h}");
+            assert!(h.contains("x-weft-error: header-timeout\r\n"), "{h}");
+
+            let mut idle = TcpStream::connect(addr).await.unwrap();
+            idle.write_all(b"GET /ok HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut pending = Vec::new();
+            assert_eq!(response(&mut idle, &mut pending).await.1, "GET /ok ");
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+                .await
+                .expect("the idle connection is closed")
+                .unwrap();
+            assert!(rest.is_empty(), "closed without a word: {rest:?}");
+        }
+
+        #[tokio::test]
+        async fn a_client_that_leaves_cancels_its_request() {
+            let (dropped_tx, dropped_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            struct Guard(tokio::sync::mpsc::UnboundedSender<()>);
+            impl Drop for Guard {
+                fn drop(&mut self) {
+                    let _ = self.0.send(());
+                }
+            }
+            let addr = start(Duration::from_secs(5), move |_req| {
+                let guard = Guard(dropped_tx.clone());
+                let _ = started_tx.send(());
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    Response::new(Body::empty())
+                }
+            })
+            .await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /forever HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            // Once the request is in the handler, the client goes.
+            tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+                .await
+                .expect("the request reached the handler");
+            drop(c);
+            let mut rx = dropped_rx;
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the request was cancelled");
+        }
+
+        #[tokio::test]
+        async fn an_early_answer_drains_a_small_body_and_closes_after_a_large_one() {
+            let addr = start(Duration::from_secs(5), |req: Request<Body>| async move {
+                Response::new(Body::full(format!("early {}", req.uri())))
+            })
+            .await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"POST /small HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n0123456789GET /next HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut pending = Vec::new();
+            assert_eq!(response(&mut c, &mut pending).await.1, "early /small");
+            assert_eq!(
+                response(&mut c, &mut pending).await.1,
+                "early /next",
+                "kept alive"
+            );
+
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let size = 4 << 20;
+            let head = format!("POST /large HTTP/1.1\r\nhost: a\r\ncontent-length: {size}\r\n\r\n");
+            c.write_all(head.as_bytes()).await.unwrap();
+            let (mut r, mut w) = c.into_split();
+            let sender = tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..size / chunk.len() {
+                    if w.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut all = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut all))
+                .await
+                .expect("the connection closes")
+                .expect("with the response read whole, not reset");
+            let text = String::from_utf8_lossy(&all);
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("connection: close\r\n"), "{text}");
+            assert!(text.ends_with("early /large"), "{text}");
+            sender.abort();
+        }
+
+        #[tokio::test]
+        async fn an_upgrade_hands_over_the_connection_with_what_followed_the_head() {
+            let addr = start(
+                Duration::from_secs(5),
+                |mut req: Request<Body>| async move {
+                    let on = crate::http::server::on_upgrade(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = on.wait().await.unwrap();
+                        let mut got = [0u8; 4];
+                        io.read_exact(&mut got).await.unwrap();
+                        io.write_all(&got).await.unwrap();
+                        io.write_all(b"!").await.unwrap();
+                    });
+                    Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "echo")
+                        .body(Body::empty())
+                        .unwrap()
+                },
+            )
+            .await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(
+                b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nping",
+            )
+            .await
+            .unwrap();
+            let mut pending = Vec::new();
+            let (h, _) = read_response(&mut c, &mut pending, true).await;
+            assert!(h.starts_with("HTTP/1.1 101 "), "{h}");
+            assert!(h.contains("upgrade: echo\r\n"), "{h}");
+            while pending.len() < 5 {
+                let mut b = [0u8; 16];
+                let n = c.read(&mut b).await.unwrap();
+                assert!(n > 0);
+                pending.extend_from_slice(&b[..n]);
+            }
+            assert_eq!(&pending[..], b"ping!");
+        }
+
+        #[tokio::test]
+        async fn http_1_0_closes_unless_kept_alive_and_streams_until_close() {
+            let addr = start(Duration::from_secs(5), |req: Request<Body>| async move {
+                if req.uri().path() == "/stream" {
+                    let (mut tx, body) = channel_body();
+                    tokio::spawn(async move {
+                        for part in ["one ", "two"] {
+                            let _ = tx.send(Bytes::from_static(part.as_bytes())).await;
+                        }
+                    });
+                    return Response::new(body);
+                }
+                Response::new(Body::full("fixed"))
+            })
+            .await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(
+                b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET /stream HTTP/1.0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut pending = Vec::new();
+            let (h, b) = response(&mut c, &mut pending).await;
+            assert!(h.contains("connection: keep-alive\r\n"), "{h}");
+            assert_eq!(b, "fixed");
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest))
+                .await
+                .unwrap()
+                .unwrap();
+            pending.extend_from_slice(&rest);
+            let text = String::from_utf8(pending).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                !head.contains("content-length") && !head.contains("chunked"),
+                "{head}"
+            );
+            assert_eq!(body, "one two", "the end of the connection ends the body");
+        }
+
+        /// A body fed through a channel, of unknown length.
+        fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            (tx, Body::Channel(rx))
+        }
     }
 }
