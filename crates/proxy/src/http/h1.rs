@@ -379,6 +379,8 @@ pub struct Writer {
     gather: bool,
 }
 
+/// The most bytes of several pieces that are copied into one write rather than gathered.
+const MAX_COALESCE: usize = 4096;
 /// The most pieces one write takes.
 const MAX_SLICES: usize = 8;
 
@@ -454,7 +456,17 @@ impl Writer {
                 };
             }
             // One piece goes by `send(2)`, several by `writev(2)`, which costs the kernel more
-            // per call.
+            // per call: small pieces (a head and a short body) are copied into one.
+            if self.queue.len() > 1 {
+                let total: usize = self.queue.iter().map(Bytes::len).sum();
+                if total <= MAX_COALESCE {
+                    let mut one = BytesMut::with_capacity(total);
+                    for piece in self.queue.drain(..) {
+                        one.extend_from_slice(&piece);
+                    }
+                    self.queue.push_back(one.freeze());
+                }
+            }
             let queue = &self.queue;
             let written = ready!(io.with(|io| {
                 if queue.len() == 1 {

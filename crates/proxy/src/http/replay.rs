@@ -145,7 +145,7 @@ impl http_body::Body for TeeBody {
             Poll::Ready(Some(Err(_))) => self.recorder.spoil(),
             Poll::Pending => {}
         }
-        poll.map(|o| o.map(|r| r.map_err(BoxError::from)))
+        poll
     }
 
     fn is_end_stream(&self) -> bool {

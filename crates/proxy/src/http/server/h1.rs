@@ -319,6 +319,10 @@ fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, Rea
 }
 
 /// How a wait for the next request head ended.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing would allocate per request"
+)]
 enum HeadWait {
     Parsed(Parsed),
     Refuse(Reason),
@@ -546,10 +550,7 @@ fn response_head(
     head.extend_from_slice(b"\r\n");
     let bodiless = is_bodiless(method, status);
     // The framing is this hop's: only a length that is about the body stays.
-    let declared = match content_length(&parts.headers) {
-        Ok(n) => n,
-        Err(_) => None,
-    };
+    let declared = content_length(&parts.headers).unwrap_or_default();
     let framing_fields = parts.headers.contains_key(TRANSFER_ENCODING)
         || parts.headers.contains_key(CONNECTION)
         || (declared.is_none() && parts.headers.contains_key(CONTENT_LENGTH))
@@ -1222,7 +1223,7 @@ mod tests {
         async fn http_1_0_closes_unless_kept_alive_and_streams_until_close() {
             let addr = start(Duration::from_secs(5), |req: Request<Body>| async move {
                 if req.uri().path() == "/stream" {
-                    let (mut tx, body) = channel_body();
+                    let (tx, body) = channel_body();
                     tokio::spawn(async move {
                         for part in ["one ", "two"] {
                             let _ = tx.send(Bytes::from_static(part.as_bytes())).await;
