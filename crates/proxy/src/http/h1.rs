@@ -139,20 +139,26 @@ pub fn fields_len(fields: &HeaderMap) -> usize {
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, CodecError> {
     let mut length: Option<u64> = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = std::str::from_utf8(part)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(CodecError::Malformed("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(CodecError::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        }
+        add_length(&mut length, value)?;
     }
     Ok(length)
+}
+
+/// Folds one `Content-Length` field into the length found so far (see [`content_length`]).
+pub fn add_length(length: &mut Option<u64>, value: &HeaderValue) -> Result<(), CodecError> {
+    for part in value.as_bytes().split(|b| *b == b',') {
+        let n = std::str::from_utf8(part)
+            .ok()
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(CodecError::Malformed("bad content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(CodecError::Malformed("conflicting content-length"));
+        }
+        *length = Some(n);
+    }
+    Ok(())
 }
 
 /// Whether a comma-separated header (`Connection`, `Transfer-Encoding`) lists `token`.

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -38,10 +38,9 @@ use super::Limits;
 use crate::errors::Reason;
 use crate::http::body::{Body, BoxError};
 use crate::http::h1::{
-    CodecError, Encoding, Fill, Framing, READ_SIZE, Sink, Writer, content_length, fields,
-    fields_len, has_token, poll_decode, put_fields, spans,
+    CodecError, Encoding, Fill, Framing, READ_SIZE, Sink, Writer, add_length, fields, fields_len,
+    poll_decode, put_fields, spans,
 };
-use crate::http::headers;
 use crate::io::{Conn, Rewind};
 
 /// The most headers a request may carry (Envoy's default).
@@ -225,6 +224,64 @@ struct Parsed {
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
+    /// `Upgrade` named by `Connection`, or CONNECT: the connection may leave HTTP.
+    wants_upgrade: bool,
+}
+
+/// What a request head's fields say about its framing and its connection, found in one pass
+/// over them (a lookup per name hashes each).
+#[derive(Default)]
+struct Hop {
+    /// Whether `Transfer-Encoding` is there at all, the codings it lists, and whether the
+    /// last is `chunked`.
+    te: bool,
+    codings: usize,
+    chunked: bool,
+    length: Option<u64>,
+    bad_length: bool,
+    close: bool,
+    keep_alive: bool,
+    connection_upgrade: bool,
+    upgrade: bool,
+    expect_continue: bool,
+}
+
+impl Hop {
+    fn of(fields: &HeaderMap) -> Hop {
+        let mut hop = Hop::default();
+        for (name, value) in fields {
+            if name == TRANSFER_ENCODING {
+                hop.te = true;
+                for t in value
+                    .as_bytes()
+                    .split(|b| *b == b',')
+                    .map(<[u8]>::trim_ascii)
+                {
+                    if !t.is_empty() {
+                        hop.codings += 1;
+                        hop.chunked = t.eq_ignore_ascii_case(b"chunked");
+                    }
+                }
+            } else if name == CONTENT_LENGTH {
+                hop.bad_length |= add_length(&mut hop.length, value).is_err();
+            } else if name == CONNECTION {
+                for t in value
+                    .as_bytes()
+                    .split(|b| *b == b',')
+                    .map(<[u8]>::trim_ascii)
+                {
+                    hop.close |= t.eq_ignore_ascii_case(b"close");
+                    hop.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                    hop.connection_upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+                }
+            } else if name == UPGRADE {
+                hop.upgrade = true;
+            } else if name == EXPECT {
+                hop.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        hop
+    }
 }
 
 /// Parses a request head at the start of `read` and takes it off; `None` while incomplete.
@@ -268,16 +325,15 @@ fn parse_request(read: &mut BytesMut, max_bytes: usize) -> Result<Option<Parsed>
         return Err(Reason::BadRequest);
     }
     let map = fields(&block, &at).map_err(|_| Reason::BadRequest)?;
-    let framing = request_framing(&map, version)?;
+    let hop = Hop::of(&map);
+    let framing = request_framing(&hop, version)?;
     let keep_alive = if version == Version::HTTP_11 {
-        !has_token(&map, &CONNECTION, "close")
+        !hop.close
     } else {
-        has_token(&map, &CONNECTION, "keep-alive")
+        hop.keep_alive
     };
-    let expect_continue = version == Version::HTTP_11
-        && map
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue = version == Version::HTTP_11 && hop.expect_continue;
+    let wants_upgrade = method == Method::CONNECT || (hop.upgrade && hop.connection_upgrade);
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -288,33 +344,23 @@ fn parse_request(read: &mut BytesMut, max_bytes: usize) -> Result<Option<Parsed>
         framing,
         keep_alive,
         expect_continue,
+        wants_upgrade,
     }))
 }
 
 /// RFC 9112 section 6.3 for a request, refusing whatever another hop could read differently.
-fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, Reason> {
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked_only = {
-            let mut codings = headers
-                .get_all(TRANSFER_ENCODING)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                .map(|t| t.trim_ascii())
-                .filter(|t| !t.is_empty());
-            codings
-                .next()
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
-                && codings.next().is_none()
-        };
-        if version == Version::HTTP_10 || headers.contains_key(CONTENT_LENGTH) || !chunked_only {
+fn request_framing(hop: &Hop, version: Version) -> Result<Framing, Reason> {
+    if hop.te {
+        let chunked_only = hop.codings == 1 && hop.chunked;
+        if version == Version::HTTP_10 || hop.length.is_some() || hop.bad_length || !chunked_only {
             return Err(Reason::BadRequest);
         }
         return Ok(Framing::CHUNKED);
     }
-    match content_length(headers) {
-        Ok(Some(0) | None) => Ok(Framing::Done),
-        Ok(Some(n)) => Ok(Framing::Length(n)),
-        Err(_) => Err(Reason::BadRequest),
+    match (hop.bad_length, hop.length) {
+        (true, _) => Err(Reason::BadRequest),
+        (false, Some(0) | None) => Ok(Framing::Done),
+        (false, Some(n)) => Ok(Framing::Length(n)),
     }
 }
 
@@ -371,6 +417,7 @@ pub async fn serve<F, Fut, R>(
             framing,
             keep_alive,
             expect_continue,
+            wants_upgrade,
         } = parsed;
         let generation = {
             let mut l = lock(&link);
@@ -390,13 +437,12 @@ pub async fn serve<F, Fut, R>(
             })
         };
         let mut req = Request::from_parts(parts, body);
-        let upgrade =
-            (method == Method::CONNECT || headers::upgrade_of(&req).is_some()).then(|| {
-                let (tx, rx) = oneshot::channel();
-                req.extensions_mut()
-                    .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
-                tx
-            });
+        let upgrade = wants_upgrade.then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            tx
+        });
 
         // The handler's future is large (the whole route, retry and upstream state machine):
         // it lives in an allocation of its own while the request is in flight.
@@ -492,15 +538,16 @@ async fn read_head(
                     Ok(None) => {}
                     Err(reason) => return Poll::Ready(HeadWait::Refuse(reason)),
                 }
-            } else if draining.as_mut().poll(cx).is_ready() {
-                // Draining: an idle connection closes.
-                return Poll::Ready(HeadWait::Close);
             }
             match l.poll_fill(cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(HeadWait::Close),
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => break,
             }
+        }
+        // Draining: a connection with no request begun closes.
+        if l.read.is_empty() && draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(HeadWait::Close);
         }
         let sleep = deadline.get_or_insert_with(|| {
             limits
@@ -550,19 +597,28 @@ fn response_head(
     head.extend_from_slice(b"\r\n");
     let bodiless = is_bodiless(method, status);
     // The framing is this hop's: only a length that is about the body stays.
-    let declared = content_length(&parts.headers).unwrap_or_default();
-    let framing_fields = parts.headers.contains_key(TRANSFER_ENCODING)
-        || parts.headers.contains_key(CONNECTION)
-        || (declared.is_none() && parts.headers.contains_key(CONTENT_LENGTH))
-        || (bodiless && !upgraded && parts.headers.contains_key(CONTENT_LENGTH));
-    if framing_fields {
+    let (mut declared, mut bad_length, mut te, mut connection) = (None, false, false, false);
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH {
+            bad_length |= add_length(&mut declared, value).is_err();
+        } else if name == TRANSFER_ENCODING {
+            te = true;
+        } else if name == CONNECTION {
+            connection = true;
+        }
+    }
+    if bad_length {
+        declared = None;
+    }
+    let has_length = declared.is_some() || bad_length;
+    let keep_length = declared.is_some()
+        && (method == Method::HEAD || status == StatusCode::NOT_MODIFIED || !bodiless);
+    if te || (connection && !upgraded) || (has_length && !keep_length) {
         let mut fields = parts.headers.clone();
         fields.remove(TRANSFER_ENCODING);
         if !upgraded {
             fields.remove(CONNECTION);
         }
-        let keep_length = declared.is_some()
-            && (method == Method::HEAD || status == StatusCode::NOT_MODIFIED || !bodiless);
         if !keep_length {
             fields.remove(CONTENT_LENGTH);
         }
