@@ -326,6 +326,33 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         }
     }
 
+    heading("8. Bad input: each request on a keep-alive connection is judged, none gets through");
+    let exchanges: [(&str, &[u8]); 3] = [
+        (
+            "a good request",
+            b"GET http://reviews.shop:9080/reviews HTTP/1.1\r\nHost: reviews.shop:9080\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "Content-Length and Transfer-Encoding (smuggling)",
+            b"POST http://reviews.shop:9080/reviews HTTP/1.1\r\nHost: reviews.shop:9080\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "a header over --max-header-bytes",
+            b"GET http://reviews.shop:9080/reviews HTTP/1.1\r\nHost: reviews.shop:9080\r\nx-big: ",
+        ),
+    ];
+    for (what, bytes) in exchanges {
+        let answer = raw_after_good_request(client.outbound(), bytes).await?;
+        println!("  {what:<50} -> {answer}");
+    }
+    let metrics = admin_get(client.admin(), "/metrics").await?;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_proxy_errors_total") && !l.contains("timeout"))
+    {
+        println!("  productpage  {line}");
+    }
+
     heading("What the sidecars counted (GET /metrics on their admin port)");
     for s in &sidecars {
         let metrics = admin_get(s.admin(), "/metrics").await?;
@@ -644,6 +671,52 @@ async fn wait_exit(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends a good request on a new connection, then `bytes` (padded past the header limit when
+/// it ends inside a header), and returns the status line and `x-weft-error` of the second
+/// answer.
+async fn raw_after_good_request(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            b"GET http://reviews.shop:9080/reviews HTTP/1.1\r\nHost: reviews.shop:9080\r\n\r\n",
+        )
+        .await?;
+    let mut next = bytes.to_vec();
+    if next.ends_with(b": ") {
+        next.resize(70 * 1024, b'a');
+    }
+    // The first answer comes back before the second request is sent: a keep-alive exchange.
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await??;
+        if n == 0 {
+            bail!("the proxy closed the connection after a good request");
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    stream.write_all(&next).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await??;
+    seen.extend_from_slice(&rest);
+    let text = String::from_utf8_lossy(&seen);
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    let last = answers.last().copied().unwrap_or_default();
+    let status = last.lines().next().unwrap_or_default().to_owned();
+    let error = last
+        .lines()
+        .find_map(|l| l.strip_prefix("x-weft-error: "))
+        .map(|e| format!(" (x-weft-error: {e})"))
+        .unwrap_or_default();
+    let closed = if answers.len() == 2 {
+        ", then closed"
+    } else {
+        ""
+    };
+    Ok(format!("{status}{error}{closed}"))
 }
 
 async fn http1(
