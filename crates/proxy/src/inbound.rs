@@ -131,23 +131,16 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 peer,
                 from_proxy: hint.is_some(),
             });
-            let limits = shared.http_limits.clone();
-            let shutdown = shared.shutdown.clone();
-            if protocol == Protocol::Http2 {
-                let io = Rewind::new(buf.freeze(), conn);
-                server::serve_http2(io, limits, shutdown, move |req| handler.clone().handle(req))
-                    .await;
-            } else {
-                server::serve_http1(
-                    conn,
-                    buf,
-                    limits,
-                    shutdown,
-                    |req| handler.clone().handle(req),
-                    |reason| shared.metrics.proxy_error(DIRECTION, reason),
-                )
-                .await;
-            }
+            server::serve(
+                conn,
+                buf,
+                protocol == Protocol::Http2,
+                shared.http_limits.clone(),
+                shared.shutdown.clone(),
+                move |req| handler.clone().handle(req),
+                |reason| shared.metrics.proxy_error(DIRECTION, reason),
+            )
+            .await;
         }
         // Application TLS and other opaque protocols go to the application as they are.
         _ => {

@@ -111,20 +111,14 @@ async fn serve_http(
         shared: shared.clone(),
         orig,
     });
-    let limits = shared.http_limits.clone();
-    let shutdown = shared.shutdown.clone();
-    if http2 {
-        let io = Rewind::new(buf.freeze(), stream);
-        server::serve_http2(io, limits, shutdown, move |req| handler.clone().handle(req)).await;
-    } else {
-        server::serve_http1(
-            Conn::Tcp(stream),
-            buf,
-            limits,
-            shutdown,
-            |req| handler.clone().handle(req),
-            |reason| shared.metrics.proxy_error(DIRECTION, reason),
-        )
-        .await;
-    }
+    server::serve(
+        Conn::Tcp(stream),
+        buf,
+        http2,
+        shared.http_limits.clone(),
+        shared.shutdown.clone(),
+        move |req| handler.clone().handle(req),
+        |reason| shared.metrics.proxy_error(DIRECTION, reason),
+    )
+    .await;
 }

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,8 +23,6 @@ use crate::http::timer::CoarseTimer;
 use crate::io::{Conn, Rewind};
 
 pub mod h1;
-
-pub use h1::serve as serve_http1;
 
 /// Limits applied to downstream connections.
 #[derive(Debug, Clone)]
@@ -48,9 +47,31 @@ pub async fn refuse<W: AsyncWrite + Unpin>(io: &mut W, reason: Reason) {
     let _ = io.shutdown().await;
 }
 
+/// Serves a connection whose protocol detection found HTTP (`buf` holds the bytes it read):
+/// HTTP/2 with hyper, HTTP/1 in this task. Refused requests are counted by `refused`.
+pub async fn serve<F, Fut, R>(
+    conn: Conn,
+    buf: BytesMut,
+    http2: bool,
+    limits: Limits,
+    shutdown: CancellationToken,
+    handler: F,
+    refused: R,
+) where
+    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+    R: Fn(Reason),
+{
+    if http2 {
+        serve_http2(Rewind::new(buf.freeze(), conn), limits, shutdown, handler).await;
+    } else {
+        h1::serve(conn, buf, limits, shutdown, handler, refused).await;
+    }
+}
+
 /// Serves HTTP/2 on `io` until the client closes, or, once `shutdown` fires, until in-flight
 /// requests finish (the client gets GOAWAY).
-pub async fn serve_http2<I, F, Fut>(io: I, limits: Limits, shutdown: CancellationToken, handler: F)
+async fn serve_http2<I, F, Fut>(io: I, limits: Limits, shutdown: CancellationToken, handler: F)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,

@@ -479,9 +479,8 @@ pub async fn serve<F, Fut, R>(
             } else {
                 parts.status == StatusCode::SWITCHING_PROTOCOLS
             };
-        let mut keep = keep_alive && !shutdown.is_cancelled() && !upgraded && !abandoned(&link);
+        let mut keep = keep_alive && !shutdown.is_cancelled() && !upgraded && !answered(&link);
         let (head, encoding) = response_head(&parts, &method, version, upgraded, &body, &mut keep);
-        lock(&link).continue_owed = None;
         let body = if upgraded || is_bodiless(&method, parts.status) {
             Body::empty()
         } else {
@@ -662,21 +661,24 @@ fn response_head(
     (head.freeze(), encoding)
 }
 
-/// Whether the request's body is unread, nobody holds it any more, and it cannot be drained:
-/// the connection then closes after the response, and the response says so.
-fn abandoned(link: &Shared) -> bool {
-    let l = lock(link);
-    let too_long = match l.body {
-        Framing::Done => return false,
-        Framing::Length(n) => n > MAX_DRAIN,
+/// The response is about to be written: a `100 Continue` not sent by now never will be.
+/// Whether the connection must then close after the response (and the response say so):
+/// the client was still waiting to be asked for its body, which it may never send, or the
+/// body is unread, nobody holds it any more, and it is too long to drain.
+fn answered(link: &Shared) -> bool {
+    let holders = Arc::strong_count(link);
+    let mut l = lock(link);
+    let waits_for_continue = l.continue_owed.take().is_some();
+    match l.body {
+        Framing::Done => false,
+        _ if waits_for_continue => true,
+        Framing::Length(n) => holders == 1 && n > MAX_DRAIN,
         _ => false,
-    };
-    Arc::strong_count(link) == 1 && (too_long || l.continue_owed.is_some())
+    }
 }
 
 /// Reads and discards what the client still sends of a request answered before its body was
-/// read, so that the connection can carry the next one. False when it is too long, the
-/// client waits for a `100 Continue` it will not get, or the body is broken.
+/// read, so that the connection can carry the next one. False when it is too long or broken.
 async fn drain(link: &Mutex<Link>, generation: u64, limits: &Limits) -> bool {
     {
         let l = lock(link);
@@ -687,7 +689,7 @@ async fn drain(link: &Mutex<Link>, generation: u64, limits: &Limits) -> bool {
             Framing::Length(n) => n > MAX_DRAIN,
             _ => false,
         };
-        if too_long || l.continue_owed.is_some() {
+        if too_long {
             return false;
         }
     }
@@ -1232,6 +1234,34 @@ mod tests {
             assert!(text.contains("connection: close\r\n"), "{text}");
             assert!(text.ends_with("early /large"), "{text}");
             sender.abort();
+        }
+
+        #[tokio::test]
+        async fn an_early_answer_to_a_client_waiting_for_100_continue_closes() {
+            let addr = start(Duration::from_secs(30), |_req: Request<Body>| async move {
+                Response::new(Body::full("no thanks"))
+            })
+            .await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(
+                b"PUT /up HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            // The client never sends its body: it was not asked for it. The answer comes, and
+            // the connection closes rather than wait for a body that may never come.
+            let mut all = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut all))
+                .await
+                .expect("closed without waiting for the body")
+                .unwrap();
+            let text = String::from_utf8_lossy(&all);
+            assert!(
+                text.starts_with("HTTP/1.1 200 OK\r\n"),
+                "no 100 Continue first: {text}"
+            );
+            assert!(text.contains("connection: close\r\n"), "{text}");
+            assert!(text.ends_with("no thanks"), "{text}");
         }
 
         #[tokio::test]
