@@ -251,7 +251,7 @@ async fn requests_for_unknown_services_get_503_no_route() {
 }
 
 #[tokio::test]
-async fn requests_framed_two_ways_are_refused_before_they_reach_the_app() {
+async fn requests_another_hop_could_read_differently_are_refused_before_they_reach_the_app() {
     let (proxy, app) = proxy_with(Mesh::new("c1"), &[]).await;
     // Content-Length says the body is `0\r\n\r\n` and one more request follows; chunked says
     // the body is empty and the "second" request is part of it. Whichever a hop believes,
@@ -260,6 +260,9 @@ async fn requests_framed_two_ways_are_refused_before_they_reach_the_app() {
         &b"POST http://ok/record/smuggle HTTP/1.1\r\nHost: ok\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET http://ok/record/hidden HTTP/1.1\r\nHost: ok\r\n\r\n"[..],
         b"POST http://ok/record/smuggle HTTP/1.1\r\nHost: ok\r\nContent-Length: 5\r\nContent-Length: 60\r\n\r\nhello",
         b"POST http://ok/record/smuggle HTTP/1.1\r\nHost: ok\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+        // Which host: none, or two (RFC 9112 section 3.2).
+        b"GET /record/smuggle HTTP/1.1\r\n\r\n",
+        b"GET http://ok/record/smuggle HTTP/1.1\r\nHost: ok\r\nHost: elsewhere\r\n\r\n",
     ] {
         let answer = raw(proxy.outbound, attempt).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");

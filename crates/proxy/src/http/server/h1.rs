@@ -27,7 +27,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -244,6 +245,9 @@ struct Hop {
     connection_upgrade: bool,
     upgrade: bool,
     expect_continue: bool,
+    /// How many `Host` fields, and whether one is not a host (RFC 9112 section 3.2).
+    hosts: u8,
+    bad_host: bool,
 }
 
 impl Hop {
@@ -278,6 +282,12 @@ impl Hop {
                 hop.upgrade = true;
             } else if name == EXPECT {
                 hop.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            } else if name == HOST {
+                hop.hosts = hop.hosts.saturating_add(1);
+                // Empty is allowed (a target without an authority); userinfo is not.
+                let v = value.as_bytes();
+                hop.bad_host |=
+                    !v.is_empty() && (v.contains(&b'@') || Authority::try_from(v).is_err());
             }
         }
         hop
@@ -326,6 +336,13 @@ fn parse_request(read: &mut BytesMut, max_bytes: usize) -> Result<Option<Parsed>
     }
     let map = fields(&block, &at).map_err(|_| Reason::BadRequest)?;
     let hop = Hop::of(&map);
+    // An HTTP/1.1 request names its host exactly once, in `Host` or in an absolute target
+    // (HTTP/1.0 may leave it out): a second or a malformed one could be read differently by
+    // the next hop.
+    let hostless = hop.hosts == 0 && uri.authority().is_none();
+    if hop.hosts > 1 || hop.bad_host || (version == Version::HTTP_11 && hostless) {
+        return Err(Reason::BadRequest);
+    }
     let framing = request_framing(&hop, version)?;
     let keep_alive = if version == Version::HTTP_11 {
         !hop.close
@@ -768,27 +785,43 @@ mod tests {
             (Method::GET, "/a?b".into())
         );
         assert_eq!((p.framing, p.keep_alive), (Framing::Done, true));
-        let p = parsed("POST http://x/y HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        let p = parsed("POST http://x/y HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n");
         assert_eq!(p.parts.uri.authority().unwrap(), "x");
         assert_eq!(p.framing, Framing::Length(5));
-        let p = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        let p = parsed("POST / HTTP/1.1\r\nhost: x\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(p.framing, Framing::CHUNKED);
-        let p = parsed("GET / HTTP/1.1\r\nconnection: close\r\n\r\n");
+        let p = parsed("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
         assert!(!p.keep_alive);
         let p = parsed("GET / HTTP/1.0\r\n\r\n");
         assert_eq!((p.parts.version, p.keep_alive), (Version::HTTP_10, false));
+        assert!(
+            p.parts.headers.get(HOST).is_none(),
+            "HTTP/1.0 may leave Host out"
+        );
+        let p = parsed("GET http://x/ HTTP/1.1\r\nhost:\r\n\r\n");
+        assert_eq!(p.parts.uri.host(), Some("x"), "an empty Host is one");
+        let p = parsed("GET http://x/ HTTP/1.1\r\n\r\n");
+        assert_eq!(p.parts.uri.host(), Some("x"), "an absolute target names the host");
         let p = parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
         assert!(p.keep_alive);
-        let p = parsed("PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n");
+        let p = parsed(
+            "PUT / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+        );
         assert!(p.expect_continue);
         let p = parsed("CONNECT db:5432 HTTP/1.1\r\nhost: db:5432\r\n\r\n");
         assert_eq!(p.parts.uri.authority().unwrap(), "db:5432");
-        let p = parsed("OPTIONS * HTTP/1.1\r\n\r\n");
+        let p = parsed("OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n");
         assert_eq!(p.parts.uri.path(), "*");
-        let mut two = BytesMut::from(&b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"[..]);
+        let mut two = BytesMut::from(
+            &b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\nGET /2 HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+        );
         let first = parse_request(&mut two, 8192).unwrap().unwrap();
         assert_eq!(first.parts.uri.path(), "/1");
-        assert_eq!(&two[..], b"GET /2 HTTP/1.1\r\n\r\n", "the next head stays");
+        assert_eq!(
+            &two[..],
+            b"GET /2 HTTP/1.1\r\nhost: x\r\n\r\n",
+            "the next head stays"
+        );
         assert!(matches!(parse("GET / HTTP/1.1\r\nhost: a"), Ok(None)));
     }
 
@@ -796,31 +829,38 @@ mod tests {
     fn requests_another_hop_could_frame_differently_are_refused() {
         for bad in [
             // CL.TE and TE.CL smuggling.
-            "POST / HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 4, 5\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: +4\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked, identity\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: xchunked\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: +4\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
             // Obsolete line folding, and whitespace before the colon.
-            "GET / HTTP/1.1\r\nx-a: b\r\n c\r\n\r\n",
-            "GET / HTTP/1.1\r\ntransfer-encoding : chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: x\r\nx-a: b\r\n c\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: x\r\ntransfer-encoding : chunked\r\n\r\n",
             // Targets that are not a request target.
-            "GET a/b HTTP/1.1\r\n\r\n",
-            "GET * HTTP/1.1\r\n\r\n",
-            "CONNECT /path HTTP/1.1\r\n\r\n",
+            "GET a/b HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET * HTTP/1.1\r\nhost: x\r\n\r\n",
+            "CONNECT /path HTTP/1.1\r\nhost: x\r\n\r\n",
             "GET / HTTP/2.0\r\n\r\n",
+            // Host missing from HTTP/1.1, given twice, or not a host.
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+            "GET / HTTP/1.0\r\nhost: a\r\nhost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: user@a\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a/b\r\n\r\n",
         ] {
             assert!(
                 matches!(parse(bad), Err(Reason::BadRequest)),
                 "{bad:?} was not refused"
             );
         }
-        let p = parsed("POST / HTTP/1.1\r\ncontent-length: 4, 4\r\n\r\n");
+        let p = parsed("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4, 4\r\n\r\n");
         assert_eq!(
             p.framing,
             Framing::Length(4),
@@ -836,8 +876,8 @@ mod tests {
             parse_request(&mut BytesMut::from(&big[..]), 8192),
             Err(Reason::HeaderTooLarge)
         ));
-        let mut many = String::from("GET / HTTP/1.1\r\n");
-        for i in 0..MAX_HEADERS {
+        let mut many = String::from("GET / HTTP/1.1\r\nhost: x\r\n");
+        for i in 1..MAX_HEADERS {
             many.push_str(&format!("x-{i}: v\r\n"));
         }
         assert_eq!(
@@ -1107,7 +1147,7 @@ mod tests {
             for (bad, status, reason) in [
                 (&b"GET /x HTTP/1.1 junk\r\n\r\n"[..], "400", "bad-request"),
                 (
-                    b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                    b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
                     "400",
                     "bad-request",
                 ),
