@@ -62,14 +62,9 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("fixed") {
         // Latency at the fixed rate, for comparing builds or settings by hand: the targets
         // share one sliced schedule, as in the bench's rounds.
-        let usage = "fixed [--awake] SECONDS ADDR...";
-        let awake = args.get(1).is_some_and(|a| a == "--awake");
-        let rest = &args[if awake { 2 } else { 1 }..];
-        let seconds: u64 = rest.first().context(usage)?.parse().context(usage)?;
-        let _held = awake
-            .then(|| hold_awake(&std::env::temp_dir()))
-            .transpose()?;
-        let addrs = rest[1..]
+        let usage = "fixed SECONDS ADDR...";
+        let seconds: u64 = args.get(1).context(usage)?.parse().context(usage)?;
+        let addrs = args[2..]
             .iter()
             .map(|a| a.parse())
             .collect::<Result<Vec<SocketAddr>, _>>()?;
@@ -322,11 +317,9 @@ struct Figures {
     cpu_sat: f64,
     /// The user-space part of `cpu_sat`.
     cpu_sat_user: f64,
-    /// Latency at the fixed rate, the proxies' core held awake ([`hold_awake`]).
-    awake: Tails,
-    /// Latency at the fixed rate, the proxies' core free to idle between requests.
-    idling: Tails,
-    /// Proxy CPU milliseconds per 1,000 requests at the fixed rate (core free to idle).
+    /// Latency at the fixed rate.
+    lat: Tails,
+    /// Proxy CPU milliseconds per 1,000 requests at the fixed rate.
     cpu_fixed: f64,
     peak_rss_kib: f64,
 }
@@ -354,20 +347,14 @@ impl Tails {
         }
     }
 
-    /// Every target of one [`latency`] run, the first being direct.
-    fn of_run(run: &[(Vec<f64>, f64)]) -> Vec<Tails> {
-        let tails: Vec<Tails> = run.iter().map(|(lat, _)| Tails::of(lat)).collect();
-        let direct = tails.first().copied().unwrap_or_default();
-        tails
-            .into_iter()
-            .map(|t| Tails {
-                added_p50_us: t.p50_us - direct.p50_us,
-                added_p99_us: t.p99_us - direct.p99_us,
-                ..t
-            })
-            .collect()
+    /// What `self` adds to `direct`.
+    fn over(self, direct: Tails) -> Tails {
+        Tails {
+            added_p50_us: self.p50_us - direct.p50_us,
+            added_p99_us: self.p99_us - direct.p99_us,
+            ..self
+        }
     }
-
     fn median(v: &[Tails]) -> Tails {
         let m = |f: fn(&Tails) -> f64| median(v.iter().map(f).collect());
         Tails {
@@ -421,52 +408,65 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
     let targets = [direct, weft1, haproxy1, weft2, haproxy2];
 
     // Interleaved rounds, so drift hits every target alike. In each: every target at saturation
-    // in turn, then all of them at the fixed rate in one sliced schedule, with a second weft
-    // one-hop instance as an A/A control: its distance from the first is what the run can resolve.
+    // in turn, then all of them at the fixed rate in one sliced schedule ([`schedule`]), with a
+    // second weft one-hop instance as an A/A control: its distance from the first is what the
+    // run can resolve. Latency percentiles are taken over the samples of all rounds together:
+    // a p99 from five times the samples, where a median of five rounds' p99s would rest on
+    // one round's tail.
     let mut samples: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+    let mut pooled: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..opts.rounds {
         let mut saturated = Vec::new();
         for t in &targets {
             saturated.push(saturation(t, opts.duration).await?);
         }
         let timed: Vec<&Target> = targets.iter().chain([&weft_aa]).collect();
-        // The fixed rate twice: with the proxies' core free to idle between requests (its CPU
-        // time is the figure for the fixed rate), and held awake ([`hold_awake`]) for latency.
-        let idling = latency(&timed, opts.duration).await?;
-        let awake = hold_awake(&scratch)?;
-        let held = latency(&timed, opts.duration).await;
-        drop(awake);
-        let (idling_tails, held_tails) = (Tails::of_run(&idling), Tails::of_run(&held?));
-        for (i, t) in timed.iter().enumerate() {
+        let fixed = latency(&timed, opts.duration).await?;
+        for (i, (t, (lat, cpu_fixed))) in timed.iter().zip(fixed).enumerate() {
             let (max_rps, cpu_sat, cpu_sat_user) = saturated.get(i).copied().unwrap_or_default();
             let f = Figures {
                 max_rps,
                 cpu_sat,
                 cpu_sat_user,
-                awake: held_tails.get(i).copied().unwrap_or_default(),
-                idling: idling_tails.get(i).copied().unwrap_or_default(),
-                cpu_fixed: idling.get(i).map_or(0.0, |(_, cpu)| *cpu),
+                lat: Tails::of(&lat),
+                cpu_fixed,
                 peak_rss_kib: t.memory_kib().1 as f64,
             };
             println!(
-                "  round {} {:<14} {:>8.0} req/s  p99 {:>6.0} µs (awake {:>6.0})  added p99 {:>6.0} µs (awake {:>6.0})  cpu {:>6.1} / {:>6.1} ms per 1k",
+                "  round {} {:<14} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  cpu {:>6.1} / {:>6.1} ms per 1k",
                 round + 1,
                 t.name,
                 f.max_rps,
-                f.idling.p99_us,
-                f.awake.p99_us,
-                f.idling.added_p99_us,
-                f.awake.added_p99_us,
+                f.lat.p50_us,
+                f.lat.p99_us,
                 f.cpu_fixed,
                 f.cpu_sat
             );
             samples.entry(t.name).or_default().push(f);
+            pooled.entry(t.name).or_default().extend(lat);
         }
     }
     drop(weft_aa);
+    let pooled: BTreeMap<&str, Tails> = pooled
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (k, Tails::of(&v))
+        })
+        .collect();
+    let direct_lat = pooled.get("direct").copied().unwrap_or_default();
     let medians: BTreeMap<&str, Figures> = samples
         .iter()
-        .map(|(k, v)| (*k, median_figures(v)))
+        .map(|(k, v)| {
+            let lat = pooled.get(k).copied().unwrap_or_default().over(direct_lat);
+            (
+                *k,
+                Figures {
+                    lat,
+                    ..median_figures(v)
+                },
+            )
+        })
         .collect();
 
     // HTTP/2 and gRPC, direct and through weft (HAProxy's h2 to the backend is not set up).
@@ -480,8 +480,8 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
                     kind.name(),
                     t.name,
                     f.max_rps,
-                    f.idling.p50_us,
-                    f.idling.p99_us,
+                    f.lat.p50_us,
+                    f.lat.p99_us,
                     f.cpu_fixed
                 );
                 h2_samples.entry((kind.name(), t.name)).or_default().push(f);
@@ -998,8 +998,7 @@ async fn measure_h2(t: &Target, kind: H2Kind, duration: Duration) -> anyhow::Res
         max_rps: rps,
         cpu_sat,
         cpu_sat_user: 0.0,
-        awake: Tails::default(),
-        idling: Tails::of(&lat),
+        lat: Tails::of(&lat),
         cpu_fixed,
         peak_rss_kib: t.memory_kib().1 as f64,
     })
@@ -1024,7 +1023,7 @@ fn render_h2(rows: &[((&str, &str), Figures)]) -> String {
         let _ = writeln!(
             s,
             "| {kind} | {path} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            f.max_rps, f.idling.p50_us, f.idling.p99_us, f.idling.p999_us, f.cpu_fixed, f.cpu_sat
+            f.max_rps, f.lat.p50_us, f.lat.p99_us, f.lat.p999_us, f.cpu_fixed, f.cpu_sat
         );
     }
     s
@@ -1093,28 +1092,6 @@ fn schedule(rate: u32, n: u64, targets: usize) -> Vec<tokio::sync::mpsc::Receive
         }
     });
     rxs
-}
-
-/// Holds core 1, the proxies' core, out of the idle state while the returned process lives: a
-/// shell busy loop at `SCHED_IDLE` priority, which the scheduler sets aside at once for any
-/// proxy that wakes. Left idle, the virtual CPU halts between requests, and waking it waits on
-/// the hypervisor: on these machines that, not the proxy, is what sets p99 at the fixed rate,
-/// and it moves several-fold from one stretch of time to the next.
-fn hold_awake(scratch: &Path) -> anyhow::Result<Proc> {
-    Proc::spawn(
-        "a busy loop on core 1",
-        Command::new("chrt").args([
-            "--idle",
-            "0",
-            "taskset",
-            "-c",
-            "1",
-            "sh",
-            "-c",
-            "while :; do :; done",
-        ]),
-        &scratch.join("awake.log"),
-    )
 }
 
 /// How long the fixed-rate schedule stays with one target before it moves to the next.
@@ -1211,13 +1188,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn median_figures(v: &[Figures]) -> Figures {
     let m = |f: fn(&Figures) -> f64| median(v.iter().map(f).collect());
-    let tails = |f: fn(&Figures) -> Tails| Tails::median(&v.iter().map(f).collect::<Vec<_>>());
     Figures {
         max_rps: m(|f| f.max_rps),
         cpu_sat: m(|f| f.cpu_sat),
         cpu_sat_user: m(|f| f.cpu_sat_user),
-        awake: tails(|f| f.awake),
-        idling: tails(|f| f.idling),
+        lat: Tails::median(&v.iter().map(|f| f.lat).collect::<Vec<_>>()),
         cpu_fixed: m(|f| f.cpu_fixed),
         peak_rss_kib: m(|f| f.peak_rss_kib),
     }
@@ -1503,30 +1478,29 @@ fn render(
     let _ = writeln!(
         s,
         "Loopback, 2 cores: backend and load on core 0, proxies on core 1 with one worker thread each. \
-Medians of {rounds} interleaved rounds of {secs} s per target and figure.\n\n\
+{rounds} interleaved rounds of {secs} s per target and figure; medians of the rounds, but for latency.\n\n\
 - Max req/s: closed loop, `wrk -t1 -c32`, one target after another.\n\
 - Latency: fixed rate, {RATE} requests/s per target, open loop over 32 connections per target, counted from each \
 request's scheduled time. The targets share one schedule that moves to the next target every {slice} ms, so all of \
-them are measured across the same stretch of each round. Added latency is over direct's in the same round.\n\
-- Each round runs the fixed rate twice. Once with core 1 free to idle between requests (\"core idling\"): there, \
-waking a halted virtual CPU waits on the hypervisor, and p99 moves several-fold between rounds for every target \
-alike. Once with core 1 held awake by a busy loop at `SCHED_IDLE` priority, which gives way to a waking proxy at \
-once: the latency columns are from this run. CPU at the fixed rate is from the idling run.\n\
+them are measured across the same stretch of each round. Percentiles are over all rounds' samples together \
+({pooled} per target); added latency is over direct's.\n\
 - A/A: a second weft one-hop instance, the same binary and config, in the same slices. Its distance from the first \
-is what this run can resolve.\n\
+is what this run can resolve: on these VMs a request that meets a halted virtual CPU waits on the hypervisor, and \
+those waits, not the proxies, set most of p99.\n\
 - CPU: the proxies' user+system time per 1,000 requests from /proc/<pid>/stat (two processes for the two-hop \
 rows). Ratios are weft / HAProxy: below 1 is better for weft.\n",
         rounds = opts.rounds,
         secs = opts.duration.as_secs(),
-        slice = SLICE.as_millis()
+        slice = SLICE.as_millis(),
+        pooled = opts.rounds as u64 * u64::from(RATE) * opts.duration.as_secs()
     );
     let _ = writeln!(
         s,
-        "| path | max req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99 µs, core idling | CPU ms/1k (fixed) | CPU ms/1k (saturated) | peak RSS KiB |"
+        "| path | max req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | CPU ms/1k (fixed) | CPU ms/1k (saturated) | peak RSS KiB |"
     );
     let _ = writeln!(
         s,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let or_dash = |v: f64, digits: usize| {
         if v > 0.0 {
@@ -1545,14 +1519,13 @@ rows). Ratios are weft / HAProxy: below 1 is better for weft.\n",
     ] {
         let _ = writeln!(
             s,
-            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
             or_dash(f.max_rps, 0),
-            f.awake.p50_us,
-            f.awake.p99_us,
-            f.awake.p999_us,
-            f.awake.added_p50_us,
-            f.awake.added_p99_us,
-            f.idling.added_p99_us,
+            f.lat.p50_us,
+            f.lat.p99_us,
+            f.lat.p999_us,
+            f.lat.added_p50_us,
+            f.lat.added_p99_us,
             or_dash(f.cpu_fixed, 2),
             or_dash(f.cpu_sat, 2),
             or_dash(f.peak_rss_kib, 0)
@@ -1567,7 +1540,7 @@ rows). Ratios are weft / HAProxy: below 1 is better for weft.\n",
     };
     let _ = writeln!(
         s,
-        "\n| ratio | max req/s | added p50 | added p99 | added p99, core idling | CPU (fixed) | CPU (saturated) |"
+        "\n| ratio | max req/s | added p50 | added p99 | p99.9 | CPU (fixed) | CPU (saturated) |"
     );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, w, h) in [
@@ -1578,9 +1551,9 @@ rows). Ratios are weft / HAProxy: below 1 is better for weft.\n",
             s,
             "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             ratio(w.max_rps, h.max_rps),
-            ratio(w.awake.added_p50_us, h.awake.added_p50_us),
-            ratio(w.awake.added_p99_us, h.awake.added_p99_us),
-            ratio(w.idling.added_p99_us, h.idling.added_p99_us),
+            ratio(w.lat.added_p50_us, h.lat.added_p50_us),
+            ratio(w.lat.added_p99_us, h.lat.added_p99_us),
+            ratio(w.lat.p999_us, h.lat.p999_us),
             ratio(w.cpu_fixed, h.cpu_fixed),
             ratio(w.cpu_sat, h.cpu_sat),
         );
@@ -1588,9 +1561,9 @@ rows). Ratios are weft / HAProxy: below 1 is better for weft.\n",
     let _ = writeln!(
         s,
         "| A/A: weft copy / weft, one hop | - | {:.2} | {:.2} | {:.2} | {:.2} | - |",
-        ratio(weft_aa.awake.added_p50_us, weft.awake.added_p50_us),
-        ratio(weft_aa.awake.added_p99_us, weft.awake.added_p99_us),
-        ratio(weft_aa.idling.added_p99_us, weft.idling.added_p99_us),
+        ratio(weft_aa.lat.added_p50_us, weft.lat.added_p50_us),
+        ratio(weft_aa.lat.added_p99_us, weft.lat.added_p99_us),
+        ratio(weft_aa.lat.p999_us, weft.lat.p999_us),
         ratio(weft_aa.cpu_fixed, weft.cpu_fixed),
     );
     let _ = writeln!(
@@ -1704,25 +1677,21 @@ Both resume TLS sessions as they do by default. CPU: both proxies of the pair.\n
     let verdict = |ok: bool| if ok { "holds" } else { "DOES NOT HOLD" };
     let _ = writeln!(
         s,
-        "- Added p99 over direct, one hop: weft {:.0} µs vs HAProxy {:.0} µs: {}. With core 1 idling: {:.0} vs {:.0} µs ({:.2}; the A/A copy was {:.2} of the first weft there).",
-        weft.awake.added_p99_us,
-        haproxy.awake.added_p99_us,
-        verdict(weft.awake.added_p99_us <= haproxy.awake.added_p99_us),
-        weft.idling.added_p99_us,
-        haproxy.idling.added_p99_us,
-        ratio(weft.idling.added_p99_us, haproxy.idling.added_p99_us),
-        ratio(weft_aa.idling.added_p99_us, weft.idling.added_p99_us)
+        "- Added p99 over direct, one hop: weft {:.0} µs vs HAProxy {:.0} µs: {} ({:.2}; the A/A copy of weft was {:.2} of the first).",
+        weft.lat.added_p99_us,
+        haproxy.lat.added_p99_us,
+        verdict(weft.lat.added_p99_us <= haproxy.lat.added_p99_us),
+        ratio(weft.lat.added_p99_us, haproxy.lat.added_p99_us),
+        ratio(weft_aa.lat.added_p99_us, weft.lat.added_p99_us)
     );
     let _ = writeln!(
         s,
-        "- Added p99 over direct, two hops with mTLS: weft {:.0} µs vs HAProxy {:.0} µs: {}. With core 1 idling: {:.0} vs {:.0} µs ({:.2}; the A/A copy was {:.2} of the first weft there).",
-        weft2.awake.added_p99_us,
-        haproxy2.awake.added_p99_us,
-        verdict(weft2.awake.added_p99_us <= haproxy2.awake.added_p99_us),
-        weft2.idling.added_p99_us,
-        haproxy2.idling.added_p99_us,
-        ratio(weft2.idling.added_p99_us, haproxy2.idling.added_p99_us),
-        ratio(weft_aa.idling.added_p99_us, weft.idling.added_p99_us)
+        "- Added p99 over direct, two hops with mTLS: weft {:.0} µs vs HAProxy {:.0} µs: {} ({:.2}; the A/A copy of weft was {:.2} of the first).",
+        weft2.lat.added_p99_us,
+        haproxy2.lat.added_p99_us,
+        verdict(weft2.lat.added_p99_us <= haproxy2.lat.added_p99_us),
+        ratio(weft2.lat.added_p99_us, haproxy2.lat.added_p99_us),
+        ratio(weft_aa.lat.added_p99_us, weft.lat.added_p99_us)
     );
     let _ = writeln!(
         s,

@@ -801,7 +801,11 @@ mod tests {
         let p = parsed("GET http://x/ HTTP/1.1\r\nhost:\r\n\r\n");
         assert_eq!(p.parts.uri.host(), Some("x"), "an empty Host is one");
         let p = parsed("GET http://x/ HTTP/1.1\r\n\r\n");
-        assert_eq!(p.parts.uri.host(), Some("x"), "an absolute target names the host");
+        assert_eq!(
+            p.parts.uri.host(),
+            Some("x"),
+            "an absolute target names the host"
+        );
         let p = parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
         assert!(p.keep_alive);
         let p = parsed(
