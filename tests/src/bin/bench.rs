@@ -1059,12 +1059,14 @@ fn wrk(target: SocketAddr, connections: u32, duration: Duration) -> anyhow::Resu
 }
 
 /// The due times of an open-loop run at `rate` over `targets` targets: request `i` is due at
-/// `start + i / rate` and goes to target `(i / slice) % targets`, where a slice is [`SLICE`]'s
-/// worth of requests. So the schedule stays with one target for a tenth of a second, then moves
-/// on, and every target is measured across the same stretch of machine time: a spell of
-/// hypervisor steal lasting a second or more lands on all of them alike instead of on whichever
-/// target a longer run happened to be measuring. One target at a time keeps the proxies' core
-/// to one proxy, as in a run of its own.
+/// `start + i / rate`, and the requests go to one target for a slice ([`SLICE`]) at a time. So
+/// every target is measured across the same stretch of machine time: a spell of hypervisor
+/// steal lasting a second or more lands on all of them alike instead of on whichever target a
+/// longer run happened to be measuring. One target at a time keeps the proxies' core to one
+/// proxy, as in a run of its own. Each cycle of slices visits every target once, in an order
+/// shuffled per cycle, so that no target always comes after the same one: a slice that follows
+/// direct's finds the proxies' core idle for 100 ms, and its first requests wait for the core
+/// to wake. In a fixed order, the target after direct paid that every time.
 ///
 /// A thread of its own sleeps until each due time (the kernel's high-resolution timers wake it
 /// within tens of microseconds) and hands it over. tokio's timer would round every due time up
@@ -1079,12 +1081,18 @@ fn schedule(rate: u32, n: u64, targets: usize) -> Vec<tokio::sync::mpsc::Receive
     let slice = (u64::from(rate) * SLICE.as_millis() as u64 / 1000).max(1);
     std::thread::spawn(move || {
         let start = Instant::now() + Duration::from_millis(10);
+        let mut order: Vec<usize> = (0..txs.len()).collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         for i in 0..n {
             let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            let to = usize::try_from(i / slice).unwrap_or(0) % txs.len();
+            let at = usize::try_from(i / slice).unwrap_or(0);
+            if at % order.len() == 0 && i % slice == 0 {
+                shuffle(&mut order, &mut seed);
+            }
+            let to = order[at % order.len()];
             // The receiver is gone when the run failed early.
             if txs[to].blocking_send(due).is_err() {
                 break;
@@ -1092,6 +1100,16 @@ fn schedule(rate: u32, n: u64, targets: usize) -> Vec<tokio::sync::mpsc::Receive
         }
     });
     rxs
+}
+
+/// Puts `order` in a new order, from a fixed sequence (xorshift), so runs are repeatable.
+fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        order.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
 }
 
 /// How long the fixed-rate schedule stays with one target before it moves to the next.
