@@ -28,7 +28,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
-use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -284,14 +283,23 @@ impl Hop {
                 hop.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             } else if name == HOST {
                 hop.hosts = hop.hosts.saturating_add(1);
-                // Empty is allowed (a target without an authority); userinfo is not.
-                let v = value.as_bytes();
-                hop.bad_host |=
-                    !v.is_empty() && (v.contains(&b'@') || Authority::try_from(v).is_err());
+                hop.bad_host |= !value.as_bytes().iter().all(|&b| is_host_byte(b));
             }
         }
         hop
     }
+}
+
+/// Whether `b` may appear in a `Host` value: an authority without userinfo (RFC 3986 section
+/// 3.2), that is a name, an IPv4 address or a bracketed IP literal, and an optional port. Empty
+/// is allowed (a target without an authority). Checked byte by byte rather than parsed into an
+/// `Authority`, which would copy the value for every request.
+fn is_host_byte(b: u8) -> bool {
+    matches!(b,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+        | b'-' | b'.' | b'_' | b'~' | b'%'
+        | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        | b':' | b'[' | b']')
 }
 
 /// Parses a request head at the start of `read` and takes it off; `None` while incomplete.
