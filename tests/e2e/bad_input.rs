@@ -242,6 +242,15 @@ async fn requests_for_unknown_services_get_503_no_route() {
         (resp.status().as_u16(), error_header(&resp)),
         (503, "no-route".into())
     );
+    // The proxy's own answer is dated, as an origin's is (RFC 9110 section 6.6.1).
+    let date = resp
+        .headers()
+        .get("date")
+        .expect("a date on the proxy's answer");
+    assert!(
+        httpdate::parse_http_date(date.to_str().unwrap()).is_ok(),
+        "{date:?}"
+    );
     // A short name resolves only in the proxy's own namespace.
     let resp = client::get(proxy.outbound, "http://ok.shop/")
         .await

@@ -19,15 +19,16 @@
 //! `Transfer-Encoding` with `Content-Length`, a transfer coding other than `chunked`,
 //! conflicting lengths, `Transfer-Encoding` in HTTP/1.0, obsolete line folding.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -602,6 +603,25 @@ fn is_bodiless(method: &Method, status: StatusCode) -> bool {
 
 /// The response's head, and how its body goes on the wire. `keep` turns false when the body
 /// can only be ended by closing the connection.
+/// A `date` field for a response that came without one: weft's own answers, and an upstream's
+/// that lacked it (RFC 9110 section 6.6.1), as hyper and Envoy add it. Formatted once a second.
+fn put_date(head: &mut BytesMut) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(text.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    });
+}
+
 fn response_head(
     parts: &http::response::Parts,
     method: &Method,
@@ -622,6 +642,7 @@ fn response_head(
     let bodiless = is_bodiless(method, status);
     // The framing is this hop's: only a length that is about the body stays.
     let (mut declared, mut bad_length, mut te, mut connection) = (None, false, false, false);
+    let mut dated = false;
     for (name, value) in &parts.headers {
         if name == CONTENT_LENGTH {
             bad_length |= add_length(&mut declared, value).is_err();
@@ -629,6 +650,8 @@ fn response_head(
             te = true;
         } else if name == CONNECTION {
             connection = true;
+        } else if name == DATE {
+            dated = true;
         }
     }
     if bad_length {
@@ -649,6 +672,9 @@ fn response_head(
         put_fields(&mut head, &fields);
     } else {
         put_fields(&mut head, &parts.headers);
+    }
+    if !dated {
+        put_date(&mut head);
     }
     let encoding = if bodiless || upgraded {
         // A HEAD answered here says how long the GET's body would be.
@@ -927,7 +953,33 @@ mod tests {
         let (parts, body) = resp.into_parts();
         let mut keep = true;
         let (head, enc) = response_head(&parts, &method, version, false, &body, &mut keep);
-        (String::from_utf8(head.to_vec()).unwrap(), enc, keep)
+        let head = String::from_utf8(head.to_vec()).unwrap();
+        // Every head has one date: the response's own, or the one added here, which is taken
+        // out so that the rest can be compared exactly.
+        let dates: Vec<&str> = head.lines().filter(|l| l.starts_with("date: ")).collect();
+        assert_eq!(dates.len(), 1, "{head}");
+        let head = if parts.headers.contains_key(DATE) {
+            head.clone()
+        } else {
+            let date = dates[0].trim_start_matches("date: ");
+            assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+            head.replacen(&format!("date: {date}\r\n"), "", 1)
+        };
+        (head, enc, keep)
+    }
+
+    #[test]
+    fn a_response_without_a_date_gets_one_and_one_with_a_date_keeps_it() {
+        let (h, _, _) = head_of(Response::new(Body::empty()), Method::GET, Version::HTTP_11);
+        assert_eq!(h, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut()
+            .insert(DATE, "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+        let (h, _, _) = head_of(resp, Method::GET, Version::HTTP_11);
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 
     #[test]
