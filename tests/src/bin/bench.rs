@@ -968,7 +968,7 @@ async fn measure_h2(t: &Target, kind: H2Kind, duration: Duration) -> anyhow::Res
         t.name
     );
     let rps = total as f64 / started.elapsed().as_secs_f64();
-    let cpu_sat = (t.cpu() - cpu0).as_secs_f64() * 1e3 / (total as f64 / 1000.0);
+    let cpu_sat = per_1k(t.cpu() - cpu0, total);
 
     let cpu1 = t.cpu();
     let n = u64::from(RATE) * duration.as_secs();
@@ -993,7 +993,7 @@ async fn measure_h2(t: &Target, kind: H2Kind, duration: Duration) -> anyhow::Res
         lat.push(us);
     }
     lat.sort_by(f64::total_cmp);
-    let cpu_fixed = (t.cpu() - cpu1).as_secs_f64() * 1e3 / (n as f64 / 1000.0);
+    let cpu_fixed = per_1k(t.cpu() - cpu1, n);
     Ok(Figures {
         max_rps: rps,
         cpu_sat,

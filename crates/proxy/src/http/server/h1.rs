@@ -958,14 +958,13 @@ mod tests {
         // out so that the rest can be compared exactly.
         let dates: Vec<&str> = head.lines().filter(|l| l.starts_with("date: ")).collect();
         assert_eq!(dates.len(), 1, "{head}");
-        let head = if parts.headers.contains_key(DATE) {
-            head.clone()
-        } else {
-            let date = dates[0].trim_start_matches("date: ");
-            assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
-            head.replacen(&format!("date: {date}\r\n"), "", 1)
-        };
-        (head, enc, keep)
+        if parts.headers.contains_key(DATE) {
+            return (head, enc, keep);
+        }
+        let line = format!("{}\r\n", dates[0]);
+        let date = line.trim_start_matches("date: ").trim_end();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+        (head.replacen(&line, "", 1), enc, keep)
     }
 
     #[test]
