@@ -187,3 +187,78 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
         0.0
     );
 }
+
+/// The established TCP sockets of this network namespace from `/proc/net/tcp`: (local,
+/// remote, timer, ticks until it fires). Timer 2 is the keep-alive timer.
+fn tcp_sockets() -> Vec<(std::net::SocketAddr, std::net::SocketAddr, u8, u64)> {
+    let addr = |field: &str| -> Option<std::net::SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        // The kernel prints the address as a number in host byte order.
+        let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
+        Some(
+            (
+                std::net::Ipv4Addr::from(ip),
+                u16::from_str_radix(port, 16).ok()?,
+            )
+                .into(),
+        )
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("reading /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(3) != Some(&"01") {
+                return None;
+            }
+            let (timer, when) = f.get(5)?.split_once(':')?;
+            Some((
+                addr(f.get(1)?)?,
+                addr(f.get(2)?)?,
+                timer.parse().ok()?,
+                u64::from_str_radix(when, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_connection_the_proxies_hold_is_probed_by_tcp_keepalive() {
+    let server = ServerPod::start("kept-app").await;
+    let config = Mesh::new("c1")
+        .service("shop", "kept", None, 80, &[server.endpoint()])
+        .build();
+    let client = Proxy::start(pod_ip(), &config, &["--namespace", "shop"]).await;
+    let mut conn = client::http1(client.outbound).await.unwrap();
+    let resp = conn
+        .send_request(Request::get("http://kept/").body(client::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    client::text(resp).await.unwrap();
+
+    // The proxies' sockets: the two they accepted (app -> client proxy, client proxy ->
+    // server proxy) and the two they opened (to the server proxy, to the app). Every one,
+    // idle now, has its keep-alive timer running, set to the proxy's 20 s and not the
+    // kernel's default two hours. /proc counts in USER_HZ, 100 per second on Linux.
+    let held = |(local, remote, _, _): &(_, _, u8, u64)| {
+        [client.outbound, server.proxy.inbound].contains(local)
+            || [server.proxy.inbound, server.app.addr].contains(remote)
+    };
+    let sockets = weft_tests::eventually(
+        "four idle proxy sockets with keep-alive timers",
+        std::time::Duration::from_secs(10),
+        || async {
+            let held: Vec<_> = tcp_sockets().into_iter().filter(held).collect();
+            (held.len() == 4 && held.iter().all(|s| s.2 == 2)).then_some(held)
+        },
+    )
+    .await;
+    for (local, remote, _, when) in sockets {
+        assert!(
+            when <= 20 * 100,
+            "{local} -> {remote}: keep-alive fires in {when} ticks, beyond 20 s"
+        );
+    }
+}

@@ -237,7 +237,7 @@ where
         };
         match accepted {
             Ok((stream, client)) => {
-                let _ = stream.set_nodelay(true);
+                crate::io::tune(&stream);
                 shared.tasks.spawn(handle(
                     stream,
                     crate::orig_dst::canonical(client),

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -113,8 +113,7 @@ impl Connector {
                     });
                 }
             };
-        // Latency matters more than packet count for request/response traffic.
-        let _ = stream.set_nodelay(true);
+        crate::io::tune(&stream);
         let Dial::Peer {
             port,
             identity: expected,
@@ -650,10 +649,8 @@ impl Pools {
         let addr = key.dial.addr();
         let permit = self.new_connection_permit(opts).await?;
         let stream = self.connect(key, opts).await?;
+        // No HTTP/2 PINGs: TCP keep-alive finds a vanished peer (`io::tune`).
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ProxyError::Handshake { addr, source })?;

@@ -86,8 +86,8 @@ where
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    // No HTTP/2 PINGs: TCP keep-alive finds a vanished client (`io::tune`).
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
     let result = tokio::select! {
         r = conn.as_mut() => r,
