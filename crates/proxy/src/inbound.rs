@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -37,7 +37,7 @@ const DIRECTION: Direction = Direction::Inbound;
 
 /// The header that tells the application which workload called, set from the caller's
 /// certificate (and removed from any request that did not come over mesh TLS).
-pub const PEER_IDENTITY_HEADER: &str = "x-weft-peer-identity";
+pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-weft-peer-identity");
 
 /// Who is on the other end of an inbound connection.
 #[derive(Debug, Clone, Default)]
@@ -128,6 +128,10 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 stats: shared
                     .metrics
                     .request_stats(DIRECTION, &INBOUND_ROUTE, &backend),
+                identity_header: peer
+                    .identity
+                    .as_deref()
+                    .and_then(|id| HeaderValue::from_str(id).ok()),
                 peer,
                 from_proxy: hint.is_some(),
             });
@@ -285,6 +289,9 @@ struct Http {
     /// The request metrics of this connection's application port.
     stats: RequestStats,
     peer: Peer,
+    /// The peer's identity as the application gets it in [`PEER_IDENTITY_HEADER`], made once
+    /// for the connection.
+    identity_header: Option<HeaderValue>,
     /// Dialled by a peer proxy (with a transport header): it may carry HTTP/1 requests over
     /// HTTP/2, to be restored for the application.
     from_proxy: bool,
@@ -352,16 +359,13 @@ impl Http {
             if self.from_proxy {
                 crate::upstream::restore_orig_proto(&mut req);
             }
+            // Whatever the client put there is replaced (or removed): only a verified
+            // certificate names the caller.
             let headers = req.headers_mut();
-            headers.remove(PEER_IDENTITY_HEADER);
-            if let Some(id) = self
-                .peer
-                .identity
-                .as_deref()
-                .and_then(|id| HeaderValue::from_str(id).ok())
-            {
-                headers.insert(PEER_IDENTITY_HEADER, id);
-            }
+            match &self.identity_header {
+                Some(id) => headers.insert(PEER_IDENTITY_HEADER.clone(), id.clone()),
+                None => headers.remove(&PEER_IDENTITY_HEADER),
+            };
             let result = match self.authorize(&mut req) {
                 Ok(()) => {
                     forward::forward(

@@ -188,7 +188,7 @@ impl Connector {
 
 /// Set on an HTTP/1 request carried over HTTP/2 between proxies: the version the application
 /// must receive (`HTTP/1.1` or `HTTP/1.0`).
-pub const ORIG_PROTO_HEADER: &str = "x-weft-orig-proto";
+pub static ORIG_PROTO_HEADER: http::HeaderName = http::HeaderName::from_static("x-weft-orig-proto");
 
 /// The absolute URI an HTTP/1 request (origin form, with `Host`) takes over HTTP/2: the
 /// authority from `Host`. `None` when `Host` is missing or unusable.
@@ -219,13 +219,15 @@ fn to_multiplexed<B>(req: &mut Request<B>, uri: http::Uri) {
     };
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_2;
-    req.headers_mut()
-        .insert(ORIG_PROTO_HEADER, http::HeaderValue::from_static(orig));
+    req.headers_mut().insert(
+        ORIG_PROTO_HEADER.clone(),
+        http::HeaderValue::from_static(orig),
+    );
 }
 
 /// Undoes [`to_multiplexed`] for a request that was never sent.
 fn from_multiplexed<B>(mut req: Request<B>, version: http::Version) -> Request<B> {
-    req.headers_mut().remove(ORIG_PROTO_HEADER);
+    req.headers_mut().remove(&ORIG_PROTO_HEADER);
     *req.version_mut() = version;
     if let Some(pq) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = http::Uri::from(pq);
@@ -236,7 +238,7 @@ fn from_multiplexed<B>(mut req: Request<B>, version: http::Version) -> Request<B
 /// The version an HTTP/1 request carried over HTTP/2 by a peer proxy asked for, taking the
 /// marker off. `None` for a request that was HTTP/2 to begin with.
 pub fn restore_orig_proto<B>(req: &mut Request<B>) -> Option<http::Version> {
-    let value = req.headers_mut().remove(ORIG_PROTO_HEADER)?;
+    let value = req.headers_mut().remove(&ORIG_PROTO_HEADER)?;
     let version = match value.as_bytes() {
         b"HTTP/1.0" => http::Version::HTTP_10,
         _ => http::Version::HTTP_11,
@@ -754,7 +756,7 @@ mod tests {
             assert_eq!(req.version(), http::Version::HTTP_2);
             let mut arrived = req;
             assert_eq!(restore_orig_proto(&mut arrived), Some(version));
-            assert!(arrived.headers().get(ORIG_PROTO_HEADER).is_none());
+            assert!(arrived.headers().get(&ORIG_PROTO_HEADER).is_none());
             assert_eq!(arrived.version(), version);
             // A request that was never sent goes back to what it was.
             to_multiplexed(
