@@ -10,6 +10,8 @@
 //! - [`timer`]: the coarse timer behind the header-read deadline of keep-alive requests.
 //! - [`forward`]: sending one request upstream through the pools, upgrades and CONNECT
 //!   included.
+//!
+//! [`Spawner`] runs the tasks hyper's HTTP/2 client and server start for each stream.
 
 pub mod body;
 pub mod forward;
@@ -18,3 +20,23 @@ pub mod headers;
 pub mod replay;
 pub mod server;
 pub mod timer;
+
+/// The executor for hyper's HTTP/2 client and server: spawns each future boxed.
+///
+/// hyper spawns a task for every HTTP/2 stream, and its future type is an enum whose largest
+/// variant is the whole connection, so each stream's future is as large as the connection.
+/// tokio moves a task's whole stage when the task finishes and when its output is taken;
+/// spawned boxed, what it moves is a pointer (two hops with mTLS: 95,120 -> 93,591
+/// instructions per request).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spawner;
+
+impl<F> hyper::rt::Executor<F> for Spawner
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -652,7 +652,7 @@ impl Pools {
         let permit = self.new_connection_permit(opts).await?;
         let stream = self.connect(key, opts).await?;
         // No HTTP/2 PINGs: TCP keep-alive finds a vanished peer (`io::tune`).
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = http2::Builder::new(crate::http::Spawner)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ProxyError::Handshake { addr, source })?;
