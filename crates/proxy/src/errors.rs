@@ -135,13 +135,22 @@ pub enum ProxyError {
     Handshake {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: crate::http::body::BoxError,
     },
     #[error("upstream {addr}: {source}")]
     Upstream {
         addr: SocketAddr,
         #[source]
         source: hyper::Error,
+    },
+    /// On a shared HTTP/2 connection; `sent` is false when the connection could not take the
+    /// request (it had closed or was going away), so that it never left.
+    #[error("upstream {addr}: {source}")]
+    Http2 {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+        sent: bool,
     },
     #[error("upstream {addr}: {source}")]
     Exchange {
@@ -178,7 +187,9 @@ impl ProxyError {
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => Reason::ConnectFailed,
             ProxyError::Upstream { source, .. } if source.is_timeout() => Reason::Timeout,
-            ProxyError::Upstream { .. } | ProxyError::Exchange { .. } => Reason::UpstreamReset,
+            ProxyError::Upstream { .. }
+            | ProxyError::Http2 { .. }
+            | ProxyError::Exchange { .. } => Reason::UpstreamReset,
             ProxyError::RouteNotFound => Reason::RouteNotFound,
             ProxyError::NoBackend => Reason::NoBackend,
             ProxyError::BreakerOpen(_) => Reason::BreakerOpen,
@@ -211,6 +222,7 @@ impl ProxyError {
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::Http2 { .. }
             | ProxyError::Exchange { .. }
             | ProxyError::Timeout(_) => Blame::Upstream,
         }
@@ -227,6 +239,9 @@ impl ProxyError {
             ProxyError::Upstream { source, .. } => {
                 source.is_canceled() || is_refused_stream(source)
             }
+            ProxyError::Http2 { source, sent, .. } => {
+                !sent || source.reason() == Some(h2::Reason::REFUSED_STREAM)
+            }
             _ => false,
         }
     }
@@ -241,7 +256,11 @@ impl ProxyError {
 
     /// HTTP/2 `REFUSED_STREAM`.
     pub fn is_refused_stream(&self) -> bool {
-        matches!(self, ProxyError::Upstream { source, .. } if is_refused_stream(source))
+        match self {
+            ProxyError::Upstream { source, .. } => is_refused_stream(source),
+            ProxyError::Http2 { source, .. } => source.reason() == Some(h2::Reason::REFUSED_STREAM),
+            _ => false,
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! endpoints that still exist. HTTP/1 connections are reused one request at a time (a
 //! connection returns to the pool when its response body has been read to the end) and are
 //! driven by the request that uses them ([`h1`]); an HTTP/2 connection is shared by all
-//! requests to its key, with hyper's client.
+//! requests to its key, and driven by a task of its own ([`http2`]).
 //!
 //! Sending is on every request's path, and its future is part of every request's future
 //! (see `outbound::request` on why that size matters): the send functions return `async move`
@@ -14,6 +14,7 @@
 //! connection is boxed, so that a send that reuses one carries no handshake state.
 
 mod h1;
+mod http2;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{Request, Response};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
@@ -328,13 +329,14 @@ struct Key {
 }
 
 pub use h1::H1Body;
+pub use http2::H2Body;
 
 struct Idle {
     conn: h1::H1Conn,
     since: Instant,
 }
 
-type SharedH2 = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+type SharedH2 = Arc<tokio::sync::Mutex<Option<http2::H2Conn>>>;
 
 /// Reusable upstream HTTP connections.
 pub struct Pools {
@@ -482,7 +484,10 @@ impl Pools {
             Ok(handshake) => handshake,
             Err(source) => {
                 return Err(SendError::unsent(
-                    ProxyError::Handshake { addr, source },
+                    ProxyError::Handshake {
+                        addr,
+                        source: source.into(),
+                    },
                     req,
                 ));
             }
@@ -606,26 +611,21 @@ impl Pools {
         opts: &SendOptions,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
-            let addr = key.dial.addr();
             let ready = self.ready_http2(&key);
             let sender = match ready {
                 Some(sender) => Ok(sender),
                 // Connecting is boxed, so that the request future holds no handshake.
                 None => Box::pin(self.http2_sender(&key, opts)).await,
             };
-            let mut sender = match sender {
-                Ok(sender) => sender,
-                Err(error) => return Err(SendError::unsent(error, req)),
-            };
-            match sender.try_send_request(*req).await {
-                Ok(resp) => Ok(resp.map(Body::Incoming)),
-                Err(err) => Err(SendError::from_hyper(addr, err)),
+            match sender {
+                Ok(sender) => sender.send(req).await,
+                Err(error) => Err(SendError::unsent(error, req)),
             }
         }
     }
 
     /// The shared HTTP/2 connection for a key when it is open and nobody is connecting it.
-    fn ready_http2(&self, key: &Key) -> Option<http2::SendRequest<Body>> {
+    fn ready_http2(&self, key: &Key) -> Option<http2::H2Conn> {
         let pools = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         let slot = pools.get(key)?.try_lock().ok()?;
         slot.as_ref().filter(|s| !s.is_closed()).cloned()
@@ -637,7 +637,7 @@ impl Pools {
         &self,
         key: &Key,
         opts: &SendOptions,
-    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+    ) -> Result<http2::H2Conn, ProxyError> {
         let slot = {
             let mut pools = self.http2.lock().unwrap_or_else(|p| p.into_inner());
             pools.entry(key.clone()).or_default().clone()
@@ -652,20 +652,18 @@ impl Pools {
         let permit = self.new_connection_permit(opts).await?;
         let stream = self.connect(key, opts).await?;
         // No HTTP/2 PINGs: TCP keep-alive finds a vanished peer (`io::tune`).
-        let (sender, conn) = http2::Builder::new(crate::http::Spawner)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ProxyError::Handshake { addr, source })?;
         let limiter = opts.limiter.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
+        let sender = http2::H2Conn::handshake(stream, addr, move || {
             drop(permit);
             if let Some(l) = limiter {
                 l.freed.notify_waiters();
             }
-        });
+        })
+        .await
+        .map_err(|source| ProxyError::Handshake {
+            addr,
+            source: source.into(),
+        })?;
         *slot = Some(sender.clone());
         Ok(sender)
     }

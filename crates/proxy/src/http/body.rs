@@ -10,27 +10,29 @@ use hyper::body::Incoming;
 
 use crate::http::replay::{ReplayBody, TeeBody};
 use crate::http::server::h1::RequestBody;
-use crate::upstream::H1Body;
+use crate::upstream::{H1Body, H2Body};
 
 /// The error of any body in the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A streamed message body: a request body from an HTTP/1 client, what arrived over HTTP/2
-/// (or an upgrade's answer), what an upstream HTTP/1 connection sends back (which returns its
-/// connection to the pool when done), a small body the proxy made, a request body recorded
-/// for a retry or replayed for one, or a response body that must end by a deadline.
+/// from a client (or an upgrade's answer), what an upstream HTTP/1 connection sends back
+/// (which returns its connection to the pool when done), what an upstream sends back over
+/// HTTP/2, a small body the proxy made, a request body recorded for a retry or replayed for
+/// one, or a response body that must end by a deadline.
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Downstream(RequestBody),
     Incoming(Incoming),
     Upstream(Box<H1Body>),
+    Multiplexed(H2Body),
     Tee(TeeBody),
     Replay(ReplayBody),
     Deadline(Box<DeadlineBody>),
-    /// Chunks as a test sends them, of no known length.
+    /// Frames as a test sends them, of no known length.
     #[cfg(test)]
-    Channel(tokio::sync::mpsc::Receiver<Bytes>),
+    Channel(tokio::sync::mpsc::Receiver<Frame<Bytes>>),
 }
 
 /// A body that fails if it has not ended by a deadline (the route's request timeout).
@@ -76,6 +78,7 @@ impl http_body::Body for Body {
             Body::Downstream(body) => Pin::new(body).poll_frame(cx),
             Body::Incoming(body) => boxed(Pin::new(body).poll_frame(cx)),
             Body::Upstream(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            Body::Multiplexed(body) => Pin::new(body).poll_frame(cx),
             Body::Tee(body) => Pin::new(body).poll_frame(cx),
             Body::Replay(body) => Pin::new(body).poll_frame(cx),
             Body::Deadline(d) => {
@@ -85,7 +88,7 @@ impl http_body::Body for Body {
                 Pin::new(&mut d.inner).poll_frame(cx)
             }
             #[cfg(test)]
-            Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|d| Ok(Frame::data(d)))),
+            Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(Ok)),
         }
     }
 
@@ -96,6 +99,7 @@ impl http_body::Body for Body {
             Body::Downstream(body) => body.is_end_stream(),
             Body::Incoming(body) => body.is_end_stream(),
             Body::Upstream(body) => body.is_end_stream(),
+            Body::Multiplexed(body) => body.is_end_stream(),
             Body::Tee(body) => body.is_end_stream(),
             Body::Replay(body) => body.is_end_stream(),
             Body::Deadline(d) => d.inner.is_end_stream(),
@@ -111,6 +115,7 @@ impl http_body::Body for Body {
             Body::Downstream(body) => body.size_hint(),
             Body::Incoming(body) => body.size_hint(),
             Body::Upstream(body) => body.size_hint(),
+            Body::Multiplexed(body) => body.size_hint(),
             Body::Tee(body) => body.size_hint(),
             Body::Replay(body) => body.size_hint(),
             Body::Deadline(d) => d.inner.size_hint(),
@@ -128,6 +133,7 @@ impl std::fmt::Debug for Body {
             Body::Downstream(_) => "Body::Downstream",
             Body::Incoming(_) => "Body::Incoming",
             Body::Upstream(_) => "Body::Upstream",
+            Body::Multiplexed(_) => "Body::Multiplexed",
             Body::Tee(_) => "Body::Tee",
             Body::Replay(_) => "Body::Replay",
             Body::Deadline(_) => "Body::Deadline",

@@ -1415,7 +1415,9 @@ mod tests {
                     let (tx, body) = channel_body();
                     tokio::spawn(async move {
                         for part in ["one ", "two"] {
-                            let _ = tx.send(Bytes::from_static(part.as_bytes())).await;
+                            let _ = tx
+                                .send(http_body::Frame::data(Bytes::from_static(part.as_bytes())))
+                                .await;
                         }
                     });
                     return Response::new(body);
@@ -1449,7 +1451,7 @@ mod tests {
         }
 
         /// A body fed through a channel, of unknown length.
-        fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+        fn channel_body() -> (tokio::sync::mpsc::Sender<http_body::Frame<Bytes>>, Body) {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             (tx, Body::Channel(rx))
         }

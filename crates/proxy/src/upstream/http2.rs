@@ -1,0 +1,470 @@
+//! HTTP/2 to an upstream, on the `h2` crate: one connection per key, shared by every request
+//! to it and driven by a task of its own.
+//!
+//! hyper's client puts a dispatcher between the requests and that connection: each request
+//! crosses a channel to the dispatcher, which spawns a task to await the response and hands
+//! it back through a oneshot channel. Here the request's own task opens the stream and awaits
+//! the response itself; a task is spawned only for a request body that is still streaming
+//! when the response is awaited ([`Pipe`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::sync::oneshot;
+
+use super::{Outgoing, SendError};
+use crate::errors::ProxyError;
+use crate::http::body::{Body, BoxError};
+use crate::io::Conn;
+
+// Flow-control windows and limits, as hyper's client had them: the protocol's 64 KiB
+// windows hold a fast stream back on any link with latency.
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams opened before the server's SETTINGS say how many it takes (RFC 9113 section
+/// 6.5.2 recommends servers allow at least 100).
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+
+/// A shared HTTP/2 connection to an upstream.
+#[derive(Clone)]
+pub struct H2Conn {
+    send: h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    /// Cleared when the connection's task ends.
+    open: Arc<AtomicBool>,
+}
+
+impl H2Conn {
+    /// The HTTP/2 handshake on `stream`; the connection is then driven by a task that calls
+    /// `closed` when it ends.
+    pub async fn handshake(
+        stream: Conn,
+        addr: SocketAddr,
+        closed: impl FnOnce() + Send + 'static,
+    ) -> Result<H2Conn, h2::Error> {
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream)
+            .await?;
+        let open = Arc::new(AtomicBool::new(true));
+        let driver = open.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+            driver.store(false, Ordering::Release);
+            closed();
+        });
+        Ok(H2Conn { send, addr, open })
+    }
+
+    /// Whether the connection has ended (or failed): a new one is needed.
+    pub fn is_closed(&self) -> bool {
+        !self.open.load(Ordering::Acquire)
+    }
+
+    /// Sends `req` on a new stream and awaits the response head. The request comes back when
+    /// the connection could not take it.
+    pub async fn send(&self, req: Outgoing) -> Result<Response<Body>, SendError> {
+        let addr = self.addr;
+        let mut send = match self.send.clone().ready().await {
+            Ok(send) => send,
+            // Closed or going away: nothing was sent.
+            Err(source) => {
+                return Err(SendError {
+                    error: ProxyError::Http2 {
+                        addr,
+                        source,
+                        sent: false,
+                    },
+                    unsent: Some(req),
+                });
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let end = body.is_end_stream();
+        let sent = |source| SendError {
+            error: ProxyError::Http2 {
+                addr,
+                source,
+                sent: true,
+            },
+            unsent: None,
+        };
+        let (response, stream) = send
+            .send_request(Request::from_parts(parts, ()), end)
+            .map_err(sent)?;
+        // A body that is ready whole (a small one, or a replay) is sent here; the rest of one
+        // still arriving is piped by a task of its own while the response is awaited.
+        let mut cancel = None;
+        if !end {
+            let (tx, rx) = oneshot::channel();
+            let mut pipe = Pipe {
+                body,
+                stream,
+                cancel: Some(rx),
+            };
+            let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await;
+            if done.is_pending() {
+                tokio::spawn(pipe);
+                cancel = Some(CancelOnDrop(Some(tx)));
+            }
+        }
+        let resp = response.await.map_err(sent)?;
+        // From here the pipe finishes on its own, even if the response ends first.
+        if let Some(mut cancel) = cancel {
+            cancel.0.take();
+        }
+        let length = crate::http::h1::content_length(resp.headers())
+            .ok()
+            .flatten();
+        Ok(resp.map(|recv| {
+            Body::Multiplexed(H2Body {
+                recv,
+                length,
+                data_done: false,
+            })
+        }))
+    }
+}
+
+/// Tells the request body's [`Pipe`] to reset the stream when the request is dropped before
+/// its response arrived (the client went away, or the attempt timed out).
+struct CancelOnDrop(Option<oneshot::Sender<()>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Streams a request body onto its HTTP/2 stream, as the peer's flow control allows.
+struct Pipe {
+    body: Body,
+    stream: SendStream<Bytes>,
+    cancel: Option<oneshot::Receiver<()>>,
+}
+
+impl Future for Pipe {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(cancel) = &mut this.cancel {
+                match Pin::new(cancel).poll(cx) {
+                    Poll::Ready(Ok(())) => {
+                        this.stream.send_reset(h2::Reason::CANCEL);
+                        return Poll::Ready(());
+                    }
+                    // The response arrived: the body goes on to its end.
+                    Poll::Ready(Err(_)) => this.cancel = None,
+                    Poll::Pending => {}
+                }
+            }
+            // Room for at least a byte before the next chunk is read; h2 holds what exceeds
+            // the window, up to its send buffer, and sends it as the window opens.
+            this.stream.reserve_capacity(1);
+            if this.stream.capacity() == 0 {
+                match ready!(this.stream.poll_capacity(cx)) {
+                    Some(Ok(_)) => continue,
+                    // Reset by the peer, or the connection ended.
+                    Some(Err(_)) | None => return Poll::Ready(()),
+                }
+            }
+            if let Poll::Ready(reason) = this.stream.poll_reset(cx) {
+                tracing::debug!(?reason, "the upstream reset the stream of a request body");
+                return Poll::Ready(());
+            }
+            let frame = match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    // The client's body broke: the upstream must not take what it got as whole.
+                    tracing::debug!(error = %e, "request body failed while streaming upstream");
+                    this.stream.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                None => {
+                    let _ = this.stream.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let end = this.body.is_end_stream();
+                    if this.stream.send_data(data, end).is_err() || end {
+                        return Poll::Ready(());
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        this.stream.reserve_capacity(0);
+                        let _ = this.stream.send_trailers(trailers);
+                        return Poll::Ready(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A response body arriving on an HTTP/2 stream. Each chunk read gives its room in the
+/// flow-control window back to the upstream.
+pub struct H2Body {
+    recv: RecvStream,
+    /// What is left of the `Content-Length`, if the response had one.
+    length: Option<u64>,
+    data_done: bool,
+}
+
+impl http_body::Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut self.length {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+    use http_body_util::BodyExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A client connection to an h2 server on an ephemeral port, whose streams `serve` gets.
+    async fn connected<F, Fut>(serve: F) -> H2Conn
+    where
+        F: Fn(Request<RecvStream>, h2::server::SendResponse<Bytes>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(tcp).await.unwrap();
+            while let Some(Ok((req, respond))) = conn.accept().await {
+                tokio::spawn(serve(req, respond));
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        H2Conn::handshake(Conn::Tcp(tcp), addr, || {})
+            .await
+            .unwrap()
+    }
+
+    /// Everything a request body carried: its data and its trailers.
+    async fn read_all(mut body: RecvStream) -> (Vec<u8>, Option<HeaderMap>) {
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        (data, body.trailers().await.unwrap())
+    }
+
+    fn request(body: Body) -> Outgoing {
+        Box::new(
+            Request::post("http://upstream/echo")
+                .version(http::Version::HTTP_2)
+                .body(body)
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn bodies_and_trailers_cross_both_ways_beyond_the_flow_control_windows() {
+        let conn = connected(|req, mut respond| async move {
+            let (data, trailers) = read_all(req.into_body()).await;
+            let resp = Response::builder()
+                .header("content-length", data.len())
+                .body(())
+                .unwrap();
+            let mut stream = respond.send_response(resp, false).unwrap();
+            stream.send_data(Bytes::from(data), false).unwrap();
+            let mut echoed = trailers.unwrap_or_default();
+            echoed.insert("x-echoed", "yes".parse().unwrap());
+            stream.send_trailers(echoed).unwrap();
+        })
+        .await;
+        // Larger than the stream window (2 MiB), sent in chunks as a client would.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let total = 3 * 1024 * 1024 + 17;
+        tokio::spawn(async move {
+            let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                tx.send(Frame::data(chunk.slice(..n))).await.unwrap();
+                left -= n;
+            }
+        });
+        let resp = conn.send(request(Body::Channel(rx))).await.ok().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            http_body::Body::size_hint(resp.body()).exact(),
+            Some(total as u64)
+        );
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["x-echoed"], "yes");
+        let data = collected.to_bytes();
+        assert_eq!(data.len(), total);
+        assert!(data.iter().all(|b| *b == 7));
+    }
+
+    #[tokio::test]
+    async fn request_trailers_reach_the_upstream() {
+        let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = connected(move |req, mut respond| {
+            let seen = seen_tx.clone();
+            async move {
+                seen.send(read_all(req.into_body()).await).unwrap();
+                let resp = Response::new(());
+                respond.send_response(resp, true).unwrap();
+            }
+        })
+        .await;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(Frame::data(Bytes::from_static(b"abc")))
+            .await
+            .unwrap();
+        tx.send(Frame::trailers(trailers)).await.unwrap();
+        drop(tx);
+        let resp = conn.send(request(Body::Channel(rx))).await.ok().unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut seen_rx = seen_rx;
+        let (data, trailers) = seen_rx.recv().await.unwrap();
+        assert_eq!(data, b"abc");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_response_resets_its_stream() {
+        for streaming in [false, true] {
+            let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+            let conn = connected(move |req, mut respond| {
+                let seen = seen_tx.clone();
+                async move {
+                    // Never answers: says the request arrived, then how its stream ended.
+                    let _body = req.into_body();
+                    seen.send(None).unwrap();
+                    let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+                    seen.send(reason.ok()).unwrap();
+                }
+            })
+            .await;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let body = if streaming {
+                // A body that has not ended: its stream is held by the task piping it too.
+                tx.send(Frame::data(Bytes::from_static(b"x")))
+                    .await
+                    .unwrap();
+                Body::Channel(rx)
+            } else {
+                Body::Empty
+            };
+            tokio::select! {
+                _ = conn.send(request(body)) => panic!("the upstream never answers"),
+                arrived = seen_rx.recv() => assert_eq!(arrived, Some(None)),
+            }
+            // The send was dropped with the select.
+            assert_eq!(
+                seen_rx.recv().await,
+                Some(Some(h2::Reason::CANCEL)),
+                "streaming body: {streaming}"
+            );
+            drop(tx);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_never_reached_the_app() {
+        let conn = connected(|_req, mut respond| async move {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        })
+        .await;
+        let err = conn.send(request(Body::Empty)).await.err().unwrap();
+        assert!(err.error.is_refused_stream(), "{}", err.error);
+        assert!(err.error.never_reached_app());
+        assert!(err.unsent.is_none(), "the head went out");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_hands_the_request_back_unsent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            // The handshake, then the connection is dropped.
+            drop(h2::server::handshake(tcp).await.unwrap());
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let conn = H2Conn::handshake(Conn::Tcp(tcp), addr, move || {
+            let _ = closed_tx.send(());
+        })
+        .await
+        .unwrap();
+        closed_rx.await.unwrap();
+        assert!(conn.is_closed());
+        let err = conn.send(request(Body::full("kept"))).await.err().unwrap();
+        assert!(err.error.never_reached_app(), "{}", err.error);
+        let unsent = err.unsent.unwrap();
+        assert_eq!(unsent.uri(), "http://upstream/echo");
+    }
+}
