@@ -137,6 +137,7 @@ pub enum ProxyError {
         #[source]
         source: crate::http::body::BoxError,
     },
+    /// From hyper's HTTP/1 client, which carries upgrades and CONNECT.
     #[error("upstream {addr}: {source}")]
     Upstream {
         addr: SocketAddr,
@@ -236,12 +237,8 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => true,
-            ProxyError::Upstream { source, .. } => {
-                source.is_canceled() || is_refused_stream(source)
-            }
-            ProxyError::Http2 { source, sent, .. } => {
-                !sent || source.reason() == Some(h2::Reason::REFUSED_STREAM)
-            }
+            ProxyError::Upstream { source, .. } => source.is_canceled(),
+            ProxyError::Http2 { sent, .. } => !sent || self.is_refused_stream(),
             _ => false,
         }
     }
@@ -254,13 +251,9 @@ impl ProxyError {
         }
     }
 
-    /// HTTP/2 `REFUSED_STREAM`.
+    /// HTTP/2 `REFUSED_STREAM`: the server guarantees it did not process the request.
     pub fn is_refused_stream(&self) -> bool {
-        match self {
-            ProxyError::Upstream { source, .. } => is_refused_stream(source),
-            ProxyError::Http2 { source, .. } => source.reason() == Some(h2::Reason::REFUSED_STREAM),
-            _ => false,
-        }
+        matches!(self, ProxyError::Http2 { source, .. } if source.reason() == Some(h2::Reason::REFUSED_STREAM))
     }
 }
 
@@ -293,18 +286,6 @@ impl ExchangeError {
             _ => false,
         }
     }
-}
-
-/// HTTP/2 `REFUSED_STREAM`: the server guarantees it did not process the request.
-fn is_refused_stream(err: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// True for requests that speak gRPC, which get their errors as `grpc-status`.
