@@ -28,7 +28,8 @@ pub enum Body {
     Upstream(Box<H1Body>),
     Multiplexed(H2Body),
     Tee(TeeBody),
-    Replay(ReplayBody),
+    /// Boxed: only a retry or a mirror replays, and every request and response carries a `Body`.
+    Replay(Box<ReplayBody>),
     Deadline(Box<DeadlineBody>),
     /// Frames as a test sends them, of no known length.
     #[cfg(test)]
@@ -80,7 +81,7 @@ impl http_body::Body for Body {
             Body::Upstream(body) => Pin::new(body.as_mut()).poll_frame(cx),
             Body::Multiplexed(body) => Pin::new(body).poll_frame(cx),
             Body::Tee(body) => Pin::new(body).poll_frame(cx),
-            Body::Replay(body) => Pin::new(body).poll_frame(cx),
+            Body::Replay(body) => Pin::new(body.as_mut()).poll_frame(cx),
             Body::Deadline(d) => {
                 if d.sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout))));

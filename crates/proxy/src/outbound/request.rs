@@ -173,8 +173,9 @@ impl Http {
             if let Some(r) = &rule.rewrite {
                 filters::rewrite_url(&mut req, r, prefix);
             }
-            // One clock reading for the admission decisions made together.
-            let now = Instant::now();
+            // The request's arrival time stands for the admission decisions made together here
+            // and for the first attempt's start: microseconds apart, and a clock reading less.
+            let now = start;
             if !backend.admit_rate(now) {
                 return Err(ProxyError::RateLimited(backend.name.0.clone()));
             }
@@ -231,6 +232,7 @@ impl Http {
                         .filter(|_| may_resend),
                     &safety,
                     upgrade,
+                    now,
                 )
             );
             let attempts = within(deadline, attempts).await;
@@ -261,6 +263,10 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see the module docs"
     )]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a borrow or a copy from the exchange's own state, which it outlives"
+    )]
     fn attempts(
         &self,
         mut req: Outgoing,
@@ -269,6 +275,7 @@ impl Http {
         replay: Option<(&Head, &Recorder)>,
         safety: &OwnedSafety,
         upgrade: bool,
+        now: Instant,
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
         async move {
             let (max_retries, base_backoff) = rule
@@ -292,8 +299,10 @@ impl Http {
             };
             let mut tried = Vec::new();
             let mut retries = 0;
+            // The first attempt starts at `now`; a retry, after its backoff, reads the clock.
+            let mut first = Some(now);
             loop {
-                let sent_at = Instant::now();
+                let sent_at = first.take().unwrap_or_else(Instant::now);
                 let picked = match backend.pick(&hash_headers, &tried, sent_at) {
                     Ok(p) => p,
                     Err(NoEndpoint::Empty) => {
@@ -349,7 +358,9 @@ impl Http {
                 // head and recorded body.
                 let again = unsent.or_else(|| {
                     let (head, recorder) = replay?;
-                    Some(Box::new(head.request(Body::Replay(recorder.replay()?))))
+                    Some(Box::new(
+                        head.request(Body::Replay(Box::new(recorder.replay()?))),
+                    ))
                 });
                 let Some(again) = again else { return result };
                 if !backend.try_retry(Instant::now()) {
@@ -386,7 +397,7 @@ impl Http {
         tokio::spawn(async move {
             let result = async {
                 let body = match recorder {
-                    Some(r) => Body::Replay(r.settled().await.ok_or("skipped")?),
+                    Some(r) => Body::Replay(Box::new(r.settled().await.ok_or("skipped")?)),
                     None => Body::Empty,
                 };
                 let req = Box::new(head.request(body));

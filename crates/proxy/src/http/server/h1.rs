@@ -472,7 +472,7 @@ pub async fn serve<F, Fut, R>(
 
         // The handler's future is large (the whole route, retry and upstream state machine):
         // it lives in an allocation of its own while the request is in flight.
-        let mut pending = Box::pin(handler(req));
+        let mut pending = super::in_place(&handler, req);
         let mut watching = true;
         let resp = std::future::poll_fn(|cx| {
             if let Poll::Ready(resp) = pending.as_mut().poll(cx) {
