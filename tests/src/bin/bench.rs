@@ -421,7 +421,7 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
             saturated.push(saturation(t, opts.duration).await?);
         }
         let timed: Vec<&Target> = targets.iter().chain([&weft_aa]).collect();
-        let fixed = latency(&timed, opts.duration).await?;
+        let fixed = latency(&timed, opts.duration * LATENCY_SPAN).await?;
         for (i, (t, (lat, cpu_fixed))) in timed.iter().zip(fixed).enumerate() {
             let (max_rps, cpu_sat, cpu_sat_user) = saturated.get(i).copied().unwrap_or_default();
             let f = Figures {
@@ -471,7 +471,7 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
 
     // HTTP/2 and gRPC, direct and through weft (HAProxy's h2 to the backend is not set up).
     let mut h2_samples: BTreeMap<(&str, &str), Vec<Figures>> = BTreeMap::new();
-    for _ in 0..opts.rounds {
+    for _ in 0..opts.rounds.min(H2_ROUNDS) {
         for kind in [H2Kind::Http2, H2Kind::Grpc] {
             for t in &targets[..2] {
                 let f = measure_h2(t, kind, opts.duration).await?;
@@ -1060,13 +1060,16 @@ fn wrk(target: SocketAddr, connections: u32, duration: Duration) -> anyhow::Resu
 
 /// The due times of an open-loop run at `rate` over `targets` targets: request `i` is due at
 /// `start + i / rate`, and the requests go to one target for a slice ([`SLICE`]) at a time. So
-/// every target is measured across the same stretch of machine time: a spell of hypervisor
-/// steal lasting a second or more lands on all of them alike instead of on whichever target a
-/// longer run happened to be measuring. One target at a time keeps the proxies' core to one
-/// proxy, as in a run of its own. Each cycle of slices visits every target once, in an order
-/// shuffled per cycle, so that no target always comes after the same one: a slice that follows
-/// direct's finds the proxies' core idle for 100 ms, and its first requests wait for the core
-/// to wake. In a fixed order, the target after direct paid that every time.
+/// every target is measured across the same stretch of machine time, and a stall of the machine
+/// lands on all of them alike instead of on whichever target happened to be measured then.
+/// Those stalls set p99 on these VMs, and they last tens of milliseconds: in a hand run of
+/// 100 ms slices, a third of one weft's top-1% samples came from a single 43 ms stretch, and
+/// two identical wefts differed by up to 2.8× in added p99 over six runs (at most 1.4× with
+/// 10 ms slices). So a slice is 10 ms, 20 requests: a stall spreads over several targets.
+/// One target at a time keeps the proxies' core to one proxy, as in a run of its own. Each
+/// cycle of slices visits every target once, in an order shuffled per cycle, so that no target
+/// always comes after the same one: a slice that follows direct's finds the proxies' core
+/// idle, and its first requests wait for the core to wake.
 ///
 /// A thread of its own sleeps until each due time (the kernel's high-resolution timers wake it
 /// within tens of microseconds) and hands it over. tokio's timer would round every due time up
@@ -1112,8 +1115,16 @@ fn shuffle(order: &mut [usize], seed: &mut u64) {
     }
 }
 
+/// How many times `--seconds` a round at the fixed rate lasts: a p99 is the 1% of the samples,
+/// and the one-hop paths are within tens of microseconds of each other there.
+const LATENCY_SPAN: u32 = 2;
+
+/// Rounds of the HTTP/2 and gRPC figures, which compare weft with direct only: three, at most,
+/// leave the time to the latency rounds.
+const H2_ROUNDS: usize = 3;
+
 /// How long the fixed-rate schedule stays with one target before it moves to the next.
-const SLICE: Duration = Duration::from_millis(100);
+const SLICE: Duration = Duration::from_millis(10);
 
 /// An open-loop generator over `targets` ([`schedule`]): each gets `rate` requests per second
 /// of its slices, `duration`'s worth in all, over 32 connections of its own. A request's
@@ -1496,7 +1507,8 @@ fn render(
     let _ = writeln!(
         s,
         "Loopback, 2 cores: backend and load on core 0, proxies on core 1 with one worker thread each. \
-{rounds} interleaved rounds of {secs} s per target and figure; medians of the rounds, but for latency.\n\n\
+{rounds} interleaved rounds of {secs} s per target and figure ({lsecs} s at the fixed rate; HTTP/2 and gRPC {h2rounds} rounds); \
+medians of the rounds, but for latency.\n\n\
 - Max req/s: closed loop, `wrk -t1 -c32`, one target after another.\n\
 - Latency: fixed rate, {RATE} requests/s per target, open loop over 32 connections per target, counted from each \
 request's scheduled time. The targets share one schedule that moves to the next target every {slice} ms, so all of \
@@ -1509,8 +1521,10 @@ those waits, not the proxies, set most of p99.\n\
 rows). Ratios are weft / HAProxy: below 1 is better for weft.\n",
         rounds = opts.rounds,
         secs = opts.duration.as_secs(),
+        lsecs = (opts.duration * LATENCY_SPAN).as_secs(),
+        h2rounds = opts.rounds.min(H2_ROUNDS),
         slice = SLICE.as_millis(),
-        pooled = opts.rounds as u64 * u64::from(RATE) * opts.duration.as_secs()
+        pooled = opts.rounds as u64 * u64::from(RATE) * (opts.duration * LATENCY_SPAN).as_secs()
     );
     let _ = writeln!(
         s,
