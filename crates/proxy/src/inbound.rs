@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::authz::{self, Denied, InboundPolicy, Operation};
 use crate::detect::{self, Protocol, Undecided};
 use crate::errors::{self, ProxyError, Reason};
+use crate::http::BoxedRequest;
 use crate::http::body::Body;
 use crate::http::forward;
 use crate::http::server;
@@ -351,7 +352,7 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see outbound::request"
     )]
-    fn handle(self: Arc<Self>, mut req: Request<Body>) -> impl Future<Output = Response<Body>> {
+    fn handle(self: Arc<Self>, mut req: BoxedRequest) -> impl Future<Output = Response<Body>> {
         async move {
             let start = Instant::now();
             let grpc = errors::is_grpc(&req);

@@ -33,6 +33,7 @@ use tokio_rustls::TlsConnector;
 use crate::FastMap;
 use crate::backends::ConnLimiter;
 use crate::errors::ProxyError;
+use crate::http::BoxedRequest;
 use crate::http::body::Body;
 use crate::identity::{Identity, MESH_ALPN};
 use crate::io::Conn;
@@ -271,21 +272,14 @@ impl SendOptions {
     }
 }
 
-/// A request on its way upstream, boxed. Each step from a route's attempts down to the
-/// exchange is a future that keeps the place of every argument it was given for its whole
-/// life, after the request has moved on to the next step: a request passed by value (360
-/// bytes) was paid once per step, in every request future's size, and so in the memory of
-/// each request in flight and in the copies of the future.
-pub type Outgoing = Box<Request<Body>>;
-
 /// A failed send, with the request when it was never sent.
 pub struct SendError {
     pub error: ProxyError,
-    pub unsent: Option<Outgoing>,
+    pub unsent: Option<BoxedRequest>,
 }
 
 impl SendError {
-    fn unsent(error: ProxyError, req: Outgoing) -> SendError {
+    fn unsent(error: ProxyError, req: BoxedRequest) -> SendError {
         SendError {
             error,
             unsent: Some(req),
@@ -385,7 +379,7 @@ impl Pools {
     pub fn send(
         self: &Arc<Self>,
         dial: Dial,
-        mut req: Outgoing,
+        mut req: BoxedRequest,
         opts: &SendOptions,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
@@ -428,7 +422,7 @@ impl Pools {
     fn send_http1(
         self: &Arc<Self>,
         key: Key,
-        mut req: Outgoing,
+        mut req: BoxedRequest,
         opts: &SendOptions,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
@@ -468,7 +462,7 @@ impl Pools {
     async fn send_upgrade(
         &self,
         key: Key,
-        req: Outgoing,
+        req: BoxedRequest,
         opts: &SendOptions,
     ) -> Result<Response<Body>, SendError> {
         let addr = key.dial.addr();
@@ -607,7 +601,7 @@ impl Pools {
     fn send_http2(
         &self,
         key: Key,
-        req: Outgoing,
+        req: BoxedRequest,
         opts: &SendOptions,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {

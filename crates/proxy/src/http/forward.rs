@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::errors::ProxyError;
+use crate::http::BoxedRequest;
 use crate::http::body::Body;
 use crate::http::headers::{self, Upgrade};
 use crate::http::server::{self, OnUpgrade};
@@ -70,7 +71,7 @@ pub fn forward(
     pools: &Arc<Pools>,
     tasks: &TaskTracker,
     dial: Dial,
-    mut req: Request<Body>,
+    mut req: BoxedRequest,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
     async move {
         let prepared = prepare(&mut req);
@@ -78,10 +79,7 @@ pub fn forward(
             reuse: prepared.upgrade.is_none(),
             ..SendOptions::default()
         };
-        let resp = pools
-            .send(dial, Box::new(req), &opts)
-            .await
-            .map_err(|e| e.error)?;
+        let resp = pools.send(dial, req, &opts).await.map_err(|e| e.error)?;
         Ok(complete(prepared, resp, tasks))
     }
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::backends::{Backend, NoEndpoint};
 use crate::errors::{self, Blame, ProxyError};
 use crate::filters;
+use crate::http::BoxedRequest;
 use crate::http::body::{Body, DeadlineBody};
 use crate::http::forward::{self, Head};
 use crate::http::headers;
@@ -36,7 +37,7 @@ use crate::policy::weighted;
 use crate::shared::Shared;
 use crate::state::{Destination, Rule};
 use crate::transport_header;
-use crate::upstream::{Outgoing, SendError, SendOptions};
+use crate::upstream::{SendError, SendOptions};
 
 const DIRECTION: Direction = Direction::Outbound;
 /// Retries of requests that never reached the application, when the route sets none.
@@ -63,7 +64,7 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see the module docs"
     )]
-    pub fn handle(self: Arc<Self>, req: Request<Body>) -> impl Future<Output = Response<Body>> {
+    pub fn handle(self: Arc<Self>, req: BoxedRequest) -> impl Future<Output = Response<Body>> {
         async move {
             let start = Instant::now();
             let grpc = errors::is_grpc(&req);
@@ -159,7 +160,7 @@ impl Http {
     )]
     fn exchange(
         &self,
-        mut req: Request<Body>,
+        mut req: BoxedRequest,
         rule: &Rule,
         backend: &Arc<Backend>,
         prefix: Option<&str>,
@@ -188,19 +189,17 @@ impl Http {
             let keep = may_resend || !rule.mirrors.is_empty();
             // Boxed: the request future would otherwise keep its room whether or not it is.
             let head = keep.then(|| Box::new(Head::of(&req)));
-            let (parts, body) = req.into_parts();
             let recorder = keep.then(|| {
-                if http_body::Body::is_end_stream(&body) {
+                if http_body::Body::is_end_stream(req.body()) {
                     Recorder::empty()
                 } else {
                     Recorder::default()
                 }
             });
-            let body = match &recorder {
-                Some(r) => Body::Tee(r.tee(body)),
-                None => body,
-            };
-            let req = Box::new(Request::from_parts(parts, body));
+            if let Some(r) = &recorder {
+                let body = std::mem::replace(req.body_mut(), Body::Empty);
+                *req.body_mut() = Body::Tee(r.tee(body));
+            }
             if let Some(head) = &head {
                 for (mirror, percent) in &rule.mirrors {
                     if fastrand::u32(..100) < *percent {
@@ -269,7 +268,7 @@ impl Http {
     )]
     fn attempts(
         &self,
-        mut req: Outgoing,
+        mut req: BoxedRequest,
         rule: &Rule,
         backend: &Arc<Backend>,
         replay: Option<(&Head, &Recorder)>,
@@ -428,7 +427,7 @@ impl Http {
     /// endpoint as opaque TCP.
     async fn tunnel(
         &self,
-        mut req: Request<Body>,
+        mut req: BoxedRequest,
         dest: &Destination,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = &dest.backend;

@@ -24,9 +24,10 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncRead;
 
-use super::{ConnectionPermit, Key, Outgoing, Pools, SendError};
+use super::{ConnectionPermit, Key, Pools, SendError};
 use crate::backends::ConnLimiter;
 use crate::errors::{ExchangeError, ProxyError};
+use crate::http::BoxedRequest;
 use crate::http::body::{Body, BoxError};
 use crate::http::h1::{
     CodecError, Encoding, Fill, Framing, MAX_FRAMING_BYTES, READ_SIZE, WriteError, Writer,
@@ -124,7 +125,7 @@ pub(super) struct Release {
 )]
 pub(super) fn send(
     mut conn: H1Conn,
-    req: Outgoing,
+    req: BoxedRequest,
     reused: bool,
     release: Option<Release>,
 ) -> impl Future<Output = Result<Response<Body>, SendError>> {

@@ -20,8 +20,9 @@ use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::{Outgoing, SendError};
+use super::SendError;
 use crate::errors::ProxyError;
+use crate::http::BoxedRequest;
 use crate::http::body::{Body, BoxError};
 use crate::io::Conn;
 
@@ -82,7 +83,7 @@ impl H2Conn {
 
     /// Sends `req` on a new stream and awaits the response head. The request comes back when
     /// the connection could not take it.
-    pub async fn send(&self, req: Outgoing) -> Result<Response<Body>, SendError> {
+    pub async fn send(&self, req: BoxedRequest) -> Result<Response<Body>, SendError> {
         let addr = self.addr;
         let mut send = match self.send.clone().ready().await {
             Ok(send) => send,
@@ -315,7 +316,7 @@ mod tests {
         (data, body.trailers().await.unwrap())
     }
 
-    fn request(body: Body) -> Outgoing {
+    fn request(body: Body) -> BoxedRequest {
         Box::new(
             Request::post("http://upstream/echo")
                 .version(http::Version::HTTP_2)

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Limits;
 use crate::errors::Reason;
+use crate::http::BoxedRequest;
 use crate::http::body::{Body, BoxError};
 use crate::http::h1::{
     CodecError, Encoding, Fill, Framing, READ_SIZE, Sink, Writer, add_length, fields, fields_len,
@@ -221,7 +222,8 @@ impl OnUpgrade {
 
 /// A request head, parsed.
 struct Parsed {
-    parts: http::request::Parts,
+    /// Boxed as soon as it is made, and passed on as the box: see [`BoxedRequest`].
+    req: BoxedRequest,
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
@@ -360,13 +362,13 @@ fn parse_request(read: &mut BytesMut, max_bytes: usize) -> Result<Option<Parsed>
     };
     let expect_continue = version == Version::HTTP_11 && hop.expect_continue;
     let wants_upgrade = method == Method::CONNECT || (hop.upgrade && hop.connection_upgrade);
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = map;
+    let mut req = Box::new(Request::new(Body::Empty));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = map;
     Ok(Some(Parsed {
-        parts,
+        req,
         framing,
         keep_alive,
         expect_continue,
@@ -412,7 +414,7 @@ pub async fn serve<F, Fut, R>(
     handler: F,
     refused: R,
 ) where
-    F: Fn(Request<Body>) -> Fut,
+    F: Fn(BoxedRequest) -> Fut,
     Fut: Future<Output = Response<Body>> + Send + 'static,
     R: Fn(Reason),
 {
@@ -439,7 +441,7 @@ pub async fn serve<F, Fut, R>(
             }
         };
         let Parsed {
-            parts,
+            mut req,
             framing,
             keep_alive,
             expect_continue,
@@ -452,17 +454,14 @@ pub async fn serve<F, Fut, R>(
             l.continue_owed = (expect_continue && framing != Framing::Done).then_some(0);
             l.generation
         };
-        let method = parts.method.clone();
-        let version = parts.version;
-        let body = if framing == Framing::Done {
-            Body::empty()
-        } else {
-            Body::Downstream(RequestBody {
+        let method = req.method().clone();
+        let version = req.version();
+        if framing != Framing::Done {
+            *req.body_mut() = Body::Downstream(RequestBody {
                 link: link.clone(),
                 generation,
-            })
-        };
-        let mut req = Request::from_parts(parts, body);
+            });
+        }
         let upgrade = wants_upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut()
@@ -815,28 +814,28 @@ mod tests {
     fn request_heads_and_their_framing() {
         let p = parsed("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(
-            (p.parts.method, p.parts.uri.to_string()),
+            (p.req.method().clone(), p.req.uri().to_string()),
             (Method::GET, "/a?b".into())
         );
         assert_eq!((p.framing, p.keep_alive), (Framing::Done, true));
         let p = parsed("POST http://x/y HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n");
-        assert_eq!(p.parts.uri.authority().unwrap(), "x");
+        assert_eq!(p.req.uri().authority().unwrap(), "x");
         assert_eq!(p.framing, Framing::Length(5));
         let p = parsed("POST / HTTP/1.1\r\nhost: x\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(p.framing, Framing::CHUNKED);
         let p = parsed("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
         assert!(!p.keep_alive);
         let p = parsed("GET / HTTP/1.0\r\n\r\n");
-        assert_eq!((p.parts.version, p.keep_alive), (Version::HTTP_10, false));
+        assert_eq!((p.req.version(), p.keep_alive), (Version::HTTP_10, false));
         assert!(
-            p.parts.headers.get(HOST).is_none(),
+            p.req.headers().get(HOST).is_none(),
             "HTTP/1.0 may leave Host out"
         );
         let p = parsed("GET http://x/ HTTP/1.1\r\nhost:\r\n\r\n");
-        assert_eq!(p.parts.uri.host(), Some("x"), "an empty Host is one");
+        assert_eq!(p.req.uri().host(), Some("x"), "an empty Host is one");
         let p = parsed("GET http://x/ HTTP/1.1\r\n\r\n");
         assert_eq!(
-            p.parts.uri.host(),
+            p.req.uri().host(),
             Some("x"),
             "an absolute target names the host"
         );
@@ -847,14 +846,14 @@ mod tests {
         );
         assert!(p.expect_continue);
         let p = parsed("CONNECT db:5432 HTTP/1.1\r\nhost: db:5432\r\n\r\n");
-        assert_eq!(p.parts.uri.authority().unwrap(), "db:5432");
+        assert_eq!(p.req.uri().authority().unwrap(), "db:5432");
         let p = parsed("OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n");
-        assert_eq!(p.parts.uri.path(), "*");
+        assert_eq!(p.req.uri().path(), "*");
         let mut two = BytesMut::from(
             &b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\nGET /2 HTTP/1.1\r\nhost: x\r\n\r\n"[..],
         );
         let first = parse_request(&mut two, 8192).unwrap().unwrap();
-        assert_eq!(first.parts.uri.path(), "/1");
+        assert_eq!(first.req.uri().path(), "/1");
         assert_eq!(
             &two[..],
             b"GET /2 HTTP/1.1\r\nhost: x\r\n\r\n",
@@ -919,7 +918,7 @@ mod tests {
             many.push_str(&format!("x-{i}: v\r\n"));
         }
         assert_eq!(
-            parsed(&(many.clone() + "\r\n")).parts.headers.len(),
+            parsed(&(many.clone() + "\r\n")).req.headers().len(),
             MAX_HEADERS
         );
         many.push_str("x-one-more: v\r\n\r\n");
@@ -1056,6 +1055,7 @@ mod tests {
             F: Fn(Request<Body>) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = Response<Body>> + Send + 'static,
         {
+            let handler = move |req: BoxedRequest| handler(*req);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
