@@ -4,12 +4,14 @@
 //! → attempts (endpoint pick, per-try timeout, outcome to the breaker, retry decision under the
 //! budget, backoff) within the request timeout → response filters.
 //!
-//! Every request's future nests those of the steps below it, and is moved whole a few times
-//! on its way (into hyper's per-request box among others), so its size is paid in copies on
-//! every request. Hence two habits on this path: the steps that take a request are plain
-//! functions returning an `async move` block, because an `async fn` keeps each argument twice
-//! in its future (once as passed, once moved into the body: rust-lang/rust#62958), and a
-//! future given a deadline is pinned where it stands, so that [`within`] moves a pointer.
+//! Every request's future nests those of the steps below it, so its size is paid in the memory
+//! of every request in flight and in any copy of it (the servers write it into its box in
+//! place), and the request itself travels as one box ([`BoxedRequest`]) from the server to
+//! the upstream connection. Hence two more habits on this path: the steps that take a request
+//! are plain functions returning an `async move` block, because an `async fn` keeps each
+//! argument twice in its future (once as passed, once moved into the body:
+//! rust-lang/rust#62958), and a future given a deadline is pinned where it stands, so that
+//! [`within`] moves a pointer.
 
 use std::net::SocketAddr;
 use std::pin::pin;
