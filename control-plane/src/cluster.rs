@@ -601,17 +601,12 @@ async fn write_statuses(
     }
 }
 
-/// `2026-11-23T10:00:00Z`, as Kubernetes writes times.
+/// `2026-11-23T10:00:00Z`, as Kubernetes writes times: whole seconds, UTC.
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Checks ServiceAccount tokens with the cluster's TokenReview API.

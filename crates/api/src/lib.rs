@@ -14,6 +14,7 @@
 //!   by protox at build time).
 //! - [`resources`]: the manifests operators apply (Service, Pod, EndpointSlice, HTTPRoute,
 //!   GRPCRoute, BackendPolicy): parsing with `file:document:field` errors, and checks.
+//! - [`sync`]: the poison-tolerant lock helper both binaries share.
 //! - [`validate`]: problems collected with their field paths.
 //!
 //! Invariant: this crate knows nothing about tokio, sockets or processes. It is plain data,
@@ -26,4 +27,5 @@ pub mod gateway;
 pub mod identity;
 pub mod proto;
 pub mod resources;
+pub mod sync;
 pub mod validate;

@@ -12,14 +12,16 @@ use tokio_util::task::TaskTracker;
 use weft_api::config::ProxyConfig;
 
 use crate::admin::{self, Admin};
+use crate::authz::RateBuckets;
 use crate::backends::Registry;
 use crate::cli::RunArgs;
 use crate::config_client::{self, Subscriber};
+use crate::http::client::{PoolSettings, Pools};
 use crate::identity::{Identity, Issuer};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::state::Snapshot;
-use crate::upstream::{Connector, PoolSettings, Pools};
+use crate::upstream::Connector;
 use crate::{inbound, outbound, telemetry};
 use weft_api::identity::SpiffeId;
 
@@ -98,15 +100,21 @@ async fn serve(
             // Enough that a burst's connections are kept for the next burst rather than closed
             // and opened again (with 256, 1,000 concurrent clients through one endpoint opened
             // 25,839 upstream connections in 5 s, and 1,000 with this); an idle HTTP/1
-            // connection holds a socket and no buffer (upstream::h1).
+            // connection holds a socket and no buffer (http::client::h1).
             max_idle_per_key: 4096,
         },
         metrics.clone(),
     );
     let registry = Registry::default();
+    let inbound_buckets = RateBuckets::default();
     let loaded = config.is_some();
     let version = config.as_ref().map(|c| c.version.clone());
-    let initial = Snapshot::build(config.unwrap_or_default(), &settings.namespace, &registry);
+    let initial = Snapshot::build(
+        config.unwrap_or_default(),
+        &settings.namespace,
+        &registry,
+        &inbound_buckets,
+    );
     let state = Arc::new(ArcSwap::from_pointee(initial));
     if let Some(version) = &version {
         metrics.config_applied(version);
@@ -127,6 +135,7 @@ async fn serve(
         shutdown: CancellationToken::new(),
         config_loaded: loaded.into(),
         registry,
+        inbound_buckets,
         mirrors_in_flight: Default::default(),
         identity,
         issuer,

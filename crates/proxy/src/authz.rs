@@ -3,17 +3,28 @@
 //!
 //! The order is the one `weft_api::config::server` documents: the mTLS mode first, then deny
 //! rules, then allow rules (any allow rule makes the policy default-deny), then the rate
-//! limit, so that refused requests do not spend the workload's tokens.
+//! limit, so that refused requests do not spend the workload's tokens. [`RateBuckets`] keeps
+//! each policy's token bucket across config swaps.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::time::Instant;
 use weft_api::config::server::{AuthorizationRule, RuleAction};
 use weft_api::config::{MtlsMode, ServerPolicy};
+use weft_api::sync::lock;
 
-use crate::inbound::Peer;
 use crate::metrics::Name;
 use crate::policy::limits::TokenBucket;
+
+/// Who is on the other end of an inbound connection.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The SPIFFE ID of the client certificate, for a mesh TLS connection that presented one.
+    pub identity: Option<Arc<str>>,
+    /// Whether the connection was mesh TLS.
+    pub tls: bool,
+}
 
 /// A ServerPolicy in force, with the state that outlives config swaps.
 pub struct InboundPolicy {
@@ -109,12 +120,45 @@ impl InboundPolicy {
             return Err(Denied::Unauthorized);
         }
         if let Some(rate) = &self.rate {
-            let mut bucket = rate.lock().unwrap_or_else(|p| p.into_inner());
-            if !bucket.try_take(Instant::now()) {
+            if !lock(rate).try_take(Instant::now()) {
                 return Err(Denied::RateLimited);
             }
         }
         Ok(())
+    }
+}
+
+/// The token buckets of the ServerPolicies' rate limits, by policy name: a config swap that
+/// leaves a policy's limit unchanged keeps its bucket, so that it never refills it.
+#[derive(Default)]
+pub struct RateBuckets {
+    buckets: Mutex<HashMap<String, Weak<Mutex<TokenBucket>>>>,
+}
+
+impl RateBuckets {
+    /// The bucket for `policy`'s limit: the one in force while the limit is unchanged.
+    pub fn bucket(
+        &self,
+        policy: &str,
+        per_second: u32,
+        burst: Option<u32>,
+        now: Instant,
+    ) -> Arc<Mutex<TokenBucket>> {
+        let burst = burst.unwrap_or(per_second);
+        let mut known = lock(&self.buckets);
+        if let Some(bucket) = known.get(policy).and_then(Weak::upgrade)
+            && lock(&bucket).is_for(per_second, burst)
+        {
+            return bucket;
+        }
+        let bucket = Arc::new(Mutex::new(TokenBucket::new(per_second, burst, now)));
+        known.insert(policy.to_owned(), Arc::downgrade(&bucket));
+        bucket
+    }
+
+    /// Forgets the buckets of policies no snapshot has any more.
+    pub fn prune(&self) {
+        lock(&self.buckets).retain(|_, w| w.strong_count() > 0);
     }
 }
 

@@ -13,20 +13,20 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use weft_api::config::policy::{
     BackendPolicySpec, CircuitBreaker, ConnectionLimits, LoadBalancerType, OutlierDetection,
     RetryBudget, RetryOptions,
 };
 use weft_api::config::{self};
+use weft_api::sync::lock;
 
 use crate::metrics::{Metrics, Name};
 use crate::policy::balance::{self, Candidate, PeakEwma, Ring};
 use crate::policy::breaker::{self, Admit, Breaker, Outcome, State};
 use crate::policy::budget::Budget;
 use crate::policy::limits::TokenBucket;
-use crate::upstream::Dial;
+use crate::upstream::{ConnLimiter, Dial};
 
 /// The latency a new endpoint is assumed to have.
 const DEFAULT_RTT: Duration = Duration::from_millis(10);
@@ -59,52 +59,6 @@ pub struct BackendShared {
     budget: Mutex<Budget>,
     rate: Mutex<Option<TokenBucket>>,
     connections: Mutex<Option<Arc<ConnLimiter>>>,
-}
-
-/// Limits on a backend's upstream connections: at most `max` open, and at most `max_pending`
-/// requests waiting `timeout` for one.
-pub struct ConnLimiter {
-    pub permits: Arc<Semaphore>,
-    pub freed: Notify,
-    max: u32,
-    max_pending: usize,
-    pending: AtomicUsize,
-    pub timeout: Duration,
-}
-
-impl ConnLimiter {
-    fn new(max: u32, max_pending: usize, timeout: Duration) -> ConnLimiter {
-        ConnLimiter {
-            permits: Arc::new(Semaphore::new(max as usize)),
-            freed: Notify::new(),
-            max,
-            max_pending,
-            pending: AtomicUsize::new(0),
-            timeout,
-        }
-    }
-
-    /// Joins the queue of requests waiting for a connection, if it has room.
-    pub fn enqueue(self: &Arc<Self>) -> Option<PendingGuard> {
-        let before = self.pending.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(PendingGuard(self.clone()))
-    }
-
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
-    }
-}
-
-pub struct PendingGuard(Arc<ConnLimiter>);
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// The policy in force for a backend, defaults filled in.
@@ -438,10 +392,6 @@ impl Drop for InFlight {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// An endpoint is known by its backend and address.
 type EndpointKey = (Arc<str>, SocketAddr);
 
@@ -450,8 +400,6 @@ type EndpointKey = (Arc<str>, SocketAddr);
 pub struct Registry {
     endpoints: Mutex<HashMap<EndpointKey, Weak<EndpointState>>>,
     backends: Mutex<HashMap<Arc<str>, Weak<BackendShared>>>,
-    /// Inbound rate limits, by ServerPolicy name.
-    inbound_buckets: Mutex<HashMap<String, Weak<Mutex<TokenBucket>>>>,
 }
 
 impl Registry {
@@ -536,9 +484,7 @@ impl Registry {
                 (max, pending, timeout)
             });
             let same = match (&*conns, want) {
-                (Some(l), Some((max, pending, timeout))) => {
-                    l.max == max && l.max_pending == pending && l.timeout == timeout
-                }
+                (Some(l), Some((max, pending, timeout))) => l.is_for(max, pending, timeout),
                 (None, None) => true,
                 _ => false,
             };
@@ -563,28 +509,6 @@ impl Registry {
     pub fn prune(&self) {
         lock(&self.endpoints).retain(|_, w| w.strong_count() > 0);
         lock(&self.backends).retain(|_, w| w.strong_count() > 0);
-        lock(&self.inbound_buckets).retain(|_, w| w.strong_count() > 0);
-    }
-
-    /// The token bucket of a ServerPolicy's rate limit: the same one across swaps while the
-    /// limit is unchanged, so that a config change never refills it.
-    pub fn inbound_bucket(
-        &self,
-        policy: &str,
-        per_second: u32,
-        burst: Option<u32>,
-        now: Instant,
-    ) -> Arc<Mutex<TokenBucket>> {
-        let burst = burst.unwrap_or(per_second);
-        let mut known = lock(&self.inbound_buckets);
-        if let Some(bucket) = known.get(policy).and_then(Weak::upgrade)
-            && lock(&bucket).is_for(per_second, burst)
-        {
-            return bucket;
-        }
-        let bucket = Arc::new(Mutex::new(TokenBucket::new(per_second, burst, now)));
-        known.insert(policy.to_owned(), Arc::downgrade(&bucket));
-        bucket
     }
 }
 

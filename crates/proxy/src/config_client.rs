@@ -8,12 +8,9 @@
 //! unreachable the proxy keeps serving its last config and reconnects with jittered backoff;
 //! on reconnect it says which version it runs, so an unchanged config is not sent again.
 
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
@@ -25,6 +22,7 @@ use weft_api::proto::config_service_client::ConfigServiceClient;
 use weft_api::proto::proxy_message::Message;
 use weft_api::proto::{Ack, Hello, Nack, ProxyMessage, Snapshot};
 
+use crate::grpc::Channel;
 use crate::shared::Shared;
 use crate::state;
 
@@ -105,7 +103,7 @@ async fn session(
     });
     let origin = Uri::try_from(format!("http://{control_plane}"))
         .unwrap_or_else(|_| Uri::from_static("http://weft-control"));
-    let mut client = ConfigServiceClient::with_origin(H2(sender), origin)
+    let mut client = ConfigServiceClient::with_origin(Channel(sender), origin)
         .max_decoding_message_size(MAX_SNAPSHOT);
 
     let (tx, rx) = mpsc::channel(4);
@@ -173,7 +171,12 @@ fn apply(shared: &Shared, snapshot: &Snapshot) -> Result<(), String> {
             .join("; ")
     })?;
     let version = config.version.clone();
-    let compiled = state::Snapshot::build(config, &shared.settings.namespace, &shared.registry);
+    let compiled = state::Snapshot::build(
+        config,
+        &shared.settings.namespace,
+        &shared.registry,
+        &shared.inbound_buckets,
+    );
     shared.state.store(Arc::new(compiled));
     shared.metrics.config_applied(&version);
     if !shared.config_loaded.swap(true, Ordering::AcqRel) {
@@ -182,22 +185,4 @@ fn apply(shared: &Shared, snapshot: &Snapshot) -> Result<(), String> {
         tracing::info!(%version, "config applied");
     }
     Ok(())
-}
-
-/// A gRPC transport over one hyper HTTP/2 connection.
-#[derive(Clone)]
-pub(crate) struct H2(pub(crate) http2::SendRequest<tonic::body::Body>);
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(req))
-    }
 }

@@ -166,7 +166,7 @@ pub async fn read_and_classify<R: AsyncRead + Unpin>(
         // A quarter page to start (most first reads are a request head, which then stays
         // in this buffer while the request is in flight), doubling for what needs more.
         if buf.capacity() - buf.len() < 256 {
-            buf.reserve(crate::http::h1::READ_SIZE.max(buf.len()));
+            buf.reserve(crate::io::READ_SIZE.max(buf.len()));
         }
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Err(_) => return Ok(Err(Undecided::Timeout)),

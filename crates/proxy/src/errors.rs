@@ -2,15 +2,17 @@
 //!
 //! Every failure on the request path becomes a [`ProxyError`]. It knows its [`Reason`] (the
 //! `x-weft-error` value and the status code), who caused it ([`Blame`]), and whether the
-//! request surely never reached the application, which is what makes a retry safe.
+//! request surely never reached the application, which is what makes a retry safe. The
+//! responses that carry them are made by the HTTP server (`http::server::error_response`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{StatusCode, header};
 
-use crate::http::body::Body;
+/// The error of any body in the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The header that marks a response the proxy generated itself.
 pub const ERROR_HEADER: &str = "x-weft-error";
@@ -135,7 +137,7 @@ pub enum ProxyError {
     Handshake {
         addr: SocketAddr,
         #[source]
-        source: crate::http::body::BoxError,
+        source: BoxError,
     },
     /// From hyper's HTTP/1 client, which carries upgrades and CONNECT.
     #[error("upstream {addr}: {source}")]
@@ -267,7 +269,7 @@ pub enum ExchangeError {
     #[error("malformed response: {0}")]
     Malformed(&'static str),
     #[error("reading the request body: {0}")]
-    RequestBody(crate::http::body::BoxError),
+    RequestBody(BoxError),
 }
 
 impl ExchangeError {
@@ -288,39 +290,27 @@ impl ExchangeError {
     }
 }
 
+/// A failed send upstream, with the request when it was never sent, so that it can go to
+/// another connection or endpoint as it is.
+pub struct SendError<B> {
+    pub error: ProxyError,
+    pub unsent: Option<Box<http::Request<B>>>,
+}
+
+impl<B> SendError<B> {
+    pub fn unsent(error: ProxyError, req: Box<http::Request<B>>) -> SendError<B> {
+        SendError {
+            error,
+            unsent: Some(req),
+        }
+    }
+}
+
 /// True for requests that speak gRPC, which get their errors as `grpc-status`.
 pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The response the proxy sends for a failure it generated. gRPC clients get a trailers-only
-/// response with the matching `grpc-status`.
-pub fn error_response(reason: Reason, grpc: bool) -> Response<Body> {
-    let mut resp = if grpc {
-        let mut resp = Response::new(Body::empty());
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(
-            "grpc-status",
-            HeaderValue::from(u16::from(reason.grpc_status())),
-        );
-        headers.insert("grpc-message", HeaderValue::from_static(reason.as_str()));
-        resp
-    } else {
-        let mut resp = Response::new(Body::full(reason.as_str().as_bytes()));
-        *resp.status_mut() = reason.status();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        resp
-    };
-    resp.headers_mut()
-        .insert(ERROR_HEADER, HeaderValue::from_static(reason.as_str()));
-    resp
 }
 
 #[cfg(test)]
@@ -347,17 +337,6 @@ mod tests {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");
             assert_eq!(reason.grpc_status(), grpc, "{reason:?}");
         }
-    }
-
-    #[test]
-    fn grpc_errors_are_trailers_only_responses() {
-        let resp = error_response(Reason::Timeout, true);
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["grpc-status"], "4");
-        assert_eq!(resp.headers()[ERROR_HEADER], "timeout");
-        let resp = error_response(Reason::ConnectFailed, false);
-        assert_eq!(resp.status(), 502);
-        assert_eq!(resp.headers()[ERROR_HEADER], "connect-failed");
     }
 
     #[test]

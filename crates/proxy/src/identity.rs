@@ -23,6 +23,7 @@ use tokio_rustls::TlsConnector;
 use weft_api::identity::{self, SpiffeId, SpiffeServerVerifier};
 use weft_api::proto::identity::SignRequest;
 use weft_api::proto::identity::identity_service_client::IdentityServiceClient;
+use weft_api::sync::lock;
 
 use crate::metrics::Metrics;
 
@@ -113,10 +114,7 @@ impl Identity {
         expected: &str,
         alpn: &'static [u8],
     ) -> Result<Arc<ClientConfig>, IdentityError> {
-        let mut configs = self
-            .client_configs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut configs = lock(&self.client_configs);
         if let Some(c) = configs.get(&(expected.to_owned(), alpn)) {
             return Ok(c.clone());
         }
@@ -135,7 +133,7 @@ impl Identity {
     /// The server config of the inbound side: clients may present a certificate (verified
     /// against the trust anchors); whether they must is the server policy's decision.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, IdentityError> {
-        let mut slot = self.server_config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.server_config);
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -158,16 +156,12 @@ impl Identity {
     /// `/certs`.
     pub fn describe(&self) -> serde_json::Value {
         let creds = self.current.load();
-        let iso = |t: i64| {
-            let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
-            humantime_rfc3339(t)
-        };
         serde_json::json!({
             "spiffeId": self.id.to_string(),
             "certified": creds.is_some(),
-            "notBefore": creds.as_ref().map(|c| iso(c.not_before)),
-            "notAfter": creds.as_ref().map(|c| iso(c.not_after)),
-            "nextRenewal": creds.as_ref().map(|c| iso(c.renew_at)),
+            "notBefore": creds.as_ref().map(|c| rfc3339(c.not_before)),
+            "notAfter": creds.as_ref().map(|c| rfc3339(c.not_after)),
+            "nextRenewal": creds.as_ref().map(|c| rfc3339(c.renew_at)),
             "trustAnchorFingerprint": format!("sha256:{}", self.anchors_fingerprint),
         })
     }
@@ -200,21 +194,15 @@ impl Identity {
     }
 }
 
-fn humantime_rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+/// `2026-11-23T10:00:00Z`: a Unix time as RFC 3339, in UTC.
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Resolves the current certificate for each handshake.
@@ -303,7 +291,7 @@ async fn request(
             })?;
     tokio::spawn(conn);
     let origin = http::Uri::from_static("https://weft-control");
-    let mut client = IdentityServiceClient::with_origin(crate::config_client::H2(sender), origin);
+    let mut client = IdentityServiceClient::with_origin(crate::grpc::Channel(sender), origin);
     let resp = client
         .sign(SignRequest {
             csr,
@@ -350,15 +338,8 @@ fn unix_now() -> i64 {
 mod tests {
     #[test]
     fn rfc3339_dates() {
-        use std::time::{Duration, UNIX_EPOCH};
-        assert_eq!(super::humantime_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            super::humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_392_000)),
-            "2026-11-23T00:00:00Z"
-        );
-        assert_eq!(
-            super::humantime_rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661)),
-            "2000-02-29T01:01:01Z"
-        );
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_392_000), "2026-11-23T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
     }
 }

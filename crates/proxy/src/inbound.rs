@@ -17,13 +17,12 @@ use bytes::{Buf, BytesMut};
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
-use crate::authz::{self, Denied, InboundPolicy, Operation};
+use crate::authz::{self, Denied, InboundPolicy, Operation, Peer};
 use crate::detect::{self, Protocol, Undecided};
 use crate::errors::{self, ProxyError, Reason};
-use crate::http::BoxedRequest;
-use crate::http::body::Body;
+use crate::http::body::{Body, BoxedRequest};
+use crate::http::client::restore_orig_proto;
 use crate::http::forward;
 use crate::http::server;
 use crate::io::{Conn, Rewind};
@@ -39,15 +38,6 @@ const DIRECTION: Direction = Direction::Inbound;
 /// The header that tells the application which workload called, set from the caller's
 /// certificate (and removed from any request that did not come over mesh TLS).
 pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-weft-peer-identity");
-
-/// Who is on the other end of an inbound connection.
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    /// The SPIFFE ID of the client certificate, for a mesh TLS connection that presented one.
-    pub identity: Option<Arc<str>>,
-    /// Whether the connection was mesh TLS.
-    pub tls: bool,
-}
 
 /// Handles one accepted inbound connection to its end.
 pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
@@ -183,57 +173,22 @@ async fn accept_mesh(
         Ok(Ok(_)) => return Some((Conn::Tcp(stream), Peer::default())),
         Ok(Err(_)) | Err(_) => return None,
     }
-    let config = match identity.server_config() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "no TLS server config");
-            return None;
-        }
-    };
     let rewind = Rewind::new(std::mem::take(buf).freeze(), stream);
-    let handshake = tokio::time::timeout(
+    let accepted = crate::mesh_tls::accept(
+        identity,
+        rewind,
+        client,
         Duration::from_secs(10),
-        TlsAcceptor::from(config).accept(rewind),
+        &shared.metrics,
     )
-    .await;
-    match handshake {
-        Ok(Ok(tls)) => {
-            shared.metrics.handshake(
-                DIRECTION,
-                Ok(crate::upstream::tls_version(
-                    tls.get_ref().1.protocol_version(),
-                )),
-            );
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| weft_api::identity::spiffe_id_of(c.as_ref()).ok())
-                .map(Arc::from);
-            Some((
-                Conn::TlsServer(Box::new(tls)),
-                Peer {
-                    identity,
-                    tls: true,
-                },
-            ))
-        }
-        Ok(Err(e)) => {
-            let reason = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .map_or("handshake", weft_api::identity::failure_reason);
-            shared.metrics.handshake(DIRECTION, Err(reason));
-            tracing::info!(%client, reason, error = %e, "mesh TLS handshake refused");
-            None
-        }
-        Err(_) => {
-            shared.metrics.handshake(DIRECTION, Err("timeout"));
-            tracing::info!(%client, "mesh TLS handshake timed out");
-            None
-        }
-    }
+    .await?;
+    Some((
+        Conn::TlsServer(Box::new(accepted.stream)),
+        Peer {
+            identity: accepted.peer_identity,
+            tls: true,
+        },
+    ))
 }
 
 /// Counts and logs a refusal; the caller closes the connection.
@@ -358,7 +313,7 @@ impl Http {
             let grpc = errors::is_grpc(&req);
             let method: Method = req.method().clone();
             if self.from_proxy {
-                crate::upstream::restore_orig_proto(&mut req);
+                restore_orig_proto(&mut req);
             }
             // Whatever the client put there is replaced (or removed): only a verified
             // certificate names the caller.

@@ -1,14 +1,15 @@
 //! Byte-stream plumbing shared by both directions: [`tune`] for every proxied socket,
-//! [`Rewind`], a stream that first replays the bytes detection consumed, and [`splice`],
-//! opaque forwarding with half-close.
+//! [`Conn`], the one connection type above TCP and TLS, [`Rewind`], a stream that first
+//! replays the bytes detection consumed, [`poll_fill`], how every reader grows its buffer,
+//! and [`splice`], opaque forwarding with half-close.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -34,6 +35,38 @@ pub fn tune(stream: &TcpStream) {
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "TCP keep-alive not set");
     }
+}
+
+/// How much room the first read asks for: enough for most heads and small bodies whole, in a
+/// quarter of a page. Each read that fills its room doubles the next, up to
+/// [`MAX_READ_SIZE`], so that a large body is read in large pieces while a thousand small
+/// exchanges in flight hold little. All are jemalloc small size classes, served from its
+/// thread cache.
+pub const READ_SIZE: usize = 1024;
+pub const MAX_READ_SIZE: usize = 64 * 1024;
+
+/// Reads more of `io` into `read`. A connection that waits for its peer holds no buffer
+/// until there is something to read (over plain TCP, where readiness says so without a
+/// read); `read_size` grows with reads that fill their room.
+pub fn poll_fill(
+    io: &mut Conn,
+    read: &mut BytesMut,
+    read_size: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() == 0
+        && let Some(ready) = io.plain_read_ready(cx)
+    {
+        ready!(ready)?;
+    }
+    if read.capacity() - read.len() < *read_size / 4 {
+        read.reserve(*read_size);
+    }
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, read))?;
+    if n >= *read_size && *read_size < MAX_READ_SIZE {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// A stream whose reads first return `prefix`, then the inner stream's bytes.

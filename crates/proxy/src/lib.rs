@@ -1,15 +1,28 @@
 //! `weft-proxy`: the sidecar data plane.
 //!
 //! # Layout
-//! The connection path reads top-down:
-//! [`app`] binds the listeners and accepts; [`outbound`] and [`inbound`] decide where each
-//! connection goes ([`orig_dst`], [`detect`], [`transport_header`], [`state`]); HTTP is served
-//! and forwarded by [`http`] over pooled connections from [`upstream`]; anything else is
-//! spliced by [`tcp`]. [`admin`] serves the admin API, [`metrics`] and [`telemetry`] observe.
+//! The connection path reads top-down: [`app`] binds the listeners and accepts; [`outbound`]
+//! and [`inbound`] decide where each connection goes ([`orig_dst`], [`detect`],
+//! [`transport_header`], [`state`]); HTTP is served and forwarded by [`http`] over pooled
+//! connections that [`upstream`] opens (mutual TLS in [`mesh_tls`]); anything else is spliced
+//! by [`tcp`]. [`admin`] serves the admin API, [`metrics`] and [`telemetry`] observe.
 //!
-//! Lower layers ([`detect`], [`transport_header`], [`io`], [`errors`], [`metrics`],
-//! [`upstream`], [`http`]) know nothing of the config or of each other's callers; [`outbound`]
-//! and [`inbound`] wire them together, and [`app`] wires those.
+//! # Layers
+//! From the top. A module uses only modules of its own layer or of the layers below it, and
+//! no files use each other around a circle (`tests/house.rs` checks both):
+//!
+//! 1. wiring: [`app`], [`admin`], [`cli`], [`init`]
+//! 2. the two directions: [`outbound`], [`inbound`], [`tcp`], [`config_client`]
+//! 3. what every connection task holds: [`shared`]
+//! 4. the config in force: [`state`], [`backends`], [`authz`], [`routing`], [`filters`]
+//! 5. HTTP: [`http`]
+//! 6. connections: [`upstream`], [`mesh_tls`], [`detect`], [`transport_header`], [`orig_dst`]
+//! 7. identity: [`identity`], [`grpc`]
+//! 8. foundations: [`io`], [`errors`], [`metrics`], [`policy`], [`map`], [`settings`],
+//!    [`telemetry`]
+//!
+//! Invariant: below layer 4 nothing knows the config; below layer 3 nothing holds the shared
+//! state; [`policy`] is pure decisions with time passed in, and does no I/O.
 
 pub mod admin;
 pub mod app;
@@ -20,11 +33,14 @@ pub mod config_client;
 pub mod detect;
 pub mod errors;
 pub mod filters;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod io;
+pub mod map;
+pub mod mesh_tls;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
@@ -37,8 +53,3 @@ pub mod tcp;
 pub mod telemetry;
 pub mod transport_header;
 pub mod upstream;
-
-/// A hash map for the per-request lookups (Service by host, pooled connections by endpoint).
-/// Its keys come from the config, never from a client, so it trades SipHash's resistance to
-/// chosen keys for speed; the seed is still random per process.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -8,15 +8,16 @@ use http::Response;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::authz::RateBuckets;
 use crate::backends::Registry;
-use crate::errors::{self, ProxyError};
+use crate::errors::ProxyError;
 use crate::http::body::Body;
-use crate::http::server::Limits;
+use crate::http::client::Pools;
+use crate::http::server::{self, Limits};
 use crate::identity::{Identity, Issuer};
 use crate::metrics::{Direction, Metrics};
 use crate::settings::Settings;
 use crate::state::State;
-use crate::upstream::Pools;
 
 pub struct Shared {
     pub settings: Settings,
@@ -33,6 +34,8 @@ pub struct Shared {
     pub config_loaded: AtomicBool,
     /// Backend and endpoint state that outlives config snapshots.
     pub registry: Registry,
+    /// The ServerPolicies' rate-limit buckets, which outlive config snapshots too.
+    pub inbound_buckets: RateBuckets,
     /// Mirrored copies in flight.
     pub mirrors_in_flight: AtomicUsize,
     /// The workload's identity, when the proxy has a CA to get certificates from.
@@ -56,7 +59,7 @@ impl Shared {
                 let reason = e.reason();
                 tracing::debug!(direction = direction.as_str(), error = %e, reason = reason.as_str(), "request failed");
                 self.metrics.proxy_error(direction, reason);
-                errors::error_response(reason, grpc)
+                server::error_response(reason, grpc)
             }
         }
     }

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use weft_api::config::{self, Filter, ProxyConfig, Retry};
 use weft_api::gateway::{HttpRouteMatch, UrlRewrite};
 
-use crate::FastMap;
-use crate::authz::InboundPolicy;
+use crate::authz::{InboundPolicy, RateBuckets};
 use crate::backends::{Backend, Registry};
 use crate::filters::HeaderModifier;
+use crate::map::FastMap;
 use crate::metrics::{Direction, Metrics, Name, RequestStats};
 use crate::routing::{Origin, Router};
 
@@ -148,8 +148,14 @@ impl Rule {
 impl Snapshot {
     /// Compiles a validated config. `namespace` is the proxy's own: short Service names
     /// (`reviews`) resolve only there, as Kubernetes DNS search paths do. Backend and endpoint
-    /// state comes from `registry`, so that it survives the swap.
-    pub fn build(config: ProxyConfig, namespace: &str, registry: &Registry) -> Snapshot {
+    /// state comes from `registry`, and the inbound rate limits' buckets from `buckets`, so
+    /// that they survive the swap.
+    pub fn build(
+        config: ProxyConfig,
+        namespace: &str,
+        registry: &Registry,
+        buckets: &RateBuckets,
+    ) -> Snapshot {
         let now = Instant::now();
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -157,6 +163,7 @@ impl Snapshot {
             .map(|b| Arc::new(registry.backend(b, now)))
             .collect();
         registry.prune();
+        buckets.prune();
         let by_name: HashMap<&str, Arc<Backend>> =
             backends.iter().map(|b| (&*b.name.0, b.clone())).collect();
 
@@ -200,7 +207,7 @@ impl Snapshot {
                 let rate = p
                     .rate_limit
                     .as_ref()
-                    .map(|r| registry.inbound_bucket(&p.name, r.requests_per_second, r.burst, now));
+                    .map(|r| buckets.bucket(&p.name, r.requests_per_second, r.burst, now));
                 Arc::new(InboundPolicy::new(p.clone(), rate))
             })
             .collect();
@@ -322,7 +329,12 @@ mod tests {
     fn snapshot() -> Snapshot {
         let config: ProxyConfig = serde_saphyr_free::parse();
         config.validate().unwrap();
-        Snapshot::build(config, "shop", &Registry::default())
+        Snapshot::build(
+            config,
+            "shop",
+            &Registry::default(),
+            &RateBuckets::default(),
+        )
     }
 
     /// The sample config, built in code so this crate's tests need no YAML parser.

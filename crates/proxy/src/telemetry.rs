@@ -23,10 +23,7 @@ pub struct LogHandle {
 
 impl LogHandle {
     pub fn get(&self) -> String {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        weft_api::sync::lock(&self.current).clone()
     }
 
     /// Replaces the filter (`info`, `weft_proxy=debug,info`, ...).
@@ -34,7 +31,7 @@ impl LogHandle {
         let parsed = EnvFilter::try_new(filter)
             .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
         self.reload.reload(parsed).map_err(|e| e.to_string())?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = filter.to_owned();
+        *weft_api::sync::lock(&self.current) = filter.to_owned();
         Ok(())
     }
 }

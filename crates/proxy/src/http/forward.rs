@@ -14,12 +14,12 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::errors::ProxyError;
-use crate::http::BoxedRequest;
-use crate::http::body::Body;
+use crate::http::body::{Body, BoxedRequest};
+use crate::http::client::{Pools, SendOptions};
 use crate::http::headers::{self, Upgrade};
 use crate::http::server::{self, OnUpgrade};
 use crate::io::splice;
-use crate::upstream::{Dial, Pools, SendOptions};
+use crate::upstream::Dial;
 
 /// A request readied for upstream, with the downstream half of a tunnel it may open.
 pub struct Prepared {

@@ -1,11 +1,13 @@
 //! HTTP/1.1 framing, shared by the proxy's two HTTP/1 ends: the server that reads requests
-//! from clients (`http::server`) and the client that sends them upstream (`upstream::h1`).
+//! from clients (`http::server::h1`) and the client that sends them upstream
+//! (`http::client::h1`).
 //!
 //! - Parsed fields become a [`HeaderMap`] whose values share the buffer they were read into.
 //! - A body is delimited by its [`Framing`], and [`poll_decode`] turns the bytes of either end
 //!   into frames: data, and the trailers of a chunked body.
 //! - A [`Writer`] writes a message's head and then its body, encoding it as its [`Encoding`]
-//!   says, with the body polled between writes.
+//!   says, with the body polled between writes. It holds any body (`Writer<B>`), so that the
+//!   framing knows nothing of the proxy's own body type.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -15,23 +17,16 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use tokio::io::AsyncWrite;
 
-use crate::http::body::{Body, BoxError};
+use crate::errors::BoxError;
 use crate::io::Conn;
 
 /// The most fields a trailer section may carry.
 const MAX_TRAILERS: usize = 128;
 /// The longest chunk-size line or trailer section.
 pub const MAX_FRAMING_BYTES: usize = 64 * 1024;
-/// How much room the first read asks for: enough for most heads and small bodies whole, in a
-/// quarter of a page. Each read that fills its room doubles the next, up to
-/// [`MAX_READ_SIZE`], so that a large body is read in large pieces while a thousand small
-/// exchanges in flight hold little. All are jemalloc small size classes, served from its
-/// thread cache.
-pub const READ_SIZE: usize = 1024;
-pub const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// What went wrong reading a message.
 #[derive(Debug, thiserror::Error)]
@@ -49,30 +44,6 @@ pub trait Fill {
     fn buf(&mut self) -> &mut BytesMut;
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>>;
-}
-
-/// Reads more of `io` into `read`. A connection that waits for its peer holds no buffer
-/// until there is something to read (over plain TCP, where readiness says so without a
-/// read); `read_size` grows with reads that fill their room.
-pub fn poll_fill(
-    io: &mut Conn,
-    read: &mut BytesMut,
-    read_size: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if read.capacity() == 0
-        && let Some(ready) = io.plain_read_ready(cx)
-    {
-        ready!(ready)?;
-    }
-    if read.capacity() - read.len() < *read_size / 4 {
-        read.reserve(*read_size);
-    }
-    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, read))?;
-    if n >= *read_size && *read_size < MAX_READ_SIZE {
-        *read_size *= 2;
-    }
-    Poll::Ready(Ok(n))
 }
 
 /// Where a parsed field's name and value sit in the buffer it was parsed from: (name start,
@@ -369,15 +340,15 @@ impl Sink for Conn {
 
 /// A message's bytes still to write: the head and any framing first, then the body frame by
 /// frame.
-pub struct Writer {
+pub struct Writer<B> {
     queue: VecDeque<Bytes>,
     /// `None` once the body has ended (or there was none).
-    body: Option<Body>,
+    body: Option<B>,
     encoding: Encoding,
     /// Whether the body has been polled: before that it can still be sent elsewhere.
     touched: bool,
     /// A body with nothing to write, kept whole in case the request must go elsewhere.
-    empty: Option<Body>,
+    empty: Option<B>,
     /// Whether bytes were written since the last flush (TLS buffers them).
     need_flush: bool,
     /// Whether to take the body's ready frames before writing, so that a head and a small
@@ -390,9 +361,33 @@ const MAX_COALESCE: usize = 4096;
 /// The most pieces one write takes.
 const MAX_SLICES: usize = 8;
 
-impl Writer {
+impl<B> Writer<B> {
+    pub fn is_done(&self) -> bool {
+        self.body.is_none() && self.queue.is_empty() && !self.need_flush
+    }
+
+    /// The body, if it was never read from.
+    pub fn untouched(&mut self) -> Option<B> {
+        if self.touched {
+            return None;
+        }
+        self.empty.take().or_else(|| self.body.take())
+    }
+
+    /// Gives up on what is left to write.
+    pub fn abandon(&mut self) {
+        self.body = None;
+        self.queue.clear();
+        self.need_flush = false;
+    }
+}
+
+impl<B> Writer<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     /// Writes `head`, then `body` (unless it has already ended) as `encoding` says.
-    pub fn new(head: Bytes, body: Body, encoding: Encoding, gather: bool) -> Writer {
+    pub fn new(head: Bytes, body: B, encoding: Encoding, gather: bool) -> Writer<B> {
         let (body, empty) = if body.is_end_stream() {
             (None, Some(body))
         } else {
@@ -409,25 +404,6 @@ impl Writer {
             need_flush: false,
             gather,
         }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.body.is_none() && self.queue.is_empty() && !self.need_flush
-    }
-
-    /// The body, if it was never read from.
-    pub fn untouched(&mut self) -> Option<Body> {
-        if self.touched {
-            return None;
-        }
-        self.empty.take().or_else(|| self.body.take())
-    }
-
-    /// Gives up on what is left to write.
-    pub fn abandon(&mut self) {
-        self.body = None;
-        self.queue.clear();
-        self.need_flush = false;
     }
 
     /// Writes what it can; ready once the whole message has been written.

@@ -3,7 +3,8 @@
 //! The first attempt's body streams as usual while a [`Recorder`] keeps a copy of up to
 //! [`MAX_REPLAY`] bytes. Nothing waits for the body: a streaming request (a gRPC client
 //! stream, say) flows as it comes. A retry can replay the body only if the first attempt read
-//! it to its end within the limit; a larger body is simply not retried.
+//! it to its end within the limit; a larger body is simply not retried. [`TeeBody`] records
+//! any body it wraps (`TeeBody<B>`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -12,10 +13,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use tokio::sync::Notify;
 
-use crate::http::body::{Body, BoxError};
+use weft_api::sync::lock;
+
+use crate::errors::BoxError;
 
 /// The largest body kept for replay.
 pub const MAX_REPLAY: usize = 64 * 1024;
@@ -30,15 +33,17 @@ struct Recording {
     spoiled: bool,
 }
 
+/// The recording, and the signal that it has settled, shared by the tee that writes it and the
+/// retries and mirrors that read it.
 #[derive(Default)]
-struct Shared {
+struct Tape {
     recording: Mutex<Recording>,
     settled: Notify,
 }
 
 /// A copy of a request body as it streams past.
 #[derive(Clone, Default)]
-pub struct Recorder(Arc<Shared>);
+pub struct Recorder(Arc<Tape>);
 
 impl Recorder {
     /// A recorder of a body that is already known to be empty.
@@ -49,11 +54,11 @@ impl Recorder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
-        self.0.recording.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0.recording)
     }
 
     /// Wraps the original body so that it records as it streams.
-    pub fn tee(&self, inner: Body) -> TeeBody {
+    pub fn tee<B: http_body::Body>(&self, inner: B) -> TeeBody<B> {
         TeeBody {
             inner: Box::new(inner),
             recorder: self.clone(),
@@ -101,13 +106,17 @@ impl Recorder {
     }
 }
 
-/// The first attempt's body: the original, recorded on the way.
-pub struct TeeBody {
-    inner: Box<Body>,
+/// The first attempt's body: the original, recorded on the way. (The original is boxed: the
+/// proxy's body type holds a tee of itself.)
+pub struct TeeBody<B: http_body::Body> {
+    inner: Box<B>,
     recorder: Recorder,
 }
 
-impl http_body::Body for TeeBody {
+impl<B> http_body::Body for TeeBody<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -157,7 +166,7 @@ impl http_body::Body for TeeBody {
     }
 }
 
-impl Drop for TeeBody {
+impl<B: http_body::Body> Drop for TeeBody<B> {
     fn drop(&mut self) {
         if self.inner.is_end_stream() {
             self.recorder.finish();

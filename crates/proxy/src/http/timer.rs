@@ -52,7 +52,7 @@ struct Slot {
 }
 
 fn lock(list: &Mutex<List>) -> MutexGuard<'_, List> {
-    list.lock().unwrap_or_else(|p| p.into_inner())
+    weft_api::sync::lock(list)
 }
 
 impl Timer for CoarseTimer {

@@ -23,10 +23,10 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, Version};
 use tokio::time::Instant;
 
 use crate::backends::{Backend, NoEndpoint};
-use crate::errors::{self, Blame, ProxyError};
+use crate::errors::{self, Blame, ProxyError, SendError};
 use crate::filters;
-use crate::http::BoxedRequest;
-use crate::http::body::{Body, DeadlineBody};
+use crate::http::body::{Body, BoxedRequest, DeadlineBody};
+use crate::http::client::SendOptions;
 use crate::http::forward::{self, Head};
 use crate::http::headers;
 use crate::http::replay::Recorder;
@@ -39,7 +39,6 @@ use crate::policy::weighted;
 use crate::shared::Shared;
 use crate::state::{Destination, Rule};
 use crate::transport_header;
-use crate::upstream::{SendError, SendOptions};
 
 const DIRECTION: Direction = Direction::Outbound;
 /// Retries of requests that never reached the application, when the route sets none.
@@ -553,7 +552,7 @@ struct Ended {
 }
 
 /// How an attempt ended; only a gRPC call's response is read for a `grpc-status`.
-fn classify(result: Result<Response<Body>, SendError>, grpc: bool) -> Ended {
+fn classify(result: Result<Response<Body>, SendError<Body>>, grpc: bool) -> Ended {
     match result {
         Ok(resp) => {
             let status = resp.status().as_u16();

@@ -23,84 +23,57 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::Limits;
-use crate::errors::Reason;
-use crate::http::BoxedRequest;
-use crate::http::body::{Body, BoxError};
+use crate::errors::{ERROR_HEADER, Reason};
+use crate::http::body::{Body, BoxedRequest};
 use crate::http::h1::{
-    CodecError, Encoding, Fill, Framing, READ_SIZE, Sink, Writer, add_length, fields, fields_len,
-    poll_decode, put_fields, spans,
+    Encoding, Fill, Framing, Sink, Writer, add_length, fields, fields_len, poll_decode, put_fields,
+    spans,
 };
-use crate::io::{Conn, Rewind};
+use crate::http::server::link::{Link, LinkRef, RequestBody, lock};
+use crate::http::timer::CoarseTimer;
+use crate::io::{Conn, READ_SIZE, Rewind};
 
 /// The most headers a request may carry (Envoy's default).
 const MAX_HEADERS: usize = 100;
 /// The most of an unread request body the server reads and discards to keep the connection
 /// after answering early; a longer one closes it.
 const MAX_DRAIN: u64 = 64 * 1024;
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// How long, and for how many bytes, a closing connection still reads what the client sends.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_LINGER_BYTES: usize = 1 << 20;
 
-/// What the connection's loop and the body of its current request share.
-struct Link {
-    io: Conn,
-    read: BytesMut,
-    read_size: usize,
-    /// The request body still to read, for request number `generation`.
-    body: Framing,
-    generation: u64,
-    /// `100 Continue` owed to the client before its body is read: how much of it has been
-    /// written (its whole length: written, not yet flushed).
-    continue_owed: Option<usize>,
+/// Limits applied to downstream connections (the HTTP/2 server reads `max_header_bytes`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Keeps the header-read deadline of each request on an HTTP/1 connection.
+    pub timer: CoarseTimer,
 }
 
-impl Fill for Link {
-    fn buf(&mut self) -> &mut BytesMut {
-        &mut self.read
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        crate::http::h1::poll_fill(&mut self.io, &mut self.read, &mut self.read_size, cx)
-    }
-}
-
-impl Link {
-    /// Writes the `100 Continue` the client waits for, if it is owed.
-    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while let Some(done) = self.continue_owed {
-            if done < CONTINUE.len() {
-                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[done..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                self.continue_owed = Some(done + n);
-            } else {
-                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-                self.continue_owed = None;
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-type Shared = Arc<Mutex<Link>>;
-
-fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
-    link.lock().unwrap_or_else(|p| p.into_inner())
+/// Answers a request the proxy refuses before HTTP is being served, then closes.
+pub async fn refuse<W: AsyncWrite + Unpin>(io: &mut W, reason: Reason) {
+    let status = reason.status();
+    let body = reason.as_str();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\n{ERROR_HEADER}: {body}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    );
+    let _ = io.write_all(head.as_bytes()).await;
+    let _ = io.shutdown().await;
 }
 
 /// The connection as the loop writes to it: taken for each write, never across an await (a
@@ -131,77 +104,6 @@ impl AsyncWrite for LinkIo<'_> {
     }
 }
 
-/// A request body, read from the client's connection by whoever polls it.
-pub struct RequestBody {
-    link: Shared,
-    generation: u64,
-}
-
-/// A request body the client did not send as it said it would.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestBodyError {
-    #[error("the client closed the connection inside the request body")]
-    Closed,
-    #[error("malformed request body: {0}")]
-    Malformed(&'static str),
-    #[error("reading the request body: {0}")]
-    Io(std::io::Error),
-    #[error("the request is over: its body can no longer be read")]
-    Over,
-}
-
-impl From<CodecError> for RequestBodyError {
-    fn from(e: CodecError) -> Self {
-        match e {
-            CodecError::Io(e) => RequestBodyError::Io(e),
-            CodecError::Closed => RequestBodyError::Closed,
-            CodecError::Malformed(what) => RequestBodyError::Malformed(what),
-        }
-    }
-}
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut link = lock(&self.link);
-        if link.generation != self.generation {
-            return Poll::Ready(Some(Err(RequestBodyError::Over.into())));
-        }
-        if let Err(e) = ready!(link.poll_continue(cx)) {
-            return Poll::Ready(Some(Err(RequestBodyError::Io(e).into())));
-        }
-        let mut framing = link.body;
-        let frame = poll_decode(&mut framing, &mut *link, cx);
-        link.body = match frame {
-            // A broken body is over: nothing more is read for it.
-            Poll::Ready(Some(Err(_))) => Framing::Done,
-            _ => framing,
-        };
-        frame.map(|f| f.map(|r| r.map_err(|e| RequestBodyError::from(e).into())))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        // A body whose request is over has not ended: it was cut off.
-        let link = lock(&self.link);
-        link.generation == self.generation && link.body == Framing::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let link = lock(&self.link);
-        match link.body {
-            _ if link.generation != self.generation => SizeHint::default(),
-            Framing::Done => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
 /// The client's side of an upgrade (`Upgrade` or `CONNECT`) once the response agreeing to it
 /// has been written: the connection, with what the client sent after its request first. (In
 /// an `Arc` because request extensions must be `Clone`; the first to take it has it.)
@@ -210,7 +112,7 @@ pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Rewind<Conn>>>>>);
 
 impl OnUpgrade {
     pub async fn wait(self) -> std::io::Result<Rewind<Conn>> {
-        let rx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let rx = weft_api::sync::lock(&self.0).take();
         match rx {
             Some(rx) => rx
                 .await
@@ -405,8 +307,11 @@ enum HeadWait {
 }
 
 /// Serves HTTP/1 on `io` (whose first bytes are already in `read`) until the client closes,
-/// or, once `shutdown` fires, until the request in flight has been answered.
-pub async fn serve<F, Fut, R>(
+/// or, once `shutdown` fires, until the request in flight has been answered. `handler` gives
+/// each request's future in its own allocation (see `server::in_place`): it is large (the
+/// whole route, retry and upstream state machine), and lives there while the request is in
+/// flight.
+pub async fn serve<F, P, R>(
     io: Conn,
     read: BytesMut,
     limits: Limits,
@@ -414,11 +319,11 @@ pub async fn serve<F, Fut, R>(
     handler: F,
     refused: R,
 ) where
-    F: Fn(BoxedRequest) -> Fut,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    F: Fn(BoxedRequest) -> P,
+    P: Future<Output = Response<Body>> + Unpin,
     R: Fn(Reason),
 {
-    let link: Shared = Arc::new(Mutex::new(Link {
+    let link: LinkRef = Arc::new(Mutex::new(Link {
         io,
         read,
         read_size: READ_SIZE,
@@ -432,7 +337,7 @@ pub async fn serve<F, Fut, R>(
             HeadWait::Parsed(parsed) => parsed,
             HeadWait::Refuse(reason) => {
                 refused(reason);
-                super::refuse(&mut LinkIo(&link), reason).await;
+                refuse(&mut LinkIo(&link), reason).await;
                 return;
             }
             HeadWait::Close => {
@@ -457,10 +362,7 @@ pub async fn serve<F, Fut, R>(
         let method = req.method().clone();
         let version = req.version();
         if framing != Framing::Done {
-            *req.body_mut() = Body::Downstream(RequestBody {
-                link: link.clone(),
-                generation,
-            });
+            *req.body_mut() = Body::Downstream(RequestBody::new(link.clone(), generation));
         }
         let upgrade = wants_upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
@@ -469,12 +371,10 @@ pub async fn serve<F, Fut, R>(
             tx
         });
 
-        // The handler's future is large (the whole route, retry and upstream state machine):
-        // it lives in an allocation of its own while the request is in flight.
-        let mut pending = super::in_place(&handler, req);
+        let mut pending = handler(req);
         let mut watching = true;
         let resp = std::future::poll_fn(|cx| {
-            if let Poll::Ready(resp) = pending.as_mut().poll(cx) {
+            if let Poll::Ready(resp) = Pin::new(&mut pending).poll(cx) {
                 return Poll::Ready(Some(resp));
             }
             // Once the body has been read, the connection is the loop's to watch.
@@ -715,7 +615,7 @@ fn response_head(
 /// Whether the connection must then close after the response (and the response say so):
 /// the client was still waiting to be asked for its body, which it may never send, or the
 /// body is unread, nobody holds it any more, and it is too long to drain.
-fn answered(link: &Shared) -> bool {
+fn answered(link: &LinkRef) -> bool {
     let holders = Arc::strong_count(link);
     let mut l = lock(link);
     let waits_for_continue = l.continue_owed.take().is_some();
@@ -1040,7 +940,7 @@ mod tests {
         use tokio::net::{TcpListener, TcpStream};
 
         use super::*;
-        use crate::http::timer::CoarseTimer;
+        use crate::http::server::link::CONTINUE;
 
         fn limits(header_read_timeout: Duration) -> Limits {
             Limits {
@@ -1055,7 +955,7 @@ mod tests {
             F: Fn(Request<Body>) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = Response<Body>> + Send + 'static,
         {
-            let handler = move |req: BoxedRequest| handler(*req);
+            let handler = move |req: BoxedRequest| Box::pin(handler(*req));
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
@@ -1372,7 +1272,7 @@ mod tests {
             let addr = start(
                 Duration::from_secs(5),
                 |mut req: Request<Body>| async move {
-                    let on = crate::http::server::on_upgrade(&mut req);
+                    let on = req.extensions_mut().remove::<OnUpgrade>().unwrap();
                     tokio::spawn(async move {
                         let mut io = on.wait().await.unwrap();
                         let mut got = [0u8; 4];

@@ -10,6 +10,9 @@
 //! polled by nobody; [`H1Conn::is_open`] checks it before it is used again.
 //!
 //! Upgrades and CONNECT, whose connection leaves HTTP, stay with hyper's client.
+//!
+//! The exchange writes any request body type (`H1Body<B>`), and gives a finished connection
+//! back through [`Checkin`], which the pools implement: it names neither.
 
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -21,19 +24,16 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use tokio::io::AsyncRead;
 
-use super::{ConnectionPermit, Key, Pools, SendError};
-use crate::backends::ConnLimiter;
-use crate::errors::{ExchangeError, ProxyError};
-use crate::http::BoxedRequest;
-use crate::http::body::{Body, BoxError};
+use crate::errors::{BoxError, ExchangeError, ProxyError, SendError};
 use crate::http::h1::{
-    CodecError, Encoding, Fill, Framing, MAX_FRAMING_BYTES, READ_SIZE, WriteError, Writer,
-    content_length, fields, fields_len, has_token, poll_decode, put_fields, spans,
+    CodecError, Encoding, Fill, Framing, MAX_FRAMING_BYTES, WriteError, Writer, content_length,
+    fields, fields_len, has_token, poll_decode, put_fields, spans,
 };
-use crate::io::Conn;
+use crate::io::{Conn, READ_SIZE};
+use crate::upstream::{ConnLimiter, ConnectionPermit, Key};
 
 /// The most headers a response may carry.
 const MAX_HEADERS: usize = 128;
@@ -53,7 +53,7 @@ pub struct H1Conn {
 }
 
 impl H1Conn {
-    pub(super) fn new(
+    pub fn new(
         io: Conn,
         addr: SocketAddr,
         permit: ConnectionPermit,
@@ -69,13 +69,13 @@ impl H1Conn {
         }
     }
 
-    pub(super) fn limiter(&self) -> Option<&Arc<ConnLimiter>> {
+    pub fn limiter(&self) -> Option<&Arc<ConnLimiter>> {
         self.limiter.as_ref()
     }
 
     /// Whether an idle connection can carry another request: the upstream has neither closed
     /// it nor sent anything unasked.
-    pub(super) fn is_open(&mut self) -> bool {
+    pub fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         // Nothing has arrived since the last read: no read(2) needed to know.
         if let Some(Poll::Pending) = self.io.plain_read_ready(&mut cx) {
@@ -96,7 +96,7 @@ impl Fill for H1Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        crate::http::h1::poll_fill(&mut self.io, &mut self.read, &mut self.read_size, cx)
+        crate::io::poll_fill(&mut self.io, &mut self.read, &mut self.read_size, cx)
     }
 }
 
@@ -110,25 +110,35 @@ impl Drop for H1Conn {
     }
 }
 
+/// Where a connection whose exchange is over goes (the pools, for the key it was opened for).
+pub trait Checkin: Send + Sync {
+    fn checkin(&self, key: Key, conn: H1Conn);
+}
+
 /// Where a finished connection goes back to.
-pub(super) struct Release {
-    pub pools: Arc<Pools>,
+pub struct Release {
+    pub pool: Arc<dyn Checkin>,
     pub key: Key,
 }
 
-/// Sends `req` on `conn` and returns the response once its head has arrived. A request that
-/// met a connection the upstream had closed comes back unsent when `conn` was reused and the
-/// request's body was not touched, so that another connection can take it.
+/// Sends `req` on `conn` and returns the response once its head has arrived, its body (an
+/// [`H1Body`]) as the caller's body type `R`. A request that met a connection the upstream
+/// had closed comes back unsent when `conn` was reused and the request's body was not
+/// touched, so that another connection can take it.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice: see the module docs of upstream"
 )]
-pub(super) fn send(
+pub fn send<B, R>(
     mut conn: H1Conn,
-    req: BoxedRequest,
+    req: Box<Request<B>>,
     reused: bool,
     release: Option<Release>,
-) -> impl Future<Output = Result<Response<Body>, SendError>> {
+) -> impl Future<Output = Result<Response<R>, SendError<B>>>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+    R: From<Box<H1Body<B>>>,
+{
     async move {
         let head_request = req.method() == Method::HEAD;
         let (parts, body) = (*req).into_parts();
@@ -147,14 +157,14 @@ pub(super) fn send(
         let addr = conn.addr;
         match result {
             Ok((head, framing, keep_response)) => {
-                let body = H1Body {
+                let body = Box::new(H1Body {
                     conn: Some(conn),
                     out,
                     framing,
                     keep: keep_request && keep_response,
                     release,
-                };
-                Ok(Response::from_parts(head, body.into()))
+                });
+                Ok(Response::from_parts(head, R::from(body)))
             }
             Err(source) => {
                 let unsent = (reused && source.is_closed())
@@ -171,7 +181,10 @@ pub(super) fn send(
 }
 
 /// The request's head, and a writer of it and its body.
-fn request_writer(parts: &http::request::Parts, body: Body) -> Writer {
+fn request_writer<B>(parts: &http::request::Parts, body: B) -> Writer<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut head = BytesMut::with_capacity(
         parts.method.as_str().len() + target.len() + 40 + fields_len(&parts.headers),
@@ -348,23 +361,17 @@ fn framing(
 
 /// A response body read from its upstream connection by the task that polls it, which also
 /// writes whatever is left of the request body.
-pub struct H1Body {
+pub struct H1Body<B> {
     /// `None` once the connection has gone back to the pool or been closed.
     conn: Option<H1Conn>,
-    out: Writer,
+    out: Writer<B>,
     framing: Framing,
     /// Whether the connection may carry another request once this one is over.
     keep: bool,
     release: Option<Release>,
 }
 
-impl From<H1Body> for Body {
-    fn from(body: H1Body) -> Body {
-        Body::Upstream(Box::new(body))
-    }
-}
-
-impl H1Body {
+impl<B> H1Body<B> {
     /// Back to the pool when the whole exchange is over and the connection may be kept.
     fn finish(&mut self) {
         let Some(mut conn) = self.conn.take() else {
@@ -374,15 +381,20 @@ impl H1Body {
             && self.out.is_done()
             && self.keep
             && conn.read.is_empty()
-            && let Some(Release { pools, key }) = self.release.take()
+            && let Some(Release { pool, key }) = self.release.take()
         {
             // An idle connection keeps no buffer.
             conn.read = BytesMut::new();
             conn.read_size = READ_SIZE;
-            pools.checkin_http1(key, conn);
+            pool.checkin(key, conn);
         }
     }
+}
 
+impl<B> H1Body<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
@@ -401,7 +413,10 @@ impl H1Body {
     }
 }
 
-impl http_body::Body for H1Body {
+impl<B> http_body::Body for H1Body<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -433,7 +448,7 @@ impl http_body::Body for H1Body {
     }
 }
 
-impl Drop for H1Body {
+impl<B> Drop for H1Body<B> {
     fn drop(&mut self) {
         // A server that knows the length stops polling after the last byte: the exchange may
         // be over without a last poll.
@@ -574,7 +589,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let client = tokio::net::TcpStream::connect(addr).await.unwrap();
             let (server, _) = listener.accept().await.unwrap();
-            let conn = H1Conn::new(Conn::Tcp(client), addr, ConnectionPermit(None), None);
+            let conn = H1Conn::new(Conn::Tcp(client), addr, ConnectionPermit::unlimited(), None);
             (conn, server)
         }
         async fn readable(conn: &H1Conn) {

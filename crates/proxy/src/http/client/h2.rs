@@ -5,7 +5,8 @@
 //! crosses a channel to the dispatcher, which spawns a task to await the response and hands
 //! it back through a oneshot channel. Here the request's own task opens the stream and awaits
 //! the response itself; a task is spawned only for a request body that is still streaming
-//! when the response is awaited ([`Pipe`]).
+//! when the response is awaited ([`Pipe`]). Requests may carry any body type; the response
+//! body is an [`H2Body`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,13 +18,10 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::SendError;
-use crate::errors::ProxyError;
-use crate::http::BoxedRequest;
-use crate::http::body::{Body, BoxError};
+use crate::errors::{BoxError, ProxyError, SendError};
 use crate::io::Conn;
 
 // Flow-control windows and limits, as hyper's client had them: the protocol's 64 KiB
@@ -81,9 +79,14 @@ impl H2Conn {
         !self.open.load(Ordering::Acquire)
     }
 
-    /// Sends `req` on a new stream and awaits the response head. The request comes back when
-    /// the connection could not take it.
-    pub async fn send(&self, req: BoxedRequest) -> Result<Response<Body>, SendError> {
+    /// Sends `req` on a new stream and awaits the response head; its body (an [`H2Body`]) as
+    /// the caller's body type `R`. The request comes back when the connection could not take
+    /// it.
+    pub async fn send<B, R>(&self, req: Box<Request<B>>) -> Result<Response<R>, SendError<B>>
+    where
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+        R: From<H2Body>,
+    {
         let addr = self.addr;
         let mut send = match self.send.clone().ready().await {
             Ok(send) => send,
@@ -137,7 +140,7 @@ impl H2Conn {
             .ok()
             .flatten();
         Ok(resp.map(|recv| {
-            Body::Multiplexed(H2Body {
+            R::from(H2Body {
                 recv,
                 length,
                 data_done: false,
@@ -159,13 +162,16 @@ impl Drop for CancelOnDrop {
 }
 
 /// Streams a request body onto its HTTP/2 stream, as the peer's flow control allows.
-struct Pipe {
-    body: Body,
+struct Pipe<B> {
+    body: B,
     stream: SendStream<Bytes>,
     cancel: Option<oneshot::Receiver<()>>,
 }
 
-impl Future for Pipe {
+impl<B> Future for Pipe<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -316,7 +322,39 @@ mod tests {
         (data, body.trailers().await.unwrap())
     }
 
-    fn request(body: Body) -> BoxedRequest {
+    /// A request body as a test sends it: none, one piece, or frames from a channel, of no
+    /// known length.
+    enum TestBody {
+        Empty,
+        Full(Option<Bytes>),
+        Channel(tokio::sync::mpsc::Receiver<Frame<Bytes>>),
+    }
+
+    impl http_body::Body for TestBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.get_mut() {
+                TestBody::Empty => Poll::Ready(None),
+                TestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+                TestBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(Ok)),
+            }
+        }
+
+        fn is_end_stream(&self) -> bool {
+            match self {
+                TestBody::Empty => true,
+                TestBody::Full(data) => data.is_none(),
+                TestBody::Channel(_) => false,
+            }
+        }
+    }
+
+    fn request(body: TestBody) -> Box<Request<TestBody>> {
         Box::new(
             Request::post("http://upstream/echo")
                 .version(http::Version::HTTP_2)
@@ -352,7 +390,11 @@ mod tests {
                 left -= n;
             }
         });
-        let resp = conn.send(request(Body::Channel(rx))).await.ok().unwrap();
+        let resp = conn
+            .send::<_, H2Body>(request(TestBody::Channel(rx)))
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(
             http_body::Body::size_hint(resp.body()).exact(),
@@ -386,7 +428,11 @@ mod tests {
             .unwrap();
         tx.send(Frame::trailers(trailers)).await.unwrap();
         drop(tx);
-        let resp = conn.send(request(Body::Channel(rx))).await.ok().unwrap();
+        let resp = conn
+            .send::<_, H2Body>(request(TestBody::Channel(rx)))
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let mut seen_rx = seen_rx;
         let (data, trailers) = seen_rx.recv().await.unwrap();
@@ -415,12 +461,12 @@ mod tests {
                 tx.send(Frame::data(Bytes::from_static(b"x")))
                     .await
                     .unwrap();
-                Body::Channel(rx)
+                TestBody::Channel(rx)
             } else {
-                Body::Empty
+                TestBody::Empty
             };
             tokio::select! {
-                _ = conn.send(request(body)) => panic!("the upstream never answers"),
+                _ = conn.send::<_, H2Body>(request(body)) => panic!("the upstream never answers"),
                 arrived = seen_rx.recv() => assert_eq!(arrived, Some(None)),
             }
             // The send was dropped with the select.
@@ -439,7 +485,11 @@ mod tests {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
         })
         .await;
-        let err = conn.send(request(Body::Empty)).await.err().unwrap();
+        let err = conn
+            .send::<_, H2Body>(request(TestBody::Empty))
+            .await
+            .err()
+            .unwrap();
         assert!(err.error.is_refused_stream(), "{}", err.error);
         assert!(err.error.never_reached_app());
         assert!(err.unsent.is_none(), "the head went out");
@@ -463,7 +513,11 @@ mod tests {
         .unwrap();
         closed_rx.await.unwrap();
         assert!(conn.is_closed());
-        let err = conn.send(request(Body::full("kept"))).await.err().unwrap();
+        let err = conn
+            .send::<_, H2Body>(request(TestBody::Full(Some(Bytes::from_static(b"kept")))))
+            .await
+            .err()
+            .unwrap();
         assert!(err.error.never_reached_app(), "{}", err.error);
         let unsent = err.unsent.unwrap();
         assert_eq!(unsent.uri(), "http://upstream/echo");
