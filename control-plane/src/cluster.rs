@@ -33,8 +33,12 @@ use weft_api::resources::ManifestError;
 use crate::hub::Hub;
 use crate::store::Store;
 
-/// The `controllerName` of weft's entries in a route's `status.parents`.
-pub const CONTROLLER_NAME: &str = "weft.dev/mesh";
+pub mod auth;
+pub mod route_status;
+
+pub use auth::{TokenReviewer, ca_from_secret};
+pub use route_status::CONTROLLER_NAME;
+use route_status::{RouteView, is_service_parent};
 
 /// How long changes are gathered before a rebuild: a burst (a relist, `kubectl apply` of a
 /// directory) is one rebuild.
@@ -97,9 +101,7 @@ struct RouteObject {
     namespace: String,
     name: String,
     resource_version: Option<String>,
-    generation: Option<i64>,
-    parent_refs: Vec<Value>,
-    status_parents: Vec<Value>,
+    view: RouteView,
 }
 
 /// Watches the cluster and publishes every change to the hub until `shutdown`. Resolves
@@ -299,7 +301,7 @@ impl Mirror {
         // A route's errors and accepted version carry its store name as their origin.
         let errors = self.store.errors();
         let accepted = self.store.accepted();
-        let now = rfc3339(time::OffsetDateTime::now_utc());
+        let now = route_status::rfc3339(time::OffsetDateTime::now_utc());
         self.ours = self
             .routes
             .iter()
@@ -307,7 +309,10 @@ impl Mirror {
                 let own: Vec<&ManifestError> =
                     errors.iter().filter(|e| e.origin.file == *name).collect();
                 let serving = accepted.iter().any(|m| m.source.file == *name);
-                (name.clone(), own_status(route, &own, serving, &now))
+                (
+                    name.clone(),
+                    route_status::entries(&route.view, &own, serving, &now),
+                )
             })
             .collect();
         for (name, route) in &self.routes {
@@ -320,14 +325,12 @@ impl Mirror {
         let Some(ours) = self.ours.get(name) else {
             return;
         };
-        let parents = merged_status(route, ours);
-        if parents == route.status_parents {
+        let parents = route_status::merged(&route.view, ours);
+        if parents == route.view.status_parents {
             return;
         }
-        let update = RouteObject {
-            status_parents: parents,
-            ..route.clone()
-        };
+        let mut update = route.clone();
+        update.view.status_parents = parents;
         if self.statuses.try_send(update).is_err() {
             tracing::warn!(route = %name, "status writes are backed up; this one waits for the route's next change");
         }
@@ -355,16 +358,12 @@ fn route_object(resource: &ApiResource, object: &DynamicObject) -> RouteObject {
             .unwrap_or_else(|| "default".to_owned()),
         name: object.metadata.name.clone().unwrap_or_default(),
         resource_version: object.metadata.resource_version.clone(),
-        generation: object.metadata.generation,
-        parent_refs: list(object.data.pointer("/spec/parentRefs")),
-        status_parents: list(object.data.pointer("/status/parents")),
+        view: RouteView {
+            generation: object.metadata.generation,
+            parent_refs: list(object.data.pointer("/spec/parentRefs")),
+            status_parents: list(object.data.pointer("/status/parents")),
+        },
     }
-}
-
-fn is_service_parent(parent: &Value) -> bool {
-    let group = parent.get("group").and_then(Value::as_str).unwrap_or("");
-    parent.get("kind").and_then(Value::as_str) == Some("Service")
-        && (group.is_empty() || group == "core")
 }
 
 /// The object as a manifest document, or `None` when it is not weft's to read.
@@ -392,176 +391,6 @@ fn as_input(kind: &WatchedKind, object: DynamicObject) -> Option<Value> {
     Some(value)
 }
 
-/// Which condition an error belongs to, with the Gateway API's reason.
-#[derive(Clone, Copy, PartialEq)]
-enum Blame {
-    /// The route's `parentRefs[i]`.
-    Parent(usize, &'static str),
-    /// A backend reference.
-    Backend(&'static str),
-    /// Anything else the route got wrong.
-    Route,
-}
-
-impl Blame {
-    fn reason(self) -> &'static str {
-        match self {
-            Blame::Parent(_, reason) | Blame::Backend(reason) => reason,
-            Blame::Route => "UnsupportedValue",
-        }
-    }
-}
-
-/// Reads the reference errors of `weft_api::resources::check` by their path and message.
-fn blame(error: &ManifestError) -> Blame {
-    let path = error.path.as_str();
-    let missing = error.message.starts_with("no Service") || error.message.contains("has no port");
-    if let Some(rest) = path.strip_prefix("spec.parentRefs[")
-        && let Some(i) = rest.split(']').next().and_then(|i| i.parse().ok())
-    {
-        return Blame::Parent(
-            i,
-            if missing {
-                "NoMatchingParent"
-            } else {
-                "UnsupportedValue"
-            },
-        );
-    }
-    if path.contains("backendRef") {
-        if path.ends_with(".kind") || path.ends_with(".group") {
-            return Blame::Backend("InvalidKind");
-        }
-        if missing {
-            return Blame::Backend("BackendNotFound");
-        }
-    }
-    Blame::Route
-}
-
-fn is_ours(parent_status: &Value) -> bool {
-    parent_status.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
-}
-
-/// The route's `status.parents`: the other controllers' entries as they are, then weft's.
-fn merged_status(route: &RouteObject, ours: &[Value]) -> Vec<Value> {
-    route
-        .status_parents
-        .iter()
-        .filter(|p| !is_ours(p))
-        .chain(ours)
-        .cloned()
-        .collect()
-}
-
-/// weft's `status.parents` entries for a route: one per Service parent. Any error keeps the
-/// whole route out (weft never applies part of one), so it makes every parent's Accepted
-/// false: with the parent's own reason if it has one, else the route's. A condition's
-/// `lastTransitionTime` moves only when its status does.
-fn own_status(
-    route: &RouteObject,
-    errors: &[&ManifestError],
-    serving: bool,
-    now: &str,
-) -> Vec<Value> {
-    let blamed: Vec<(Blame, &ManifestError)> = errors.iter().map(|e| (blame(e), *e)).collect();
-    let shown = |pick: &dyn Fn(Blame) -> bool| -> String {
-        blamed
-            .iter()
-            .filter(|(b, _)| pick(*b))
-            .map(|(_, e)| format!("{}: {}", e.path, e.message))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let consequence = if serving {
-        "the last accepted version keeps serving"
-    } else {
-        "the route is not in effect"
-    };
-    let backend = blamed.iter().find(|(b, _)| matches!(b, Blame::Backend(_)));
-    // What rejects the route for every parent: its own errors first, then its backends'.
-    let route_wide = blamed
-        .iter()
-        .find(|(b, _)| *b == Blame::Route)
-        .or(backend)
-        .or(blamed.first())
-        .map(|(b, _)| b.reason());
-    let previous = |parent: &Value, kind: &str| -> Option<(String, String)> {
-        let entry = route
-            .status_parents
-            .iter()
-            .find(|p| is_ours(p) && p.get("parentRef") == Some(parent))?;
-        let condition = entry
-            .get("conditions")?
-            .as_array()?
-            .iter()
-            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))?;
-        Some((
-            condition.get("status")?.as_str()?.to_owned(),
-            condition.get("lastTransitionTime")?.as_str()?.to_owned(),
-        ))
-    };
-    let condition = |parent: &Value, kind: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let since = match previous(parent, kind) {
-            Some((s, t)) if s == status => t,
-            _ => now.to_owned(),
-        };
-        json!({
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": route.generation.unwrap_or(0),
-            "lastTransitionTime": since,
-        })
-    };
-    let resolved = match backend {
-        Some((b, _)) => (
-            false,
-            b.reason(),
-            shown(&|b| matches!(b, Blame::Backend(_))),
-        ),
-        None => (true, "ResolvedRefs", "all references resolved".to_owned()),
-    };
-    route
-        .parent_refs
-        .iter()
-        .enumerate()
-        .filter(|(_, parent)| is_service_parent(parent))
-        .map(|(i, parent)| {
-            let own = blamed.iter().find_map(|(b, _)| match b {
-                Blame::Parent(j, reason) if *j == i => Some(*reason),
-                _ => None,
-            });
-            let accepted = match (own, route_wide) {
-                (Some(reason), _) => (
-                    false,
-                    reason,
-                    format!(
-                        "{}; {consequence}",
-                        shown(&|b| matches!(b, Blame::Parent(j, _) if j == i))
-                    ),
-                ),
-                (None, Some(reason)) => (
-                    false,
-                    reason,
-                    format!("{}; {consequence}", shown(&|_| true)),
-                ),
-                (None, None) => (true, "Accepted", "accepted by weft".to_owned()),
-            };
-            json!({
-                "parentRef": parent,
-                "controllerName": CONTROLLER_NAME,
-                "conditions": [
-                    condition(parent, "Accepted", accepted.0, accepted.1, accepted.2),
-                    condition(parent, "ResolvedRefs", resolved.0, resolved.1, resolved.2.clone()),
-                ],
-            })
-        })
-        .collect()
-}
-
 /// Writes route statuses, one at a time, with the route's resourceVersion as a
 /// precondition: a conflict means a newer version is on its way through the watch, and its
 /// status will be computed again.
@@ -580,7 +409,7 @@ async fn write_statuses(
         };
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &route.namespace, &route.resource);
-        let mut patch = json!({"status": {"parents": route.status_parents}});
+        let mut patch = json!({"status": {"parents": route.view.status_parents}});
         if let Some(version) = &route.resource_version {
             patch["metadata"] = json!({"resourceVersion": version});
         }
@@ -601,147 +430,7 @@ async fn write_statuses(
     }
 }
 
-/// `2026-11-23T10:00:00Z`, as Kubernetes writes times: whole seconds, UTC.
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// Checks ServiceAccount tokens with the cluster's TokenReview API.
-pub struct TokenReviewer {
-    client: Client,
-    /// The audiences a token must be for (the projected token's `audience`); empty: the API
-    /// server's own.
-    audiences: Vec<String>,
-}
-
-impl TokenReviewer {
-    pub fn new(client: Client, audiences: Vec<String>) -> TokenReviewer {
-        TokenReviewer { client, audiences }
-    }
-
-    /// The namespace and service account the token proves.
-    pub async fn verify(&self, token: &str) -> Result<(String, String), String> {
-        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
-            },
-            ..TokenReview::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let reviewed = api
-            .create(&kube::api::PostParams::default(), &review)
-            .await
-            .map_err(|e| format!("the TokenReview failed: {e}"))?;
-        let status = reviewed
-            .status
-            .ok_or("the TokenReview came back without a status")?;
-        if status.authenticated != Some(true) {
-            return Err(format!(
-                "the cluster does not authenticate the token{}",
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            ));
-        }
-        if !self.audiences.is_empty()
-            && !status
-                .audiences
-                .iter()
-                .flatten()
-                .any(|a| self.audiences.contains(a))
-        {
-            return Err(format!(
-                "the token is not for audience {}",
-                self.audiences.join(" or ")
-            ));
-        }
-        let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        service_account_of(&username).ok_or_else(|| format!("{username:?} is not a ServiceAccount"))
-    }
-}
-
-/// `system:serviceaccount:<namespace>:<name>` → (namespace, name).
-fn service_account_of(username: &str) -> Option<(String, String)> {
-    let rest = username.strip_prefix("system:serviceaccount:")?;
-    let (ns, sa) = rest.split_once(':')?;
-    (!ns.is_empty() && !sa.is_empty() && !sa.contains(':')).then(|| (ns.to_owned(), sa.to_owned()))
-}
-
-/// The CA kept in a Secret (`tls.crt`, `tls.key`, and `ca.crt` for an intermediate's
-/// roots), created with a new root at first start. Every replica of the control plane
-/// reads the same one; when two create it at once, the loser reads the winner's.
-pub async fn ca_from_secret(
-    client: Client,
-    namespace: &str,
-    name: &str,
-    trust_domain: &str,
-) -> anyhow::Result<crate::ca::CaMaterial> {
-    use k8s_openapi::ByteString;
-    use k8s_openapi::api::core::v1::Secret;
-    let api: Api<Secret> = Api::namespaced(client, namespace);
-    let read = |secret: Secret| -> anyhow::Result<crate::ca::CaMaterial> {
-        let data = secret.data.unwrap_or_default();
-        let field = |key: &str| -> anyhow::Result<Option<String>> {
-            data.get(key)
-                .map(|b| String::from_utf8(b.0.clone()))
-                .transpose()
-                .map_err(|_| anyhow::anyhow!("Secret {namespace}/{name}: {key} is not PEM text"))
-        };
-        Ok(crate::ca::CaMaterial {
-            cert_pem: field("tls.crt")?
-                .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{name} has no tls.crt"))?,
-            key_pem: field("tls.key")?
-                .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{name} has no tls.key"))?,
-            anchors_pem: field("ca.crt")?.filter(|a| !a.trim().is_empty()),
-        })
-    };
-    if let Some(secret) = api.get_opt(name).await? {
-        tracing::info!(secret = %format!("{namespace}/{name}"), "CA read from its Secret");
-        return read(secret);
-    }
-    let root = crate::ca::CaMaterial::generate_root(trust_domain)?;
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some([("app.kubernetes.io/part-of".to_owned(), "weft".to_owned())].into()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(
-            [
-                (
-                    "tls.crt".to_owned(),
-                    ByteString(root.cert_pem.clone().into_bytes()),
-                ),
-                (
-                    "tls.key".to_owned(),
-                    ByteString(root.key_pem.clone().into_bytes()),
-                ),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    match api.create(&kube::api::PostParams::default(), &secret).await {
-        Ok(_) => {
-            tracing::info!(secret = %format!("{namespace}/{name}"), "generated a root CA into its Secret");
-            Ok(root)
-        }
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            let secret = api.get(name).await?;
-            tracing::info!(secret = %format!("{namespace}/{name}"), "another replica created the CA first; using it");
-            read(secret)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-#[allow(dead_code)] // `serve` is for the end-to-end tests, which include this file too.
-mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;

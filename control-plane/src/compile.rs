@@ -11,7 +11,6 @@
 //! namespace's clients only, and replaces the producer routes for them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
 use weft_api::config::route::{
@@ -20,6 +19,7 @@ use weft_api::config::route::{
 use weft_api::config::server::ServerPolicySpec;
 use weft_api::config::{self, DEFAULT_INBOUND_PORT, MeshPeer, MtlsMode, ProxyConfig, ServerPolicy};
 use weft_api::gateway::{HttpRouteMatch, MatchType, PathMatch, PathMatchType};
+use weft_api::identity::SpiffeId;
 use weft_api::resources::check::grpc_route_extras;
 use weft_api::resources::core::{EndpointSlice, IntOrString, Pod, SERVICE_NAME_LABEL, Service};
 use weft_api::resources::routes::{
@@ -351,12 +351,12 @@ impl<'a> Index<'a> {
                 let mtls = ServerPolicy::for_port(&policies, address.port())
                     .map_or(MtlsMode::default(), |(_, policy)| policy.mtls);
                 MeshPeer {
-                    identity: format!(
-                        "spiffe://{}/ns/{}/sa/{}",
-                        mesh.trust_domain,
+                    identity: SpiffeId::new(
+                        &mesh.trust_domain,
                         p.metadata.namespace(),
-                        p.service_account()
-                    ),
+                        p.service_account(),
+                    )
+                    .to_string(),
                     inbound_port: DEFAULT_INBOUND_PORT,
                     tls: mtls != MtlsMode::Disable,
                 }
@@ -557,13 +557,30 @@ fn grpc_path(kind: MatchType, service: Option<&str>, method: Option<&str>) -> Pa
     }
 }
 
-/// A short digest of a config's content.
+/// A config's version: a short digest of its content, the first 16 hex digits of the SHA-256
+/// of its JSON, so that every process and every build (replicas, restarts, upgrades) gives
+/// the same content the same version. A config that cannot be written as JSON (none can,
+/// with these types; it would not reach a proxy either) gets a version that says so.
 pub fn digest(config: &ProxyConfig) -> String {
-    let mut hasher = std::hash::DefaultHasher::new();
-    serde_json::to_string(config)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    struct Sha256(ring::digest::Context);
+    impl std::io::Write for Sha256 {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sha = Sha256(ring::digest::Context::new(&ring::digest::SHA256));
+    if let Err(e) = serde_json::to_writer(&mut sha, config) {
+        tracing::error!(error = %e, "a compiled config cannot be written as JSON");
+        return format!("unserializable: {e}");
+    }
+    sha.0.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

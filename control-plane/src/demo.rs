@@ -6,21 +6,29 @@
 //! plane's directory (with a weight edit while traffic runs), sends traffic through the client's
 //! sidecar as an application would (the sidecar is its `http_proxy`), and prints what happened.
 
+//!
+//! [`demo`] runs the scenes in order, one function each; [`processes`] starts the control
+//! plane and the sidecars, [`client`] sends the traffic, and [`app`] is the sample workload.
+
 pub mod app;
+pub mod client;
+pub mod processes;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use app::Workload;
 use bytes::Bytes;
+use client::{
+    admin_get, call, get_once, http2, raw_after_good_request, send, served_by, show, windows,
+};
 use http::{Method, Request};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use http_body_util::Empty;
+use processes::{ControlPlane, Join, Sidecar, apply, start_sidecar, wait_exit, wait_ready};
 
 /// The example manifests the demo applies, built into the binary.
 const WORKLOADS: &str = include_str!("../../manifests/examples/workloads.yaml");
@@ -50,27 +58,42 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .block_on(demo(args))
 }
 
-/// A sidecar process, stopped when dropped.
-struct Sidecar {
-    name: &'static str,
-    ip: IpAddr,
-    child: Child,
+/// The mesh the scenes play on: the control plane and its manifest directory, the client's
+/// and the reviews pods' sidecars, and the workloads a scene changes.
+struct Mesh {
+    control: ControlPlane,
+    manifests: PathBuf,
+    /// productpage (the client), reviews-v1 and reviews-v2.
+    sidecars: [Sidecar; 3],
+    v2: app::App,
+    shadow: app::App,
+    /// Kept serving for the whole demo.
+    _v1: app::App,
 }
 
-impl Sidecar {
-    fn admin(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15191)
+impl Mesh {
+    fn client(&self) -> &Sidecar {
+        &self.sidecars[0]
     }
 
-    fn outbound(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15140)
+    /// Writes a manifest into the control plane's directory and waits until every sidecar
+    /// has acknowledged the config it produces.
+    async fn apply(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let generation = self.control.generation().await?;
+        apply(&self.manifests, name, text)?;
+        self.control
+            .wait_settled(self.sidecars.len(), generation)
+            .await
     }
-}
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The lines of a sidecar's `/metrics` whose name starts with `prefix`.
+    async fn metric_lines(&self, sidecar: &Sidecar, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let metrics = admin_get(sidecar.admin(), "/metrics").await?;
+        Ok(metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect())
     }
 }
 
@@ -79,8 +102,27 @@ fn pod_ip(subnet: std::net::Ipv4Addr, host: u8) -> IpAddr {
     IpAddr::from([a, b, c, host])
 }
 
+/// The scenes, in order.
 async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
-    let proxy_bin = find_proxy(args.proxy_bin.as_deref())?;
+    let mesh = start(args).await?;
+    split(&mesh).await?;
+    live_edit(&mesh).await?;
+    canary(&mesh).await?;
+    resilience(&mesh).await?;
+    bad_edit(&mesh).await?;
+    identity(&mesh).await?;
+    server_policy(&mesh).await?;
+    bad_input(&mesh).await?;
+    counters(&mesh).await?;
+    drain(mesh).await?;
+    println!("\nDone. README.md explains what you saw; manifests/examples/ holds the manifests.");
+    Ok(())
+}
+
+/// The control plane, the pods and their sidecars, with the workloads and the 90/10 split
+/// applied.
+async fn start(args: &DemoArgs) -> anyhow::Result<Mesh> {
+    let proxy_bin = processes::find_proxy(args.proxy_bin.as_deref())?;
     let logs = match &args.logs {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("weft-demo-{}", std::process::id())),
@@ -109,7 +151,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         version,
         pod: pod.into(),
     };
-    let _v1 = app::serve(
+    let v1 = app::serve(
         SocketAddr::new(v1_ip, 9080),
         who("reviews", "v1", "reviews-v1"),
     )
@@ -148,14 +190,25 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     for s in &sidecars {
         wait_ready(s).await?;
     }
-    let client = &sidecars[0];
     control.wait_settled(sidecars.len(), generation).await?;
     println!(
         "  three sidecars subscribed to the control plane; logs in {}",
         logs.display()
     );
+    Ok(Mesh {
+        control,
+        manifests,
+        sidecars,
+        v2,
+        shadow,
+        _v1: v1,
+    })
+}
 
+/// 1. The 90/10 split, over HTTP/1 requests and HTTP/2 streams.
+async fn split(mesh: &Mesh) -> anyhow::Result<()> {
     heading("1. Weighted split: 90% to v1, 10% to v2 (traffic-split.yaml)");
+    let client = mesh.client();
     show(&send(client.outbound(), 200, &[], "/reviews").await?, 200);
     println!(
         "  (each request crossed from productpage's sidecar to the reviews pod's sidecar on 15143)"
@@ -184,19 +237,25 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     }
     println!("  and 20 concurrent HTTP/2 streams on one connection:");
     show(&tally, 20);
+    Ok(())
+}
 
+/// 2. The weights swapped while traffic flows, and how long the sidecars took.
+async fn live_edit(mesh: &Mesh) -> anyhow::Result<()> {
     heading("2. A live edit: the weights change while traffic flows");
-    let traffic = tokio::spawn(windows(client.outbound(), 6, Duration::from_millis(500)));
+    let traffic = tokio::spawn(windows(
+        mesh.client().outbound(),
+        6,
+        Duration::from_millis(500),
+    ));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Swap the two weights: 90/10 becomes 10/90.
     let swapped = SPLIT
         .replace("weight: 90", "weight: V1")
         .replace("weight: 10", "weight: 90")
         .replace("weight: V1", "weight: 10");
-    let generation = control.generation().await?;
     let edited = Instant::now();
-    apply(&manifests, "routes.yaml", &swapped)?;
-    control.wait_settled(sidecars.len(), generation).await?;
+    mesh.apply("routes.yaml", &swapped).await?;
     println!(
         "  t=1.0s  routes.yaml now says 10/90; every sidecar acknowledged it {:?} after the write",
         edited.elapsed()
@@ -212,66 +271,79 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             "#".repeat(v2 * 40 / total.max(1))
         );
     }
+    Ok(())
+}
 
+/// 3. A header match sends canary requests to v2.
+async fn canary(mesh: &Mesh) -> anyhow::Result<()> {
     heading("3. Header canary: x-canary: true goes to v2 (canary-by-header.yaml)");
-    let generation = control.generation().await?;
-    apply(&manifests, "routes.yaml", CANARY)?;
-    control.wait_settled(sidecars.len(), generation).await?;
+    mesh.apply("routes.yaml", CANARY).await?;
+    let client = mesh.client();
     show(
         &send(client.outbound(), 20, &[("x-canary", "true")], "/reviews").await?,
         20,
     );
     show(&send(client.outbound(), 20, &[], "/reviews").await?, 20);
+    Ok(())
+}
 
+/// 4. v2 fails: retries hide it, its breaker ejects it, the shadow gets mirrored copies, a
+/// slow path times out, and v2 is let back in once it recovers.
+async fn resilience(mesh: &Mesh) -> anyhow::Result<()> {
     heading("4. Resilience: retries, a breaker, a mirror and a timeout (resilience.yaml)");
-    let generation = control.generation().await?;
-    apply(&manifests, "routes.yaml", RESILIENCE)?;
-    control.wait_settled(sidecars.len(), generation).await?;
-    v2.set_failing(true);
+    mesh.apply("routes.yaml", RESILIENCE).await?;
+    let client = mesh.client();
+    mesh.v2.set_failing(true);
     println!("  reviews-v2 now answers 500 to everything.");
-    let before = shadow.requests();
+    let before = mesh.shadow.requests();
     show(&send(client.outbound(), 100, &[], "/reviews").await?, 100);
-    let metrics = admin_get(client.admin(), "/metrics").await?;
-    let sample = |name: &str| {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     println!("  retries hid the failures, and the breaker ejected v2 after 3 in a row:");
-    println!("{}", sample("weft_retries_total"));
-    println!("{}", sample("weft_breaker_ejections_total"));
+    for prefix in ["weft_retries_total", "weft_breaker_ejections_total"] {
+        for line in mesh.metric_lines(client, prefix).await? {
+            println!("    {line}");
+        }
+    }
     println!(
         "  the shadow received {} mirrored copies; their answers went nowhere",
-        shadow.requests() - before
+        mesh.shadow.requests() - before
     );
     let (status, error) = get_once(client.outbound(), "http://reviews.shop:9080/slow").await?;
     println!(
         "  GET /slow (the app takes 2s; the route allows 300ms) -> {status}, x-weft-error: {error}"
     );
-    v2.set_failing(false);
+    mesh.v2.set_failing(false);
     println!(
         "  reviews-v2 recovers; once its ejection time has passed, one probe is let through..."
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     show(&send(client.outbound(), 40, &[], "/reviews").await?, 40);
+    Ok(())
+}
 
+/// 5. An invalid edit is refused, and `weft status` says why.
+async fn bad_edit(mesh: &Mesh) -> anyhow::Result<()> {
     heading("5. A bad edit is refused; the last good version keeps serving");
     apply(
-        &manifests,
+        &mesh.manifests,
         "routes.yaml",
         &RESILIENCE.replace("attempts: 2", "attempts: -2"),
     )?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    show(&send(client.outbound(), 20, &[], "/reviews").await?, 20);
+    show(
+        &send(mesh.client().outbound(), 20, &[], "/reviews").await?,
+        20,
+    );
     println!("  weft status:");
-    for line in crate::status::render(&control.status().await?).lines() {
+    for line in crate::status::render(&mesh.control.status().await?).lines() {
         println!("    {line}");
     }
+    Ok(())
+}
 
+/// 6. Each sidecar's certificate, and the caller identity the server side sees.
+async fn identity(mesh: &Mesh) -> anyhow::Result<()> {
     heading("6. Identity: every sidecar holds a SPIFFE certificate from weft control's CA");
+    let client = mesh.client();
     let certs: serde_json::Value =
         serde_json::from_str(&admin_get(client.admin(), "/certs").await?)?;
     println!(
@@ -292,20 +364,18 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         seen["pod"].as_str().unwrap_or("?"),
         seen["caller"].as_str().unwrap_or("nobody"),
     );
-    for s in &sidecars[1..] {
-        let metrics = admin_get(s.admin(), "/metrics").await?;
-        for line in metrics
-            .lines()
-            .filter(|l| l.starts_with("weft_tls_handshakes_total"))
-        {
+    for s in &mesh.sidecars[1..] {
+        for line in mesh.metric_lines(s, "weft_tls_handshakes_total").await? {
             println!("  {:<12} {line}", s.name);
         }
     }
+    Ok(())
+}
 
+/// 7. A ServerPolicy admits only productpage's reads.
+async fn server_policy(mesh: &Mesh) -> anyhow::Result<()> {
     heading("7. ServerPolicy: STRICT mTLS, only productpage, only reads (server-policy.yaml)");
-    let generation = control.generation().await?;
-    apply(&manifests, "server-policy.yaml", SERVER_POLICY)?;
-    control.wait_settled(sidecars.len(), generation).await?;
+    mesh.apply("server-policy.yaml", SERVER_POLICY).await?;
     for (method, path) in [
         (Method::GET, "/reviews"),
         (Method::POST, "/reviews"),
@@ -313,19 +383,19 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         (Method::GET, "/reviews/../admin"),
     ] {
         let url = format!("http://reviews.shop:9080{path}");
-        let (status, error, _) = call(client.outbound(), method.clone(), &url).await?;
+        let (status, error, _) = call(mesh.client().outbound(), method.clone(), &url).await?;
         println!("  {:<4} {path:<18} -> {status} {error}", method.as_str());
     }
-    for s in &sidecars[1..] {
-        let metrics = admin_get(s.admin(), "/metrics").await?;
-        for line in metrics
-            .lines()
-            .filter(|l| l.starts_with("weft_inbound_denied_total"))
-        {
+    for s in &mesh.sidecars[1..] {
+        for line in mesh.metric_lines(s, "weft_inbound_denied_total").await? {
             println!("  {:<12} {line}", s.name);
         }
     }
+    Ok(())
+}
 
+/// 8. Requests that could be smuggled, or whose head is too large, refused mid-connection.
+async fn bad_input(mesh: &Mesh) -> anyhow::Result<()> {
     heading("8. Bad input: each request on a keep-alive connection is judged, none gets through");
     let exchanges: [(&str, &[u8]); 3] = [
         (
@@ -341,31 +411,37 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             b"GET http://reviews.shop:9080/reviews HTTP/1.1\r\nHost: reviews.shop:9080\r\nx-big: ",
         ),
     ];
+    let client = mesh.client();
     for (what, bytes) in exchanges {
         let answer = raw_after_good_request(client.outbound(), bytes).await?;
         println!("  {what:<50} -> {answer}");
     }
-    let metrics = admin_get(client.admin(), "/metrics").await?;
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("weft_proxy_errors_total") && !l.contains("timeout"))
-    {
-        println!("  productpage  {line}");
-    }
-
-    heading("What the sidecars counted (GET /metrics on their admin port)");
-    for s in &sidecars {
-        let metrics = admin_get(s.admin(), "/metrics").await?;
-        for line in metrics.lines().filter(|l| {
-            l.starts_with("weft_requests_total") || l.starts_with("weft_proxy_errors_total")
-        }) {
-            println!("  {:<12} {line}", s.name);
+    for line in mesh.metric_lines(client, "weft_proxy_errors_total").await? {
+        if !line.contains("timeout") {
+            println!("  productpage  {line}");
         }
     }
+    Ok(())
+}
 
+/// What every sidecar counted.
+async fn counters(mesh: &Mesh) -> anyhow::Result<()> {
+    heading("What the sidecars counted (GET /metrics on their admin port)");
+    for s in &mesh.sidecars {
+        for prefix in ["weft_requests_total", "weft_proxy_errors_total"] {
+            for line in mesh.metric_lines(s, prefix).await? {
+                println!("  {:<12} {line}", s.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The client's sidecar drained by SIGTERM.
+async fn drain(mesh: Mesh) -> anyhow::Result<()> {
     heading("Drain: SIGTERM the productpage sidecar");
     let start = Instant::now();
-    let [mut client, _v1_sidecar, _v2_sidecar] = sidecars;
+    let [mut client, _v1_sidecar, _v2_sidecar] = mesh.sidecars;
     if !Command::new("kill")
         .args(["-TERM", &client.child.id().to_string()])
         .status()?
@@ -378,387 +454,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         "  it stopped accepting, finished in-flight work and exited ({exited}) in {:?}",
         start.elapsed()
     );
-    println!("\nDone. README.md explains what you saw; manifests/examples/ holds the manifests.");
     Ok(())
-}
-
-/// Writes a manifest into the control plane's directory as editors do: a temporary file
-/// renamed into place.
-fn apply(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    Ok(())
-}
-
-/// Sends requests continuously for `n` windows of `width`, counting each window's answers.
-async fn windows(
-    proxy: SocketAddr,
-    n: usize,
-    width: Duration,
-) -> anyhow::Result<Vec<BTreeMap<String, usize>>> {
-    let mut conn = http1(proxy).await?;
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let end = Instant::now() + width;
-        let mut tally = BTreeMap::new();
-        while Instant::now() < end {
-            conn.ready().await?;
-            let resp = conn
-                .send_request(
-                    Request::get("http://reviews.shop:9080/reviews").body(Empty::<Bytes>::new())?,
-                )
-                .await?;
-            let key = format!("{} {}", resp.status().as_u16(), served_by(&resp));
-            resp.into_body().collect().await?;
-            *tally.entry(key).or_insert(0) += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        out.push(tally);
-    }
-    Ok(out)
-}
-
-/// `weft control` as a process of its own, as in a cluster.
-struct ControlPlane {
-    child: Child,
-    ip: IpAddr,
-    state: PathBuf,
-}
-
-impl ControlPlane {
-    fn start(logs: &Path, manifests: &Path, ip: IpAddr) -> anyhow::Result<ControlPlane> {
-        let log = std::fs::File::create(logs.join("control.log"))?;
-        let child = Command::new(std::env::current_exe()?)
-            .arg("control")
-            .arg("--manifests")
-            .arg(manifests)
-            .arg("--state")
-            .arg(logs.join("state"))
-            .args([
-                "--listen",
-                &SocketAddr::new(ip, 15190).to_string(),
-                "--admin-listen",
-                &SocketAddr::new(ip, 15192).to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting weft control")?;
-        Ok(ControlPlane {
-            child,
-            ip,
-            state: logs.join("state"),
-        })
-    }
-
-    fn stream(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15190)
-    }
-
-    fn admin(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15192)
-    }
-
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while admin_get(self.admin(), "/ready")
-            .await
-            .map(|b| b.trim() != "ready")
-            .unwrap_or(true)
-        {
-            if Instant::now() > deadline {
-                bail!("the control plane did not become ready on {}", self.admin());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
-    }
-
-    async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(
-            &admin_get(self.admin(), "/status").await?,
-        )?)
-    }
-
-    async fn generation(&self) -> anyhow::Result<u64> {
-        Ok(self.status().await?["generation"].as_u64().unwrap_or(0))
-    }
-
-    /// Waits until the control plane has read a change made after `generation`, and `proxies`
-    /// proxies have acknowledged the config it produced.
-    async fn wait_settled(&self, proxies: usize, generation: u64) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.status().await?;
-            let list = status["proxies"].as_array().cloned().unwrap_or_default();
-            let newer = status["generation"].as_u64().unwrap_or(0) > generation;
-            if newer && list.len() == proxies && list.iter().all(|p| p["upToDate"] == true) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the sidecars did not acknowledge the config: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends `n` requests to reviews through the sidecar, counting answers by status and replier.
-async fn send(
-    proxy: SocketAddr,
-    n: usize,
-    headers: &[(&str, &str)],
-    path: &str,
-) -> anyhow::Result<BTreeMap<String, usize>> {
-    let mut conn = http1(proxy).await?;
-    let mut tally = BTreeMap::new();
-    for _ in 0..n {
-        conn.ready().await?;
-        let mut req = Request::get(format!("http://reviews.shop:9080{path}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = conn.send_request(req.body(Empty::<Bytes>::new())?).await?;
-        let key = format!("{} {}", resp.status().as_u16(), served_by(&resp));
-        resp.into_body().collect().await?;
-        *tally.entry(key).or_insert(0) += 1;
-    }
-    Ok(tally)
-}
-
-fn show(tally: &BTreeMap<String, usize>, total: usize) {
-    for (what, n) in tally {
-        let bar = "#".repeat((n * 50).div_ceil(total.max(1)));
-        println!("  {what:<18} {n:>4}  {bar}");
-    }
-}
-
-async fn get_once(proxy: SocketAddr, url: &str) -> anyhow::Result<(u16, String)> {
-    let (status, error, _) = call(proxy, Method::GET, url).await?;
-    Ok((status, error))
-}
-
-/// One request: its status, `x-weft-error` and body.
-async fn call(
-    proxy: SocketAddr,
-    method: Method,
-    url: &str,
-) -> anyhow::Result<(u16, String, String)> {
-    let mut conn = http1(proxy).await?;
-    let resp = conn
-        .send_request(
-            Request::builder()
-                .method(method)
-                .uri(url)
-                .body(Empty::<Bytes>::new())?,
-        )
-        .await?;
-    let error = resp
-        .headers()
-        .get("x-weft-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, error, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn find_proxy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_owned());
-    }
-    let beside = std::env::current_exe()?.with_file_name("weft-proxy");
-    if beside.exists() {
-        return Ok(beside);
-    }
-    Ok(PathBuf::from("weft-proxy"))
-}
-
-/// What a sidecar needs to join the mesh.
-struct Join<'a> {
-    name: &'static str,
-    ip: IpAddr,
-    service_account: &'static str,
-    control: &'a ControlPlane,
-    logs: &'a Path,
-}
-
-fn start_sidecar(bin: &Path, join: Join<'_>) -> anyhow::Result<Sidecar> {
-    let Join {
-        name,
-        ip,
-        service_account,
-        control,
-        logs,
-    } = join;
-    // A bootstrap token from the control plane's state, as `weft token create` makes.
-    let token = crate::token::Tokens::open(&control.state)?.create(
-        "shop",
-        service_account,
-        Duration::from_secs(86_400),
-    );
-    let token_file = logs.join(format!("{name}.token"));
-    std::fs::write(&token_file, token)?;
-    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-    let child = Command::new(bin)
-        .args(["run", "--control-plane", &control.stream().to_string()])
-        .arg("--trust-anchor")
-        .arg(control.state.join("trust-anchor.pem"))
-        .arg("--token-file")
-        .arg(&token_file)
-        .args([
-            "--pod-ip",
-            &ip.to_string(),
-            "--namespace",
-            "shop",
-            "--service-account",
-            service_account,
-        ])
-        .args(["--pod-name", name, "--drain-grace", "5s"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build it with `cargo build --bins`)",
-                bin.display()
-            )
-        })?;
-    Ok(Sidecar { name, ip, child })
-}
-
-async fn wait_ready(sidecar: &Sidecar) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(body) = admin_get(sidecar.admin(), "/ready").await
-            && body.trim() == "ready"
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the {} sidecar did not become ready on {}",
-                sidecar.name,
-                sidecar.admin()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_exit(
-    child: &mut Child,
-    timeout: Duration,
-) -> anyhow::Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!("the sidecar did not exit within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Sends a good request on a new connection, then `bytes` (padded past the header limit when
-/// it ends inside a header), and returns the status line and `x-weft-error` of the second
-/// answer.
-async fn raw_after_good_request(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            b"GET http://reviews.shop:9080/reviews HTTP/1.1\r\nHost: reviews.shop:9080\r\n\r\n",
-        )
-        .await?;
-    let mut next = bytes.to_vec();
-    if next.ends_with(b": ") {
-        next.resize(70 * 1024, b'a');
-    }
-    // The first answer comes back before the second request is sent: a keep-alive exchange.
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await??;
-        if n == 0 {
-            bail!("the proxy closed the connection after a good request");
-        }
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    stream.write_all(&next).await?;
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await??;
-    seen.extend_from_slice(&rest);
-    let text = String::from_utf8_lossy(&seen);
-    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
-    let last = answers.last().copied().unwrap_or_default();
-    let status = last.lines().next().unwrap_or_default().to_owned();
-    let error = last
-        .lines()
-        .find_map(|l| l.strip_prefix("x-weft-error: "))
-        .map(|e| format!(" (x-weft-error: {e})"))
-        .unwrap_or_default();
-    let closed = if answers.len() == 2 {
-        ", then closed"
-    } else {
-        ""
-    };
-    Ok(format!("{status}{error}{closed}"))
-}
-
-async fn http1(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(TcpStream::connect(addr).await?))
-            .await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn http2(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>> {
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        TokioExecutor::new(),
-        TokioIo::new(TcpStream::connect(addr).await?),
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut conn = http1(addr).await?;
-    let resp = conn
-        .send_request(
-            Request::get(path)
-                .header("host", addr.to_string())
-                .body(Empty::<Bytes>::new())?,
-        )
-        .await?;
-    Ok(String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()).into_owned())
-}
-
-fn served_by<B>(resp: &http::Response<B>) -> String {
-    resp.headers()
-        .get("x-served-by")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
-        .to_owned()
 }
 
 fn heading(title: &str) {

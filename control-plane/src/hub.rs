@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 use weft_api::resources::{Manifest, ManifestError};
+use weft_api::sync::lock;
 
 use crate::compile::{Index, MeshSettings, Target};
 use crate::metrics::ControlMetrics;
@@ -203,8 +204,4 @@ impl Hub {
     pub fn proxies(&self) -> Vec<ProxyRecord> {
         lock(&self.proxies).values().cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

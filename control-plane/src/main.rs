@@ -171,11 +171,11 @@ fn create_token(
     ttl: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        weft_api::config::is_dns_label(namespace),
+        weft_api::validate::is_dns_label(namespace),
         "--namespace {namespace:?} is not a DNS label"
     );
     anyhow::ensure!(
-        weft_api::config::is_dns_name(service_account),
+        weft_api::validate::is_dns_name(service_account),
         "--service-account {service_account:?} is not a DNS name"
     );
     std::fs::create_dir_all(state)?;

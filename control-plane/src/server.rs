@@ -21,13 +21,13 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use weft_api::config::is_dns_label;
 use weft_api::identity::{SpiffeId, spiffe_id_of};
 use weft_api::proto::config_service_server::{ConfigService, ConfigServiceServer};
 use weft_api::proto::identity::identity_service_server::{IdentityService, IdentityServiceServer};
 use weft_api::proto::identity::{SignRequest, SignResponse};
 use weft_api::proto::proxy_message::Message;
 use weft_api::proto::{Hello, ProxyMessage, Snapshot};
+use weft_api::validate::is_dns_label;
 
 use crate::ca::Ca;
 use crate::cluster::TokenReviewer;

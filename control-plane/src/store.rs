@@ -174,6 +174,8 @@ impl Store {
     }
 }
 
+/// Whether a file's text changed since it was last parsed. Compared within this process only,
+/// so std's hasher does; nothing outside the process ever sees the value.
 fn content_hash(text: &str) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     text.hash(&mut h);

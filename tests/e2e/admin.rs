@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use weft_tests::client;
 use weft_tests::mesh::{Ep, Mesh};
+use weft_tests::paths::bin_path;
 use weft_tests::pods::{at, pod_ip};
-use weft_tests::proxy::{Proxy, bin_path};
+use weft_tests::proxy::Proxy;
 use weft_tests::workloads::HttpBackend;
 
 #[tokio::test]
@@ -110,7 +111,7 @@ async fn probes_metrics_config_and_log_level() {
 
 #[tokio::test]
 async fn an_invalid_config_fails_the_start_and_names_the_field() {
-    let dir = weft_tests::proxy::scratch_dir("bad-config");
+    let dir = weft_tests::paths::scratch_dir("bad-config");
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,

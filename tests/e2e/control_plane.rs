@@ -12,8 +12,9 @@ use weft_tests::client::{self, served_by};
 use weft_tests::control::ControlPlane;
 use weft_tests::eventually;
 use weft_tests::manifests::Manifests;
+use weft_tests::paths::bin_path;
 use weft_tests::pods::pod_ip;
-use weft_tests::proxy::{Proxy, bin_path};
+use weft_tests::proxy::Proxy;
 
 use crate::{ServerPod, app, get, tally};
 

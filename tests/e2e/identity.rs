@@ -208,7 +208,7 @@ async fn a_certificate_from_another_ca_an_expired_one_or_the_wrong_identity_is_r
     // The control plane signs with a root this test holds, so that it can also forge an
     // expired certificate from the right CA.
     let ca = TestCa::new();
-    let dir = weft_tests::proxy::scratch_dir("ca");
+    let dir = weft_tests::paths::scratch_dir("ca");
     let (cert, key) = ca.write_files(&dir);
     let cp = ControlPlane::start_with(
         pod_ip(),

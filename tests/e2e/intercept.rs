@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use weft_tests::mesh::{Ep, Mesh};
 use weft_tests::netns::{Lan, Netns, root_tests_enabled, run};
-use weft_tests::proxy::{bin_path, metric_value, scratch_dir};
+use weft_tests::paths::{bin_path, scratch_dir};
+use weft_tests::proxy::metric_value;
 
 const TESTBED: &str = env!("CARGO_BIN_EXE_weft-testbed");
 const UID: u32 = 2102;

@@ -7,8 +7,9 @@ use http::Request;
 use weft_tests::client::{self, error_header, served_by};
 use weft_tests::eventually;
 use weft_tests::manifests::Manifests;
+use weft_tests::paths::bin_path;
 use weft_tests::pods::pod_ip;
-use weft_tests::proxy::{Proxy, bin_path};
+use weft_tests::proxy::Proxy;
 
 use crate::{app, get, tally};
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::client;
 
 static TOKENS: AtomicU32 = AtomicU32::new(0);
-use crate::proxy::{bin_path, scratch_dir};
+use crate::paths::{bin_path, scratch_dir};
 
 /// A running control plane on its own loopback address. Killed when dropped.
 pub struct ControlPlane {

@@ -19,7 +19,7 @@ use weft_api::proto::identity::identity_service_server::{IdentityService, Identi
 use weft_api::proto::identity::{SignRequest, SignResponse};
 use weft_api::proto::{ProxyMessage, Snapshot};
 
-use crate::proxy::scratch_dir;
+use crate::paths::scratch_dir;
 
 /// A test CA: a root that signs whatever the test asks.
 pub struct TestCa {

@@ -1,14 +1,10 @@
 //! A fake Kubernetes API server for cluster mode end to end: the one weft-control's unit
-//! tests drive through kube's mock client, here serving real HTTP to `weft control
-//! --kubernetes`.
-
-#[path = "../../control-plane/src/cluster/fake.rs"]
-#[allow(dead_code, clippy::unwrap_used)]
-mod fake;
+//! tests drive through kube's mock client (`weft_control::cluster::fake`, behind its
+//! `testing` feature), here serving real HTTP to `weft control --kubernetes`.
 
 use std::net::SocketAddr;
 
-pub use fake::{FakeApi, collection};
+pub use weft_control::cluster::fake::{FakeApi, collection};
 
 /// Starts the fake on an ephemeral port of 127.0.0.1; returns its address.
 pub async fn start(fake: &FakeApi) -> SocketAddr {

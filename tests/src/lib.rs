@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`pods`]: a unique loopback address per pod, so tests run in parallel without sharing a
 //!   port.
+//! - [`paths`]: the binaries under test, and scratch directories.
 //! - [`proxy`]: a `weft-proxy run` process, its admin API, its memory, its exit.
 //! - [`control`]: a `weft control` process serving a manifest directory.
 //! - [`fake_control`]: a control plane in the test process (real protocol, test CA), for what
@@ -27,6 +28,7 @@ pub mod kube_api;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;
+pub mod paths;
 pub mod pods;
 pub mod proxy;
 pub mod workloads;

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use weft_api::config::ProxyConfig;
 
-use crate::proxy::{bin_path, scratch_dir};
+use crate::paths::{bin_path, scratch_dir};
 
 /// A set of manifest documents.
 #[derive(Debug, Clone, Default)]

@@ -1,41 +1,14 @@
 //! A `weft-proxy run` process.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use weft_api::config::ProxyConfig;
 
 use crate::client;
-
-/// Where cargo put the workspace's binaries: next to the test executable's `deps/` folder.
-pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`make test` does; or `cargo build --workspace --bins`)",
-        path.display()
-    );
-    path
-}
-
-/// A scratch directory readable by every user (proxies in namespaces run as UID 2102).
-pub fn scratch_dir(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "weft-test-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
+use crate::paths::{bin_path, scratch_dir};
 
 /// A running proxy in local mode on a loopback pod address. Killed when dropped.
 pub struct Proxy {

@@ -2,8 +2,13 @@
 //! protocol as kube speaks it (paginated lists, newline-delimited watch events, 410 Gone,
 //! merge patches of the status subresource with resourceVersion preconditions, TokenReview,
 //! Secrets), over an in-memory object set that tests change. The same fake serves real
-//! HTTP for the end-to-end tests, which run `weft control --kubernetes` as a process (they
-//! include this file from `tests/src/kube_api.rs`).
+//! HTTP for the end-to-end tests, which run `weft control --kubernetes` as a process: they
+//! build this crate with its `testing` feature, which is all that feature adds.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a failed expectation is reported"
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -49,7 +54,7 @@ pub fn collection(api_version: &str, plural: &str) -> String {
 
 impl FakeApi {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap()
+        weft_api::sync::lock(&self.state)
     }
 
     /// A kube client whose requests this fake answers.

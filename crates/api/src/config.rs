@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use crate::validate::FieldError;
-use crate::validate::Problems;
+use crate::validate::{Problems, is_dns_label, is_dns_name};
 
 pub mod policy;
 pub mod route;
@@ -338,22 +338,6 @@ impl ProxyConfig {
             }
         }
     }
-}
-
-/// An RFC 1123 label: lowercase alphanumerics and `-`, at most 63, not starting or ending
-/// with `-`.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// Dot-separated RFC 1123 labels.
-pub fn is_dns_name(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 #[cfg(test)]

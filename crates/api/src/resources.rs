@@ -6,17 +6,18 @@
 //! - [`routes`]: Gateway API HTTPRoute and GRPCRoute, strict: a field weft does not support is
 //!   an error rather than a silent no-op.
 //! - [`policy`]: weft's `policy.weft.dev/v1alpha1` kinds, strict.
+//! - [`meta`]: the object metadata every kind carries.
 //! - [`check`]: semantic and reference checks over a whole set of manifests.
 
-use std::collections::BTreeMap;
 use std::fmt;
-
-use serde::{Deserialize, Serialize};
 
 pub mod check;
 pub mod core;
+pub mod meta;
 pub mod policy;
 pub mod routes;
+
+pub use meta::ObjectMeta;
 
 /// Where a manifest came from: a file and the 1-based index of its YAML document.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,29 +53,6 @@ pub enum Subject {
     /// A document that cannot be told apart: invalid YAML, or no kind or name. A file in that
     /// state may be half-written.
     Unidentified,
-}
-
-/// The metadata weft reads; other metadata fields are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
-}
-
-impl ObjectMeta {
-    /// The namespace, `default` when unset (as `kubectl apply` does).
-    pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("default")
-    }
 }
 
 /// A parsed resource of a kind weft reads.

@@ -1,4 +1,5 @@
-//! Collecting validation problems, each with the path of the field that holds it.
+//! Collecting validation problems, each with the path of the field that holds it, and the
+//! name checks every kind shares.
 
 /// One problem, with the path of its field (`spec.rules[0].backendRefs[1].weight`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +73,22 @@ pub fn grpc_code(name: &str) -> Option<u8> {
         .iter()
         .position(|n| *n == norm)
         .and_then(|i| u8::try_from(i).ok())
+}
+
+/// An RFC 1123 label: lowercase alphanumerics and `-`, at most 63, not starting or ending
+/// with `-`.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Dot-separated RFC 1123 labels.
+pub fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ impl ServerPolicy {
                 }
             }
             for (j, ns) in rule.from.namespaces.iter().enumerate() {
-                if !(ns == "*" || crate::config::is_dns_label(ns)) {
+                if !(ns == "*" || crate::validate::is_dns_label(ns)) {
                     problems.add(
                         format!("{at}.from.namespaces[{j}]"),
                         format!("{ns:?} is not a namespace name"),

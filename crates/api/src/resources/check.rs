@@ -13,10 +13,9 @@ use super::routes::{
 };
 use super::{Manifest, ManifestError, ObjectMeta, Resource, Subject};
 use crate::config::route::{MAX_WEIGHT, Retry, Timeouts, default_backoff};
-use crate::config::{is_dns_label, is_dns_name};
 use crate::duration::Dur;
 use crate::gateway::MatchType;
-use crate::validate::{Problems, grpc_code};
+use crate::validate::{Problems, grpc_code, is_dns_label, is_dns_name};
 
 /// The outcome of checking a set of manifests.
 #[derive(Debug, Default)]

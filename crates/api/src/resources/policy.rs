@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ObjectMeta;
+use super::meta::ObjectMeta;
 use crate::config::policy::BackendPolicySpec;
 use crate::config::server::ServerPolicySpec;
 

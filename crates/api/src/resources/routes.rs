@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ObjectMeta;
+use super::meta::ObjectMeta;
 use crate::config::route::Timeouts;
 use crate::duration::Dur;
 use crate::gateway::{HeaderMatch, HeaderModifier, HttpRouteMatch, MatchType, UrlRewrite};
