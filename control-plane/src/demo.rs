@@ -205,7 +205,7 @@ async fn start(args: &DemoArgs) -> anyhow::Result<Mesh> {
     })
 }
 
-/// 1. The 90/10 split, over HTTP/1 requests and HTTP/2 streams.
+/// Scene 1: The 90/10 split, over HTTP/1 requests and HTTP/2 streams.
 async fn split(mesh: &Mesh) -> anyhow::Result<()> {
     heading("1. Weighted split: 90% to v1, 10% to v2 (traffic-split.yaml)");
     let client = mesh.client();
@@ -240,7 +240,7 @@ async fn split(mesh: &Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 2. The weights swapped while traffic flows, and how long the sidecars took.
+/// Scene 2: The weights swapped while traffic flows, and how long the sidecars took.
 async fn live_edit(mesh: &Mesh) -> anyhow::Result<()> {
     heading("2. A live edit: the weights change while traffic flows");
     let traffic = tokio::spawn(windows(
@@ -274,7 +274,7 @@ async fn live_edit(mesh: &Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 3. A header match sends canary requests to v2.
+/// Scene 3: A header match sends canary requests to v2.
 async fn canary(mesh: &Mesh) -> anyhow::Result<()> {
     heading("3. Header canary: x-canary: true goes to v2 (canary-by-header.yaml)");
     mesh.apply("routes.yaml", CANARY).await?;
@@ -287,7 +287,7 @@ async fn canary(mesh: &Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 4. v2 fails: retries hide it, its breaker ejects it, the shadow gets mirrored copies, a
+/// Scene 4: v2 fails: retries hide it, its breaker ejects it, the shadow gets mirrored copies, a
 /// slow path times out, and v2 is let back in once it recovers.
 async fn resilience(mesh: &Mesh) -> anyhow::Result<()> {
     heading("4. Resilience: retries, a breaker, a mirror and a timeout (resilience.yaml)");
@@ -320,7 +320,7 @@ async fn resilience(mesh: &Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 5. An invalid edit is refused, and `weft status` says why.
+/// Scene 5: An invalid edit is refused, and `weft status` says why.
 async fn bad_edit(mesh: &Mesh) -> anyhow::Result<()> {
     heading("5. A bad edit is refused; the last good version keeps serving");
     apply(
@@ -340,7 +340,7 @@ async fn bad_edit(mesh: &Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 6. Each sidecar's certificate, and the caller identity the server side sees.
+/// Scene 6: Each sidecar's certificate, and the caller identity the server side sees.
 async fn identity(mesh: &Mesh) -> anyhow::Result<()> {
     heading("6. Identity: every sidecar holds a SPIFFE certificate from weft control's CA");
     let client = mesh.client();
@@ -372,7 +372,7 @@ async fn identity(mesh: &Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 7. A ServerPolicy admits only productpage's reads.
+/// Scene 7: A ServerPolicy admits only productpage's reads.
 async fn server_policy(mesh: &Mesh) -> anyhow::Result<()> {
     heading("7. ServerPolicy: STRICT mTLS, only productpage, only reads (server-policy.yaml)");
     mesh.apply("server-policy.yaml", SERVER_POLICY).await?;
@@ -394,7 +394,7 @@ async fn server_policy(mesh: &Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 8. Requests that could be smuggled, or whose head is too large, refused mid-connection.
+/// Scene 8: Requests that could be smuggled, or whose head is too large, refused mid-connection.
 async fn bad_input(mesh: &Mesh) -> anyhow::Result<()> {
     heading("8. Bad input: each request on a keep-alive connection is judged, none gets through");
     let exchanges: [(&str, &[u8]); 3] = [

@@ -11,6 +11,17 @@
 //! - [`demo`]: `weft demo`, the mesh on loopback, with its sample workloads in
 //!   [`demo::app`].
 //!
+//! # Layers
+//! From the top. A module uses only modules of its own layer or of the layers below it, and
+//! no files use each other around a circle (`tests/house.rs` checks both):
+//!
+//! 1. commands: [`control`], [`demo`], [`status`], [`crds`]
+//! 2. serving: [`server`], [`admin`], [`tls`]
+//! 3. manifest sources: [`cluster`], [`watch`], [`load`]
+//! 4. manifests and configs: [`hub`], [`store`], [`compile`]
+//! 5. identity: [`ca`], [`token`]
+//! 6. foundations: [`metrics`]
+//!
 //! Invariant: `weft-control` never depends on `weft-proxy`. The two share only `weft-api`;
 //! `weft demo` starts proxies as processes, as a cluster would.
 

@@ -15,6 +15,15 @@
 //! - [`client`]: HTTP/1 and HTTP/2 clients that talk to a proxy as an application would.
 //! - [`workloads`]: the applications behind the proxies.
 //! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
+//!
+//! # Layers
+//! From the top. A module uses only modules of its own layer or of the layers below it, and
+//! no files use each other around a circle (`tests/house.rs` checks both):
+//!
+//! 1. the processes under test: [`proxy`], [`control`], [`fake_control`], [`manifests`],
+//!    [`mesh`]
+//! 2. what talks to them: [`client`], [`workloads`], [`kube_api`], [`netns`]
+//! 3. foundations: [`paths`], [`pods`]
 
 #![allow(
     clippy::unwrap_used,

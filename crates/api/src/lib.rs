@@ -17,6 +17,14 @@
 //! - [`sync`]: the poison-tolerant lock helper both binaries share.
 //! - [`validate`]: problems collected with their field paths.
 //!
+//! # Layers
+//! From the top. A module uses only modules of its own layer or of the layers below it, and
+//! no files use each other around a circle (`tests/house.rs` checks both):
+//!
+//! 1. manifests: [`resources`]
+//! 2. the compiled config: [`config`]
+//! 3. values: [`gateway`], [`duration`], [`identity`], [`proto`], [`validate`], [`sync`]
+//!
 //! Invariant: this crate knows nothing about tokio, sockets or processes. It is plain data,
 //! parsing and validation, and the generated protocol types and service traits (tonic's
 //! `codegen` only, no transport), so that both binaries and the tests can depend on it cheaply.

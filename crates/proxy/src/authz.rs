@@ -119,10 +119,10 @@ impl InboundPolicy {
         if has_allow && matching(RuleAction::Allow).next().is_none() {
             return Err(Denied::Unauthorized);
         }
-        if let Some(rate) = &self.rate {
-            if !lock(rate).try_take(Instant::now()) {
-                return Err(Denied::RateLimited);
-            }
+        if let Some(rate) = &self.rate
+            && !lock(rate).try_take(Instant::now())
+        {
+            return Err(Denied::RateLimited);
         }
         Ok(())
     }

@@ -353,3 +353,43 @@ impl Http {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// See `outbound`'s test of the same name on why these sizes are guarded.
+    #[tokio::test]
+    async fn the_connection_and_request_futures_stay_small() {
+        let shared = crate::shared::for_tests();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = client.local_addr().unwrap();
+        let connection = handle(shared.clone(), client, peer);
+        let size = std::mem::size_of_val(&connection);
+        assert!(
+            size <= 1_700,
+            "an inbound connection's future is {size} bytes"
+        );
+        drop(connection);
+
+        let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let backend = Name(app.to_string().into());
+        let http = Arc::new(Http {
+            stats: shared
+                .metrics
+                .request_stats(DIRECTION, &INBOUND_ROUTE, &backend),
+            shared,
+            app,
+            peer: Peer::default(),
+            identity_header: None,
+            from_proxy: true,
+        });
+        let req = Box::new(Request::new(Body::empty()));
+        let request = http.handle(req);
+        let size = std::mem::size_of_val(&request);
+        assert!(size <= 1_450, "an inbound request's future is {size} bytes");
+    }
+}

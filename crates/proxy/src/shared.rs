@@ -70,3 +70,51 @@ impl Shared {
             && !self.shutdown.is_cancelled()
     }
 }
+
+/// A `Shared` with default settings, no config and no identity, for unit tests that need one.
+#[cfg(test)]
+pub fn for_tests() -> Arc<Shared> {
+    use crate::http::client::PoolSettings;
+    use crate::upstream::Connector;
+    let settings = Settings::default();
+    let metrics = Metrics::new();
+    let pools = Pools::new(
+        Connector {
+            connect_timeout: settings.connect_timeout.0,
+            identity: None,
+            metrics: metrics.clone(),
+        },
+        PoolSettings {
+            idle_timeout: settings.upstream_idle_timeout.0,
+            max_idle_per_key: 16,
+        },
+        metrics.clone(),
+    );
+    let registry = Registry::default();
+    let inbound_buckets = RateBuckets::default();
+    let snapshot = crate::state::Snapshot::build(
+        weft_api::config::ProxyConfig::default(),
+        &settings.namespace,
+        &registry,
+        &inbound_buckets,
+    );
+    Arc::new(Shared {
+        http_limits: Limits {
+            header_read_timeout: settings.header_read_timeout.0,
+            max_header_bytes: settings.max_header_bytes,
+            timer: Default::default(),
+        },
+        settings,
+        state: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
+        pools,
+        metrics,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        config_loaded: AtomicBool::new(true),
+        registry,
+        inbound_buckets,
+        mirrors_in_flight: AtomicUsize::new(0),
+        identity: None,
+        issuer: None,
+    })
+}
