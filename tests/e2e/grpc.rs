@@ -15,7 +15,7 @@ use weft_tests::workloads::grpc::{EchoRequest, StreamRequest};
 use weft_tests::workloads::grpc_echo;
 
 /// A tonic channel whose every connection goes to `proxy`, addressing `authority`.
-async fn channel_via(proxy: SocketAddr, authority: &str) -> Channel {
+pub(crate) async fn channel_via(proxy: SocketAddr, authority: &str) -> Channel {
     Endpoint::from_shared(format!("http://{authority}"))
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_| async move {
@@ -41,6 +41,7 @@ async fn unary_and_streaming_calls_keep_status_and_trailers() {
         .unary(EchoRequest {
             message: "hi".into(),
             fail_with: 0,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -50,6 +51,7 @@ async fn unary_and_streaming_calls_keep_status_and_trailers() {
         .unary(EchoRequest {
             message: "x".into(),
             fail_with: Code::NotFound as i32,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -65,6 +67,7 @@ async fn unary_and_streaming_calls_keep_status_and_trailers() {
             message: "s".into(),
             count: 10,
             fail_with: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -80,6 +83,7 @@ async fn unary_and_streaming_calls_keep_status_and_trailers() {
             message: "s".into(),
             count: 3,
             fail_with: Code::Internal as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -104,6 +108,7 @@ async fn unary_and_streaming_calls_keep_status_and_trailers() {
         .unary(EchoRequest {
             message: "x".into(),
             fail_with: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

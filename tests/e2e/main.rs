@@ -11,6 +11,7 @@
 
 mod admin;
 mod bad_input;
+mod cancel;
 mod cluster;
 mod control_plane;
 mod drain;
@@ -22,6 +23,7 @@ mod intercept;
 mod resilience;
 mod routes;
 mod tcp;
+mod upstream_close;
 mod websocket;
 
 use weft_tests::mesh::{Ep, Mesh};

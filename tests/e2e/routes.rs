@@ -273,7 +273,8 @@ async fn grpc_routes_match_methods_and_retry_on_status() {
     assert_eq!(
         echo.unary(EchoRequest {
             message: "hi".into(),
-            fail_with: 0
+            fail_with: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -285,6 +286,7 @@ async fn grpc_routes_match_methods_and_retry_on_status() {
         .unary(EchoRequest {
             message: "x".into(),
             fail_with: tonic::Code::Unavailable as i32,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -298,6 +300,7 @@ async fn grpc_routes_match_methods_and_retry_on_status() {
         .unary(EchoRequest {
             message: "x".into(),
             fail_with: tonic::Code::NotFound as i32,
+            ..Default::default()
         })
         .await
         .unwrap_err();

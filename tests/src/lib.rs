@@ -15,6 +15,7 @@
 //! - [`client`]: HTTP/1 and HTTP/2 clients that talk to a proxy as an application would.
 //! - [`workloads`]: the applications behind the proxies.
 //! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
+//! - [`tools`]: third-party tools as users have them: nginx as an upstream, h2load.
 //!
 //! # Layers
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
@@ -22,7 +23,7 @@
 //!
 //! 1. the processes under test: [`proxy`], [`control`], [`fake_control`], [`manifests`],
 //!    [`mesh`]
-//! 2. what talks to them: [`client`], [`workloads`], [`kube_api`], [`netns`]
+//! 2. what talks to them: [`client`], [`workloads`], [`tools`], [`kube_api`], [`netns`]
 //! 3. foundations: [`paths`], [`pods`]
 
 #![allow(
@@ -40,6 +41,7 @@ pub mod netns;
 pub mod paths;
 pub mod pods;
 pub mod proxy;
+pub mod tools;
 pub mod workloads;
 
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::paths::has_command;
+
 /// True when this test may use namespaces and iptables. Without root it skips loudly, unless
 /// `WEFT_REQUIRE_ROOT_TESTS=1` (as in CI), where a skip is a failure.
 pub fn root_tests_enabled(test: &str) -> bool {
@@ -41,15 +43,6 @@ fn is_root() -> bool {
             })
         })
         .unwrap_or(false)
-}
-
-fn has_command(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Runs a command, panicking with its output when it fails.

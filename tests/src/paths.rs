@@ -1,7 +1,8 @@
-//! Where the harness finds the binaries under test, and the scratch directories it gives each
-//! process.
+//! Where the harness finds the binaries under test and the tools it drives, and the scratch
+//! directories it gives each process.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where cargo put the workspace's binaries: next to the test executable's `deps/` folder.
@@ -29,4 +30,14 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
+}
+
+/// Whether `name` is a command on the PATH.
+pub fn has_command(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

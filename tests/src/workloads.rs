@@ -448,6 +448,9 @@ impl grpc::echo_server::Echo for GrpcEcho {
         req: tonic::Request<grpc::EchoRequest>,
     ) -> Result<tonic::Response<grpc::EchoReply>, tonic::Status> {
         let req = req.into_inner();
+        if req.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(req.delay_ms.unsigned_abs().into())).await;
+        }
         if req.fail_with != 0 {
             return Err(failure(req.fail_with));
         }
@@ -474,7 +477,16 @@ impl grpc::echo_server::Echo for GrpcEcho {
             }
         });
         let end = (req.fail_with != 0).then(|| Err(failure(req.fail_with)));
-        let stream = futures_util::stream::iter(replies.chain(end));
+        let delay = Duration::from_millis(req.delay_ms.unsigned_abs().into());
+        let stream = futures_util::StreamExt::then(
+            futures_util::stream::iter(replies.chain(end).enumerate()),
+            move |(i, item)| async move {
+                if i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                item
+            },
+        );
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 }

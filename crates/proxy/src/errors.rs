@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use http::{StatusCode, header};
 
+use crate::policy::retry::Unsent;
+
 /// The error of any body in the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -40,6 +42,9 @@ pub enum Reason {
     HeaderTooLarge,
     /// A request head that did not arrive in time.
     HeaderTimeout,
+    /// The client gave up inside its request body (nginx's 499): nobody reads the answer, but
+    /// the request is counted as the client's doing, not the upstream's.
+    ClientCancelled,
 }
 
 impl Reason {
@@ -60,6 +65,7 @@ impl Reason {
             Reason::BadRequest => "bad-request",
             Reason::HeaderTooLarge => "header-too-large",
             Reason::HeaderTimeout => "header-timeout",
+            Reason::ClientCancelled => "client-cancelled",
         }
     }
 
@@ -79,11 +85,13 @@ impl Reason {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reason::ClientCancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
     /// The gRPC status code with the same meaning.
     pub fn grpc_status(self) -> u8 {
+        const CANCELLED: u8 = 1;
         const INVALID_ARGUMENT: u8 = 3;
         const DEADLINE_EXCEEDED: u8 = 4;
         const PERMISSION_DENIED: u8 = 7;
@@ -96,6 +104,7 @@ impl Reason {
             Reason::Unauthorized => PERMISSION_DENIED,
             Reason::RateLimited => RESOURCE_EXHAUSTED,
             Reason::BadRequest | Reason::HeaderTooLarge => INVALID_ARGUMENT,
+            Reason::ClientCancelled => CANCELLED,
             _ => UNAVAILABLE,
         }
     }
@@ -190,6 +199,11 @@ impl ProxyError {
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => Reason::ConnectFailed,
             ProxyError::Upstream { source, .. } if source.is_timeout() => Reason::Timeout,
+            ProxyError::Http2 { source, .. } if is_own_cancel(source) => Reason::ClientCancelled,
+            ProxyError::Exchange {
+                source: ExchangeError::RequestBody(_),
+                ..
+            } => Reason::ClientCancelled,
             ProxyError::Upstream { .. }
             | ProxyError::Http2 { .. }
             | ProxyError::Exchange { .. } => Reason::UpstreamReset,
@@ -216,6 +230,9 @@ impl ProxyError {
             | ProxyError::Denied(_)
             | ProxyError::BudgetExhausted(_) => Blame::Local,
             ProxyError::Upstream { source, .. } if source.is_user() => Blame::Downstream,
+            // The proxy reset the stream itself because the client's request body broke off:
+            // the client left, the upstream did nothing wrong.
+            ProxyError::Http2 { source, .. } if is_own_cancel(source) => Blame::Downstream,
             ProxyError::Exchange {
                 source: ExchangeError::RequestBody(_),
                 ..
@@ -234,14 +251,26 @@ impl ProxyError {
     /// True when the request surely never reached the application, so that sending it again,
     /// whatever its method, cannot do anything twice.
     pub fn never_reached_app(&self) -> bool {
+        self.unsent().is_some()
+    }
+
+    /// How the request surely never reached the application, if it did not.
+    pub fn unsent(&self) -> Option<Unsent> {
         match self {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Tls { .. }
-            | ProxyError::Handshake { .. } => true,
-            ProxyError::Upstream { source, .. } => source.is_canceled(),
-            ProxyError::Http2 { sent, .. } => !sent || self.is_refused_stream(),
-            _ => false,
+            | ProxyError::Handshake { .. } => Some(Unsent::ConnectFailed),
+            ProxyError::Upstream { source, .. } if source.is_canceled() => {
+                Some(Unsent::ConnectionClosed)
+            }
+            ProxyError::Http2 { sent: false, .. } => Some(Unsent::ConnectionClosed),
+            // RFC 9113 section 6.8: streams above the GOAWAY's last stream were not processed.
+            ProxyError::Http2 { source, .. } if source.is_go_away() && source.is_remote() => {
+                Some(Unsent::GoAway)
+            }
+            ProxyError::Http2 { .. } if self.is_refused_stream() => Some(Unsent::RefusedStream),
+            _ => None,
         }
     }
 
@@ -255,8 +284,14 @@ impl ProxyError {
 
     /// HTTP/2 `REFUSED_STREAM`: the server guarantees it did not process the request.
     pub fn is_refused_stream(&self) -> bool {
-        matches!(self, ProxyError::Http2 { source, .. } if source.reason() == Some(h2::Reason::REFUSED_STREAM))
+        matches!(self, ProxyError::Http2 { source, .. } if source.is_reset() && source.reason() == Some(h2::Reason::REFUSED_STREAM))
     }
+}
+
+/// A stream this proxy reset with `CANCEL` itself (neither the peer nor h2 did): the pipe of
+/// a request body does that when the body breaks off, which is the client leaving.
+fn is_own_cancel(e: &h2::Error) -> bool {
+    e.is_reset() && !e.is_remote() && !e.is_library() && e.reason() == Some(h2::Reason::CANCEL)
 }
 
 /// How an HTTP/1 exchange with an upstream failed (`upstream::h1`).
@@ -332,11 +367,29 @@ mod tests {
             (Reason::RateLimited, 429, 8),
             (Reason::BadRequest, 400, 3),
             (Reason::HeaderTooLarge, 431, 3),
+            (Reason::ClientCancelled, 499, 1),
         ];
         for (reason, status, grpc) in cases {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");
             assert_eq!(reason.grpc_status(), grpc, "{reason:?}");
         }
+    }
+
+    /// A connection that could not take the request never sent it; a stream that failed
+    /// after its head went out may have reached the application. (How h2 ended a stream,
+    /// REFUSED_STREAM, GOAWAY, a reset of the proxy's own, is tested against real servers in
+    /// `http::client::h2`.)
+    #[test]
+    fn http2_failures_sent_or_not() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let error = |sent| ProxyError::Http2 {
+            addr,
+            source: h2::Error::from(h2::Reason::INTERNAL_ERROR),
+            sent,
+        };
+        assert_eq!(error(false).unsent(), Some(Unsent::ConnectionClosed));
+        assert_eq!(error(true).unsent(), None);
+        assert_eq!(error(true).blame(), Blame::Upstream);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::http::server;
 use crate::io::{Conn, Rewind};
 use crate::metrics::{Direction, Name, RequestStats};
 use crate::orig_dst::{canonical, original_dst};
+use crate::policy::retry::Unsent;
 use crate::shared::Shared;
 use crate::tcp;
 use crate::transport_header::{self, Header};
@@ -119,6 +120,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 stats: shared
                     .metrics
                     .request_stats(DIRECTION, &INBOUND_ROUTE, &backend),
+                backend,
                 identity_header: peer
                     .identity
                     .as_deref()
@@ -244,6 +246,8 @@ struct Http {
     app: SocketAddr,
     /// The request metrics of this connection's application port.
     stats: RequestStats,
+    /// The application's address, the `backend` label of its metrics.
+    backend: Name,
     peer: Peer,
     /// The peer's identity as the application gets it in [`PEER_IDENTITY_HEADER`], made once
     /// for the connection.
@@ -324,11 +328,20 @@ impl Http {
             };
             let result = match self.authorize(&mut req) {
                 Ok(()) => {
+                    let resent = |unsent: Unsent| {
+                        self.shared.metrics.retry(
+                            DIRECTION,
+                            &INBOUND_ROUTE,
+                            &self.backend,
+                            unsent.reason().as_str(),
+                        )
+                    };
                     forward::forward(
                         &self.shared.pools,
                         &self.shared.tasks,
                         Dial::Direct(self.app),
                         req,
+                        resent,
                     )
                     .await
                 }
@@ -381,6 +394,7 @@ mod tests {
             stats: shared
                 .metrics
                 .request_stats(DIRECTION, &INBOUND_ROUTE, &backend),
+            backend,
             shared,
             app,
             peer: Peer::default(),

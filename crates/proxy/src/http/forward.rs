@@ -5,7 +5,9 @@
 //! (101, or 2xx for CONNECT), both connections are taken over and spliced as a tunnel.
 //!
 //! [`prepare`] and [`complete`] bracket an exchange, so that the outbound side can make
-//! several attempts in between; [`forward`] is a single attempt, as the inbound side makes.
+//! several attempts in between; [`forward`] sends to one address with no policy, as the
+//! inbound side does, sending again only what surely never reached the application.
+//! [`Replay`] keeps a request (its head, and its body as it streams) to send it again.
 
 use std::sync::Arc;
 
@@ -17,9 +19,15 @@ use crate::errors::ProxyError;
 use crate::http::body::{Body, BoxedRequest};
 use crate::http::client::{Pools, SendOptions};
 use crate::http::headers::{self, Upgrade};
+use crate::http::replay::Recorder;
 use crate::http::server::{self, OnUpgrade};
 use crate::io::splice;
+use crate::policy::retry::Unsent;
 use crate::upstream::Dial;
+
+/// How many times [`forward`] sends a request again after it surely never reached the
+/// application.
+const RESENDS: u32 = 2;
 
 /// A request readied for upstream, with the downstream half of a tunnel it may open.
 pub struct Prepared {
@@ -61,8 +69,13 @@ pub fn complete(
     resp
 }
 
-/// One attempt, no policy. (Not an `async fn`, which would keep the request twice: see
-/// `outbound::request`.)
+/// Sends a request to `dial`, no policy. A request that surely never reached the application
+/// on a connection that could not take it (one the upstream had closed, or was closing with
+/// GOAWAY, or a stream it refused) is sent again on another, up to [`RESENDS`] times; an
+/// HTTP/2 request is kept for that (its stream can be refused after its head went out), and
+/// `resent` is told of each. A refused connection is not tried again: the application is not
+/// listening. (Not an `async
+/// fn`, which would keep the request twice: see `outbound::request`.)
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice: see outbound::request"
@@ -72,6 +85,7 @@ pub fn forward(
     tasks: &TaskTracker,
     dial: Dial,
     mut req: BoxedRequest,
+    resent: impl Fn(Unsent),
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
     async move {
         let prepared = prepare(&mut req);
@@ -79,8 +93,69 @@ pub fn forward(
             reuse: prepared.upgrade.is_none(),
             ..SendOptions::default()
         };
-        let resp = pools.send(dial, req, &opts).await.map_err(|e| e.error)?;
-        Ok(complete(prepared, resp, tasks))
+        // Boxed: most requests have no use for it.
+        let replay = (opts.reuse && req.version() == Version::HTTP_2)
+            .then(|| Box::new(Replay::record(&mut req)));
+        let mut resends = 0;
+        loop {
+            match pools.send(dial.clone(), req, &opts).await {
+                Ok(resp) => return Ok(complete(prepared, resp, tasks)),
+                Err(e) => {
+                    let unsent = e.error.unsent();
+                    let again = match unsent {
+                        Some(Unsent::ConnectFailed) | None => None,
+                        Some(_) if resends >= RESENDS => None,
+                        Some(_) => e.unsent.or_else(|| replay.as_ref()?.again()),
+                    };
+                    let (Some(again), Some(unsent)) = (again, unsent) else {
+                        return Err(e.error);
+                    };
+                    resent(unsent);
+                    tracing::debug!(addr = %dial.addr(), error = %e.error, "never reached the application; sending again");
+                    resends += 1;
+                    req = again;
+                }
+            }
+        }
+    }
+}
+
+/// A request kept to be sent again: its head, and its body recorded as it streams (up to
+/// `replay::MAX_REPLAY`; nothing waits for it).
+pub struct Replay {
+    head: Head,
+    recorder: Recorder,
+}
+
+impl Replay {
+    /// Starts keeping `req`: its head now, its body as it is read.
+    pub fn record(req: &mut Request<Body>) -> Replay {
+        let recorder = if http_body::Body::is_end_stream(req.body()) {
+            Recorder::empty()
+        } else {
+            let recorder = Recorder::default();
+            let body = std::mem::replace(req.body_mut(), Body::Empty);
+            *req.body_mut() = Body::Tee(recorder.tee(body));
+            recorder
+        };
+        Replay {
+            head: Head::of(req),
+            recorder,
+        }
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// The request again, when its whole body was recorded.
+    pub fn again(&self) -> Option<BoxedRequest> {
+        let body = self.recorder.replay()?;
+        Some(Box::new(self.head.request(Body::Replay(Box::new(body)))))
     }
 }
 

@@ -27,7 +27,7 @@ use crate::errors::{self, Blame, ProxyError, SendError};
 use crate::filters;
 use crate::http::body::{Body, BoxedRequest, DeadlineBody};
 use crate::http::client::SendOptions;
-use crate::http::forward::{self, Head};
+use crate::http::forward::{self, Head, Replay};
 use crate::http::headers;
 use crate::http::replay::Recorder;
 use crate::io::splice;
@@ -189,22 +189,15 @@ impl Http {
             let may_resend = !upgrade && (rule.retry.is_some() || req.version() == Version::HTTP_2);
             let keep = may_resend || !rule.mirrors.is_empty();
             // Boxed: the request future would otherwise keep its room whether or not it is.
-            let head = keep.then(|| Box::new(Head::of(&req)));
-            let recorder = keep.then(|| {
-                if http_body::Body::is_end_stream(req.body()) {
-                    Recorder::empty()
-                } else {
-                    Recorder::default()
-                }
-            });
-            if let Some(r) = &recorder {
-                let body = std::mem::replace(req.body_mut(), Body::Empty);
-                *req.body_mut() = Body::Tee(r.tee(body));
-            }
-            if let Some(head) = &head {
+            let replay = keep.then(|| Box::new(Replay::record(&mut req)));
+            if let Some(replay) = &replay {
                 for (mirror, percent) in &rule.mirrors {
                     if fastrand::u32(..100) < *percent {
-                        self.mirror(mirror.clone(), (**head).clone(), recorder.clone());
+                        self.mirror(
+                            mirror.clone(),
+                            replay.head().clone(),
+                            Some(replay.recorder().clone()),
+                        );
                     }
                 }
             }
@@ -222,19 +215,15 @@ impl Http {
             };
             let deadline = rule.request_timeout.map(|t| start + t);
             // Pinned where it stands, so that `within` moves a pointer, not the future.
-            let attempts = pin!(
-                self.attempts(
-                    req,
-                    rule,
-                    backend,
-                    head.as_deref()
-                        .zip(recorder.as_ref())
-                        .filter(|_| may_resend),
-                    &safety,
-                    upgrade,
-                    now,
-                )
-            );
+            let attempts = pin!(self.attempts(
+                req,
+                rule,
+                backend,
+                replay.as_deref().filter(|_| may_resend),
+                &safety,
+                upgrade,
+                now,
+            ));
             let attempts = within(deadline, attempts).await;
             // `None`: the deadline passed, so there was a request timeout.
             let result = attempts.unwrap_or_else(|| {
@@ -272,7 +261,7 @@ impl Http {
         mut req: BoxedRequest,
         rule: &Rule,
         backend: &Arc<Backend>,
-        replay: Option<(&Head, &Recorder)>,
+        replay: Option<&Replay>,
         safety: &OwnedSafety,
         upgrade: bool,
         now: Instant,
@@ -356,12 +345,7 @@ impl Http {
                 }
                 // The next attempt sends the request as it was, if it never left, or again from its
                 // head and recorded body.
-                let again = unsent.or_else(|| {
-                    let (head, recorder) = replay?;
-                    Some(Box::new(
-                        head.request(Body::Replay(Box::new(recorder.replay()?))),
-                    ))
-                });
+                let again = unsent.or_else(|| replay?.again());
                 let Some(again) = again else { return result };
                 if !backend.try_retry(Instant::now()) {
                     self.shared.metrics.budget_exhausted(&backend.name);
@@ -580,12 +564,15 @@ fn classify(result: Result<Response<Body>, SendError<Body>>, grpc: bool) -> Ende
             let attempt = match &error {
                 ProxyError::Timeout(_) => Attempt::TimedOut,
                 e if e.blame() == Blame::Downstream => Attempt::Aborted,
-                e if e.never_reached_app() => Attempt::NotSent {
-                    refused_stream: e.is_refused_stream(),
-                },
-                _ => Attempt::Reset,
+                e => e.unsent().map_or(Attempt::Reset, Attempt::NotSent),
             };
-            let outcome = (attempt != Attempt::Aborted).then_some(Outcome::Failure);
+            // Neither the client leaving nor a connection's ordinary end is the endpoint's
+            // fault.
+            let outcome = match attempt {
+                Attempt::Aborted => None,
+                Attempt::NotSent(unsent) if !unsent.is_failure() => None,
+                _ => Some(Outcome::Failure),
+            };
             Ended {
                 attempt,
                 outcome,

@@ -1,7 +1,9 @@
 //! Retry eligibility and backoff.
 //!
-//! A failure where the request surely never reached the application (the connection was
-//! refused or timed out, HTTP/2 `REFUSED_STREAM`) is always safe to retry, whatever the method.
+//! A failure where the request surely never reached the application ([`Unsent`]: the
+//! connection was refused or timed out, a pooled connection had closed, HTTP/2
+//! `REFUSED_STREAM`, a stream above the last one a GOAWAY said the upstream would process) is
+//! always safe to retry, whatever the method.
 //! A failure after that (a status code in the route's `retry.codes`, a gRPC status in its gRPC
 //! codes, a per-try timeout as 504, a reset as 502) is retried only when repeating the request
 //! cannot do something twice: its method is idempotent, or it carries an `Idempotency-Key`, or
@@ -22,7 +24,7 @@ pub enum Attempt {
         grpc_status: Option<u8>,
     },
     /// The request never reached the application.
-    NotSent { refused_stream: bool },
+    NotSent(Unsent),
     /// The connection failed after the request was sent.
     Reset,
     /// The per-try timeout passed.
@@ -32,13 +34,48 @@ pub enum Attempt {
     Aborted,
 }
 
+/// How a request surely never reached the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// No connection to the endpoint could be opened (refused, timed out, TLS failed).
+    ConnectFailed,
+    /// A pooled connection could take no new request: it had closed, or its upstream had
+    /// said with GOAWAY that it takes no more streams.
+    ConnectionClosed,
+    /// HTTP/2 `REFUSED_STREAM`: the upstream says it did not process the stream.
+    RefusedStream,
+    /// The upstream's GOAWAY named a last stream below this one: it was never processed.
+    GoAway,
+}
+
+impl Unsent {
+    /// Whether the endpoint is to blame, for its breaker. A closed or going-away connection is
+    /// the ordinary end of a connection's life (an upstream recycles them: nginx sends
+    /// GOAWAY every 1,000 requests); a refused stream says the upstream is shedding load.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Unsent::ConnectFailed | Unsent::RefusedStream)
+    }
+
+    /// The retry reason of sending such a request again.
+    pub fn reason(self) -> Reason {
+        match self {
+            Unsent::ConnectFailed => Reason::ConnectFailed,
+            Unsent::ConnectionClosed => Reason::ConnectionClosed,
+            Unsent::RefusedStream => Reason::RefusedStream,
+            Unsent::GoAway => Reason::GoAway,
+        }
+    }
+}
+
 /// Why a request was retried: the `reason` label of `weft_retries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Status,
     GrpcStatus,
     ConnectFailed,
+    ConnectionClosed,
     RefusedStream,
+    GoAway,
     Reset,
     Timeout,
 }
@@ -49,7 +86,9 @@ impl Reason {
             Reason::Status => "status",
             Reason::GrpcStatus => "grpc-status",
             Reason::ConnectFailed => "connect-failed",
+            Reason::ConnectionClosed => "connection-closed",
             Reason::RefusedStream => "refused-stream",
+            Reason::GoAway => "goaway",
             Reason::Reset => "reset",
             Reason::Timeout => "timeout",
         }
@@ -84,14 +123,8 @@ impl Safety<'_> {
 
 /// Whether an attempt may be retried, and why.
 pub fn reason(attempt: Attempt, retry: Option<&Retry>, safety: &Safety<'_>) -> Option<Reason> {
-    match attempt {
-        Attempt::NotSent {
-            refused_stream: true,
-        } => return Some(Reason::RefusedStream),
-        Attempt::NotSent {
-            refused_stream: false,
-        } => return Some(Reason::ConnectFailed),
-        _ => {}
+    if let Attempt::NotSent(unsent) = attempt {
+        return Some(unsent.reason());
     }
     let retry = retry?;
     let (by_status, reason) = match attempt {
@@ -108,7 +141,7 @@ pub fn reason(attempt: Attempt, retry: Option<&Retry>, safety: &Safety<'_>) -> O
                 .then_some(Reason::Timeout);
         }
         Attempt::TimedOut => (504, Reason::Timeout),
-        Attempt::NotSent { .. } | Attempt::Aborted => return None,
+        Attempt::NotSent(_) | Attempt::Aborted => return None,
     };
     (retry.codes.contains(&by_status) && (safety.grpc || safety.repeatable())).then_some(reason)
 }
@@ -160,20 +193,28 @@ mod tests {
         };
         let cases: Vec<(Attempt, Option<&Retry>, Safety<'_>, Option<Reason>)> = vec![
             (
-                Attempt::NotSent {
-                    refused_stream: false,
-                },
+                Attempt::NotSent(Unsent::ConnectFailed),
                 None,
                 safety(&post),
                 Some(Reason::ConnectFailed),
             ),
             (
-                Attempt::NotSent {
-                    refused_stream: true,
-                },
+                Attempt::NotSent(Unsent::ConnectionClosed),
+                None,
+                safety(&post),
+                Some(Reason::ConnectionClosed),
+            ),
+            (
+                Attempt::NotSent(Unsent::RefusedStream),
                 None,
                 safety(&post),
                 Some(Reason::RefusedStream),
+            ),
+            (
+                Attempt::NotSent(Unsent::GoAway),
+                Some(&only_503),
+                safety(&post),
+                Some(Reason::GoAway),
             ),
             (resp(503), None, safety(&get), None),
             (resp(503), Some(&r), safety(&get), Some(Reason::Status)),

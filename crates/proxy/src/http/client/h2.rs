@@ -40,7 +40,8 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 pub struct H2Conn {
     send: h2::client::SendRequest<Bytes>,
     addr: SocketAddr,
-    /// Cleared when the connection's task ends.
+    /// Cleared when the connection's task ends, and once the upstream's GOAWAY has said that
+    /// it takes no more streams (its task goes on, for the streams it still finishes).
     open: Arc<AtomicBool>,
 }
 
@@ -74,9 +75,18 @@ impl H2Conn {
         Ok(H2Conn { send, addr, open })
     }
 
-    /// Whether the connection has ended (or failed): a new one is needed.
+    /// Whether the connection takes no more requests (it ended, failed, or is going away): a
+    /// new one is needed.
     pub fn is_closed(&self) -> bool {
         !self.open.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection as taking no more requests when `e` says it is going away or
+    /// gone, so that the pool opens another for the next one.
+    fn note(&self, e: &h2::Error) {
+        if e.is_go_away() || e.is_io() {
+            self.open.store(false, Ordering::Release);
+        }
     }
 
     /// Sends `req` on a new stream and awaits the response head; its body (an [`H2Body`]) as
@@ -92,6 +102,7 @@ impl H2Conn {
             Ok(send) => send,
             // Closed or going away: nothing was sent.
             Err(source) => {
+                self.open.store(false, Ordering::Release);
                 return Err(SendError {
                     error: ProxyError::Http2 {
                         addr,
@@ -104,13 +115,16 @@ impl H2Conn {
         };
         let (parts, body) = req.into_parts();
         let end = body.is_end_stream();
-        let sent = |source| SendError {
-            error: ProxyError::Http2 {
-                addr,
-                source,
-                sent: true,
-            },
-            unsent: None,
+        let sent = |source: h2::Error| {
+            self.note(&source);
+            SendError {
+                error: ProxyError::Http2 {
+                    addr,
+                    source,
+                    sent: true,
+                },
+                unsent: None,
+            }
         };
         let (response, stream) = send
             .send_request(Request::from_parts(parts, ()), end)
@@ -328,6 +342,9 @@ mod tests {
         Empty,
         Full(Option<Bytes>),
         Channel(tokio::sync::mpsc::Receiver<Frame<Bytes>>),
+        /// Frames from a channel, then an error once the channel closes: a client that left
+        /// in the middle of its body.
+        Breaks(tokio::sync::mpsc::Receiver<Frame<Bytes>>),
     }
 
     impl http_body::Body for TestBody {
@@ -342,6 +359,9 @@ mod tests {
                 TestBody::Empty => Poll::Ready(None),
                 TestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
                 TestBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(Ok)),
+                TestBody::Breaks(rx) => rx
+                    .poll_recv(cx)
+                    .map(|o| Some(o.map(Ok).unwrap_or_else(|| Err("the client left".into())))),
             }
         }
 
@@ -349,7 +369,7 @@ mod tests {
             match self {
                 TestBody::Empty => true,
                 TestBody::Full(data) => data.is_none(),
-                TestBody::Channel(_) => false,
+                TestBody::Channel(_) | TestBody::Breaks(_) => false,
             }
         }
     }
@@ -521,5 +541,117 @@ mod tests {
         assert!(err.error.never_reached_app(), "{}", err.error);
         let unsent = err.unsent.unwrap();
         assert_eq!(unsent.uri(), "http://upstream/echo");
+    }
+
+    /// A request body that breaks off makes the pipe reset the stream; the failure that comes
+    /// back is the client's, not the upstream's (nor its breaker's business).
+    #[tokio::test]
+    async fn a_request_body_that_breaks_off_is_blamed_on_the_client() {
+        let conn = connected(|req, _respond| async move {
+            // Reads the body and never answers.
+            let _ = read_all(req.into_body()).await;
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Frame::data(Bytes::from_static(b"part")))
+            .await
+            .unwrap();
+        let sending = conn.send::<_, H2Body>(request(TestBody::Breaks(rx)));
+        drop(tx);
+        let err = sending.await.err().unwrap();
+        assert_eq!(
+            err.error.blame(),
+            crate::errors::Blame::Downstream,
+            "{}",
+            err.error
+        );
+        assert!(!conn.is_closed(), "the connection serves on");
+    }
+
+    /// A server that answers stream 1 only, and on seeing stream 3 sends GOAWAY naming stream 1
+    /// as the last it processes: a graceful close, as nginx makes every 1,000 requests.
+    async fn going_away_server() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let len = payload.len() as u32;
+            let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; 24];
+            tcp.read_exact(&mut preface).await.unwrap();
+            tcp.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let mut head = [0u8; 9];
+                if tcp.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = (usize::from(head[0]) << 16)
+                    | (usize::from(head[1]) << 8)
+                    | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                tcp.read_exact(&mut payload).await.unwrap();
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                match head[3] {
+                    // SETTINGS, not an ACK: acknowledged.
+                    4 if head[4] & 1 == 0 => tcp.write_all(&frame(4, 1, 0, &[])).await.unwrap(),
+                    // HEADERS.
+                    1 => {
+                        seen.push(stream);
+                        if seen == [1, 3] {
+                            // GOAWAY: last stream 1, NO_ERROR. Then stream 1's answer:
+                            // `:status: 200` (HPACK static index 8), END_STREAM | END_HEADERS.
+                            let mut goaway = 1u32.to_be_bytes().to_vec();
+                            goaway.extend_from_slice(&0u32.to_be_bytes());
+                            tcp.write_all(&frame(7, 0, 0, &goaway)).await.unwrap();
+                            tcp.write_all(&frame(1, 0x5, 1, &[0x88])).await.unwrap();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        addr
+    }
+
+    /// The streams a GOAWAY refuses never reached the application, and are not the endpoint's
+    /// failure; the one it names finishes; the connection takes no new requests.
+    #[tokio::test]
+    async fn streams_above_a_goaways_last_stream_never_reached_the_app() {
+        use crate::policy::retry::Unsent;
+        let addr = going_away_server().await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let conn = H2Conn::handshake(Conn::Tcp(tcp), addr, || {})
+            .await
+            .unwrap();
+        let (first, second) = tokio::join!(
+            conn.send::<_, H2Body>(request(TestBody::Empty)),
+            conn.send::<_, H2Body>(request(TestBody::Empty)),
+        );
+        assert_eq!(first.ok().unwrap().status(), 200, "stream 1 is answered");
+        let err = second.err().unwrap();
+        assert_eq!(err.error.unsent(), Some(Unsent::GoAway), "{}", err.error);
+        assert!(!Unsent::GoAway.is_failure());
+        assert!(
+            conn.is_closed(),
+            "a going-away connection takes no new requests"
+        );
+        let third = conn
+            .send::<_, H2Body>(request(TestBody::Empty))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            third.unsent.is_some(),
+            "nothing was sent on it: the request comes back"
+        );
+        assert_eq!(third.error.unsent(), Some(Unsent::ConnectionClosed));
     }
 }
