@@ -203,6 +203,39 @@ async fn present(inbound: SocketAddr, cert_pem: &str, key: &rcgen::KeyPair) {
     }
 }
 
+/// Connects to a proxy's inbound port with mesh TLS but no client certificate, asks for
+/// application port `port` over HTTP/1, and reads until the server closes.
+async fn present_nothing(inbound: SocketAddr, port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = weft_api::identity::provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"weft/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    let name = ServerName::try_from("weft-mesh").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // The transport header (magic, version 1, 3 bytes: the port, HTTP/1), then a request.
+    let mut header = b"\0weft\x01\x00\x03".to_vec();
+    header.extend_from_slice(&port.to_be_bytes());
+    header.push(1);
+    header.extend_from_slice(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n");
+    let _ = tls.write_all(&header).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+    assert!(
+        buf.is_empty(),
+        "nothing answered: {}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
 #[tokio::test]
 async fn a_certificate_from_another_ca_an_expired_one_or_the_wrong_identity_is_refused() {
     // The control plane signs with a root this test holds, so that it can also forge an
@@ -319,6 +352,15 @@ async fn strict_refuses_plaintext_and_permissive_accepts_it() {
     assert_eq!(resp.status(), 502, "plaintext to a STRICT port");
     let denied = r#"weft_inbound_denied_total{policy="shop/mtls",reason="plaintext"}"#;
     assert!(server.proxy.metric(denied).await >= 1.0);
+    // Mesh TLS without a client certificate is refused too, and counted for what it is.
+    present_nothing(SocketAddr::new(server.proxy.pod_ip, 15143), 8080).await;
+    let denied = r#"weft_inbound_denied_total{policy="shop/mtls",reason="no-client-cert"}"#;
+    assert_eq!(
+        server.proxy.metric(denied).await,
+        1.0,
+        "{}",
+        server.proxy.log()
+    );
 
     let permissive = reviews(&server).doc(&server_policy("mtls", "  mtls: PERMISSIVE\n"));
     cp.write("mesh.yaml", &permissive.yaml());

@@ -41,8 +41,10 @@ pub struct InboundPolicy {
 /// Why a policy refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
-    /// STRICT mode, and the peer has no verified mesh certificate.
+    /// STRICT mode, and the peer did not speak mesh TLS.
     Plaintext,
+    /// STRICT mode, and the peer spoke mesh TLS without a client certificate.
+    NoClientCert,
     /// A deny rule matched, or no allow rule did (or the path was ambiguous).
     Unauthorized,
     RateLimited,
@@ -52,7 +54,9 @@ impl Denied {
     /// The error the proxy answers an HTTP request with.
     pub fn reason(self) -> crate::errors::Reason {
         match self {
-            Denied::Plaintext | Denied::Unauthorized => crate::errors::Reason::Unauthorized,
+            Denied::Plaintext | Denied::NoClientCert | Denied::Unauthorized => {
+                crate::errors::Reason::Unauthorized
+            }
             Denied::RateLimited => crate::errors::Reason::RateLimited,
         }
     }
@@ -60,6 +64,7 @@ impl Denied {
     pub fn as_str(self) -> &'static str {
         match self {
             Denied::Plaintext => "plaintext",
+            Denied::NoClientCert => "no-client-cert",
             Denied::Unauthorized => "unauthorized",
             Denied::RateLimited => "rate-limited",
         }
@@ -86,10 +91,11 @@ impl InboundPolicy {
 
     /// The mTLS mode alone: STRICT refuses a peer without a verified mesh certificate.
     pub fn admits(&self, peer: &Peer) -> Result<(), Denied> {
-        if self.spec.mtls == MtlsMode::Strict && peer.identity.is_none() {
-            return Err(Denied::Plaintext);
+        match (self.spec.mtls, &peer.identity, peer.tls) {
+            (MtlsMode::Strict, None, false) => Err(Denied::Plaintext),
+            (MtlsMode::Strict, None, true) => Err(Denied::NoClientCert),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Checks a peer (and, for HTTP, the request) against the policy. `op` is `None` for an
@@ -361,6 +367,16 @@ mod tests {
         for (i, (p, id, op, want)) in cases.iter().enumerate() {
             assert_eq!(p.check(&peer(*id), *op), *want, "case {i}");
         }
+        // Mesh TLS without a client certificate is refused for what it is.
+        let anonymous = Peer {
+            identity: None,
+            tls: true,
+        };
+        assert_eq!(strict.check(&anonymous, get("/api/x")), Err(NoClientCert));
+        assert_eq!(
+            permissive.check(&anonymous, get("/public")),
+            Err(Unauthorized)
+        );
         // No rules: everything allowed; STRICT still wants an identity.
         assert_eq!(
             policy(MtlsMode::Permissive, vec![]).check(&peer(None), None),
