@@ -112,6 +112,49 @@ async fn a_slow_client_is_cut_off_by_the_header_timeout() {
     );
 }
 
+/// The header-read timeout counts from the connection's start: the time detection waited for
+/// the first bytes is not given again to the first head. (It was: a slow client got the
+/// timeout twice over.) Timeout 2 s; the client dawdles 1.5 s inside its method, then trickles
+/// its head: it is cut near 2 s after it connected, not near 3.5 s.
+#[tokio::test]
+async fn the_header_timeout_counts_from_the_connections_start() {
+    let (proxy, _app) = proxy_with(Mesh::new("c1"), &["--header-read-timeout", "2s"]).await;
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(proxy.outbound).await.unwrap();
+    slow.write_all(b"GE").await.unwrap();
+    // The deliberate pause of a slow client: detection cannot decide on "GE".
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    slow.write_all(b"T http://ok/ HTTP/1.1\r\n").await.unwrap();
+    let trickle = async {
+        for i in 0..100 {
+            if slow
+                .write_all(format!("x-slow-{i}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut out = Vec::new();
+        let _ = slow.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(20), trickle)
+        .await
+        .expect("the slow client was cut off");
+    let cut = started.elapsed();
+    assert!(
+        answer.starts_with("HTTP/1.1 408 ") && answer.contains("x-weft-error: header-timeout"),
+        "{answer:?}"
+    );
+    // Never early; and well short of the 3.5 s a second full timeout would have given.
+    assert!(
+        cut >= Duration::from_millis(1900) && cut < Duration::from_millis(3200),
+        "cut after {cut:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_client_leaving_mid_body_disturbs_nothing() {
     let (proxy, app) = proxy_with(Mesh::new("c1"), &[]).await;

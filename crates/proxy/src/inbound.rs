@@ -42,6 +42,7 @@ pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-weft-pe
 
 /// Handles one accepted inbound connection to its end.
 pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
+    let accepted = Instant::now();
     let _open = shared.metrics.connection_opened(DIRECTION);
     let Ok(local) = stream.local_addr().map(canonical) else {
         return;
@@ -128,10 +129,14 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 peer,
                 from_proxy: hint.is_some(),
             });
-            server::serve(
+            let detected = server::Detected {
                 conn,
                 buf,
-                protocol == Protocol::Http2,
+                http2: protocol == Protocol::Http2,
+                accepted,
+            };
+            server::serve(
+                detected,
                 shared.http_limits.clone(),
                 shared.shutdown.clone(),
                 move |req| handler.clone().handle(req),

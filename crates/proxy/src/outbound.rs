@@ -38,6 +38,7 @@ const DIRECTION: Direction = Direction::Outbound;
 
 /// Handles one accepted outbound connection to its end.
 pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr) {
+    let accepted = std::time::Instant::now();
     let _open = shared.metrics.connection_opened(DIRECTION);
     let orig = original_dst(&stream);
     let dest = orig.and_then(|o| shared.state.load().by_vip(o).cloned());
@@ -78,8 +79,8 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         .metrics
         .connection_protocol(DIRECTION, protocol.as_str());
     match (protocol, dest) {
-        (Protocol::Http1, _) => serve_http(shared, stream, buf, false, orig).await,
-        (Protocol::Http2, _) => serve_http(shared, stream, buf, true, orig).await,
+        (Protocol::Http1, _) => serve_http(shared, stream, buf, false, orig, accepted).await,
+        (Protocol::Http2, _) => serve_http(shared, stream, buf, true, orig, accepted).await,
         (_, Some(dest)) => to_destination(&shared, Rewind::new(buf.freeze(), stream), &dest).await,
         (Protocol::Opaque, None) if !buf.is_empty() => {
             // The client addressed us as an HTTP proxy and sent something else.
@@ -106,15 +107,20 @@ async fn serve_http(
     buf: BytesMut,
     http2: bool,
     orig: Option<SocketAddr>,
+    accepted: std::time::Instant,
 ) {
     let handler = Arc::new(request::Http {
         shared: shared.clone(),
         orig,
     });
-    server::serve(
-        Conn::Tcp(stream),
+    let detected = server::Detected {
+        conn: Conn::Tcp(stream),
         buf,
         http2,
+        accepted,
+    };
+    server::serve(
+        detected,
         shared.http_limits.clone(),
         shared.shutdown.clone(),
         move |req| handler.clone().handle(req),

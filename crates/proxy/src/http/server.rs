@@ -55,12 +55,21 @@ pub fn error_response(reason: Reason, grpc: bool) -> Response<Body> {
     resp
 }
 
-/// Serves a connection whose protocol detection found HTTP (`buf` holds the bytes it read):
-/// HTTP/2 with hyper, HTTP/1 in this task. Refused requests are counted by `refused`.
+/// A connection whose protocol detection found HTTP.
+pub struct Detected {
+    pub conn: Conn,
+    /// The bytes detection read.
+    pub buf: BytesMut,
+    pub http2: bool,
+    /// When the connection was accepted: its first request head is due within the
+    /// header-read timeout of it, detection's reads included.
+    pub accepted: std::time::Instant,
+}
+
+/// Serves a connection whose protocol detection found HTTP: HTTP/2 with hyper, HTTP/1 in
+/// this task. Refused requests are counted by `refused`.
 pub async fn serve<F, Fut, R>(
-    conn: Conn,
-    buf: BytesMut,
-    http2: bool,
+    detected: Detected,
     limits: Limits,
     shutdown: CancellationToken,
     handler: F,
@@ -70,11 +79,18 @@ pub async fn serve<F, Fut, R>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
     R: Fn(Reason),
 {
+    let Detected {
+        conn,
+        buf,
+        http2,
+        accepted,
+    } = detected;
     if http2 {
         serve_http2(Rewind::new(buf.freeze(), conn), limits, shutdown, handler).await;
     } else {
         let boxed = move |req| in_place(&handler, req);
-        h1::serve(conn, buf, limits, shutdown, boxed, refused).await;
+        let first_head_by = accepted + limits.header_read_timeout;
+        h1::serve(conn, buf, first_head_by, limits, shutdown, boxed, refused).await;
     }
 }
 

@@ -307,13 +307,16 @@ enum HeadWait {
 }
 
 /// Serves HTTP/1 on `io` (whose first bytes are already in `read`) until the client closes,
-/// or, once `shutdown` fires, until the request in flight has been answered. `handler` gives
+/// or, once `shutdown` fires, until the request in flight has been answered. The first
+/// request head is due by `first_head_by` (the time detection took counts against it); each
+/// later one within the header-read timeout of when the proxy starts to wait for it. `handler` gives
 /// each request's future in its own allocation (see `server::in_place`): it is large (the
 /// whole route, retry and upstream state machine), and lives there while the request is in
 /// flight.
 pub async fn serve<F, P, R>(
     io: Conn,
     read: BytesMut,
+    first_head_by: Instant,
     limits: Limits,
     shutdown: CancellationToken,
     handler: F,
@@ -332,8 +335,10 @@ pub async fn serve<F, P, R>(
         continue_owed: None,
     }));
     let mut draining = pin!(shutdown.cancelled());
+    let mut first = Some(first_head_by);
     loop {
-        let parsed = match read_head(&link, &limits, draining.as_mut()).await {
+        let by = first.take();
+        let parsed = match read_head(&link, &limits, by, draining.as_mut()).await {
             HeadWait::Parsed(parsed) => parsed,
             HeadWait::Refuse(reason) => {
                 refused(reason);
@@ -445,10 +450,12 @@ pub async fn serve<F, P, R>(
     }
 }
 
-/// Waits for the next request head, by the header-read deadline.
+/// Waits for the next request head, by `by` or else the header-read timeout from when the
+/// wait begins.
 async fn read_head(
     link: &Mutex<Link>,
     limits: &Limits,
+    by: Option<Instant>,
     mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> HeadWait {
     use hyper::rt::Timer as _;
@@ -476,7 +483,7 @@ async fn read_head(
         let sleep = deadline.get_or_insert_with(|| {
             limits
                 .timer
-                .sleep_until(Instant::now() + limits.header_read_timeout)
+                .sleep_until(by.unwrap_or_else(|| Instant::now() + limits.header_read_timeout))
         });
         if sleep.as_mut().poll(cx).is_ready() {
             // A keep-alive connection with nothing sent is just idle.
@@ -964,6 +971,7 @@ mod tests {
                     tokio::spawn(serve(
                         Conn::Tcp(stream),
                         BytesMut::new(),
+                        Instant::now() + timeout,
                         limits(timeout),
                         CancellationToken::new(),
                         handler,
