@@ -388,7 +388,7 @@ mod tests {
         let connection = handle(shared.clone(), client, peer);
         let size = std::mem::size_of_val(&connection);
         assert!(
-            size <= 1_700,
+            size <= 1_500,
             "an inbound connection's future is {size} bytes"
         );
         drop(connection);

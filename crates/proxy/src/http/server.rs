@@ -67,18 +67,21 @@ pub struct Detected {
 }
 
 /// Serves a connection whose protocol detection found HTTP: HTTP/2 with hyper, HTTP/1 in
-/// this task. Refused requests are counted by `refused`.
-pub async fn serve<F, Fut, R>(
+/// this task. Refused requests are counted by `refused`. (The protocol is chosen before the
+/// future is made, so that the connection's future is just the one it serves.)
+pub fn serve<F, Fut, R>(
     detected: Detected,
     limits: Limits,
     shutdown: CancellationToken,
     handler: F,
     refused: R,
-) where
+) -> impl Future<Output = ()>
+where
     F: Fn(BoxedRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
     R: Fn(Reason),
 {
+    use futures_util::future::Either;
     let Detected {
         conn,
         buf,
@@ -86,11 +89,24 @@ pub async fn serve<F, Fut, R>(
         accepted,
     } = detected;
     if http2 {
-        serve_http2(Rewind::new(buf.freeze(), conn), limits, shutdown, handler).await;
+        Either::Left(serve_http2(
+            Rewind::new(buf.freeze(), conn),
+            limits,
+            shutdown,
+            handler,
+        ))
     } else {
         let boxed = move |req| in_place(&handler, req);
         let first_head_by = accepted + limits.header_read_timeout;
-        h1::serve(conn, buf, first_head_by, limits, shutdown, boxed, refused).await;
+        Either::Right(h1::serve(
+            conn,
+            buf,
+            first_head_by,
+            limits,
+            shutdown,
+            boxed,
+            refused,
+        ))
     }
 }
 

@@ -313,7 +313,7 @@ enum HeadWait {
 /// each request's future in its own allocation (see `server::in_place`): it is large (the
 /// whole route, retry and upstream state machine), and lives there while the request is in
 /// flight.
-pub async fn serve<F, P, R>(
+pub fn serve<F, P, R>(
     io: Conn,
     read: BytesMut,
     first_head_by: Instant,
@@ -321,11 +321,14 @@ pub async fn serve<F, P, R>(
     shutdown: CancellationToken,
     handler: F,
     refused: R,
-) where
+) -> impl Future<Output = ()>
+where
     F: Fn(BoxedRequest) -> P,
     P: Future<Output = Response<Body>> + Unpin,
     R: Fn(Reason),
 {
+    // Made before the future: the connection and its buffer go to the heap at once, and the
+    // future (which every connection is) keeps neither.
     let link: LinkRef = Arc::new(Mutex::new(Link {
         io,
         read,
@@ -334,119 +337,122 @@ pub async fn serve<F, P, R>(
         generation: 0,
         continue_owed: None,
     }));
-    let mut draining = pin!(shutdown.cancelled());
-    let mut first = Some(first_head_by);
-    loop {
-        let by = first.take();
-        let parsed = match read_head(&link, &limits, by, draining.as_mut()).await {
-            HeadWait::Parsed(parsed) => parsed,
-            HeadWait::Refuse(reason) => {
-                refused(reason);
-                refuse(&mut LinkIo(&link), reason).await;
+    async move {
+        let mut draining = pin!(shutdown.cancelled());
+        let mut first = Some(first_head_by);
+        loop {
+            let by = first.take();
+            let parsed = match read_head(&link, &limits, by, draining.as_mut()).await {
+                HeadWait::Parsed(parsed) => parsed,
+                HeadWait::Refuse(reason) => {
+                    refused(reason);
+                    refuse(&mut LinkIo(&link), reason).await;
+                    return;
+                }
+                HeadWait::Close => {
+                    close(&link).await;
+                    return;
+                }
+            };
+            let Parsed {
+                mut req,
+                framing,
+                keep_alive,
+                expect_continue,
+                wants_upgrade,
+            } = parsed;
+            let generation = {
+                let mut l = lock(&link);
+                l.generation += 1;
+                l.body = framing;
+                l.continue_owed = (expect_continue && framing != Framing::Done).then_some(0);
+                l.generation
+            };
+            let method = req.method().clone();
+            let version = req.version();
+            if framing != Framing::Done {
+                *req.body_mut() = Body::Downstream(RequestBody::new(link.clone(), generation));
+            }
+            let upgrade = wants_upgrade.then(|| {
+                let (tx, rx) = oneshot::channel();
+                req.extensions_mut()
+                    .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
+                tx
+            });
+
+            let mut pending = handler(req);
+            let mut watching = true;
+            let resp = std::future::poll_fn(|cx| {
+                if let Poll::Ready(resp) = Pin::new(&mut pending).poll(cx) {
+                    return Poll::Ready(Some(resp));
+                }
+                // Once the body has been read, the connection is the loop's to watch.
+                let mut l = lock(&link);
+                while watching && l.body == Framing::Done {
+                    match l.poll_fill(cx) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                        // The next request, pipelined: kept for when this one is over, up to a
+                        // head's worth.
+                        Poll::Ready(Ok(_)) => watching = l.read.len() <= limits.max_header_bytes,
+                        Poll::Pending => break,
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            drop(pending);
+            let Some(resp) = resp else {
+                tracing::debug!("the client left before its response");
+                return;
+            };
+
+            let (parts, body) = resp.into_parts();
+            let upgraded = upgrade.is_some()
+                && if method == Method::CONNECT {
+                    parts.status.is_success()
+                } else {
+                    parts.status == StatusCode::SWITCHING_PROTOCOLS
+                };
+            let mut keep = keep_alive && !shutdown.is_cancelled() && !upgraded && !answered(&link);
+            let (head, encoding) =
+                response_head(&parts, &method, version, upgraded, &body, &mut keep);
+            let body = if upgraded || is_bodiless(&method, parts.status) {
+                Body::empty()
+            } else {
+                body
+            };
+            let mut writer = Writer::new(head, body, encoding, true);
+            let written = std::future::poll_fn(|cx| writer.poll(&mut LinkIo(&link), cx)).await;
+            drop(writer);
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "writing the response failed");
                 return;
             }
-            HeadWait::Close => {
+
+            if upgraded {
+                if let (Some(tx), Ok(link)) = (upgrade, Arc::try_unwrap(link)) {
+                    let link = link.into_inner().unwrap_or_else(|p| p.into_inner());
+                    let _ = tx.send(Rewind::new(link.read.freeze(), link.io));
+                }
+                return;
+            }
+            drop(upgrade);
+            if !keep {
                 close(&link).await;
                 return;
             }
-        };
-        let Parsed {
-            mut req,
-            framing,
-            keep_alive,
-            expect_continue,
-            wants_upgrade,
-        } = parsed;
-        let generation = {
+            if !drain(&link, generation, &limits).await {
+                close(&link).await;
+                return;
+            }
             let mut l = lock(&link);
-            l.generation += 1;
-            l.body = framing;
-            l.continue_owed = (expect_continue && framing != Framing::Done).then_some(0);
-            l.generation
-        };
-        let method = req.method().clone();
-        let version = req.version();
-        if framing != Framing::Done {
-            *req.body_mut() = Body::Downstream(RequestBody::new(link.clone(), generation));
-        }
-        let upgrade = wants_upgrade.then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            tx
-        });
-
-        let mut pending = handler(req);
-        let mut watching = true;
-        let resp = std::future::poll_fn(|cx| {
-            if let Poll::Ready(resp) = Pin::new(&mut pending).poll(cx) {
-                return Poll::Ready(Some(resp));
+            if l.read.is_empty() {
+                // An idle connection keeps no buffer.
+                l.read = BytesMut::new();
+                l.read_size = READ_SIZE;
             }
-            // Once the body has been read, the connection is the loop's to watch.
-            let mut l = lock(&link);
-            while watching && l.body == Framing::Done {
-                match l.poll_fill(cx) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    // The next request, pipelined: kept for when this one is over, up to a
-                    // head's worth.
-                    Poll::Ready(Ok(_)) => watching = l.read.len() <= limits.max_header_bytes,
-                    Poll::Pending => break,
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        drop(pending);
-        let Some(resp) = resp else {
-            tracing::debug!("the client left before its response");
-            return;
-        };
-
-        let (parts, body) = resp.into_parts();
-        let upgraded = upgrade.is_some()
-            && if method == Method::CONNECT {
-                parts.status.is_success()
-            } else {
-                parts.status == StatusCode::SWITCHING_PROTOCOLS
-            };
-        let mut keep = keep_alive && !shutdown.is_cancelled() && !upgraded && !answered(&link);
-        let (head, encoding) = response_head(&parts, &method, version, upgraded, &body, &mut keep);
-        let body = if upgraded || is_bodiless(&method, parts.status) {
-            Body::empty()
-        } else {
-            body
-        };
-        let mut writer = Writer::new(head, body, encoding, true);
-        let written = std::future::poll_fn(|cx| writer.poll(&mut LinkIo(&link), cx)).await;
-        drop(writer);
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "writing the response failed");
-            return;
+            drop(l);
         }
-
-        if upgraded {
-            if let (Some(tx), Ok(link)) = (upgrade, Arc::try_unwrap(link)) {
-                let link = link.into_inner().unwrap_or_else(|p| p.into_inner());
-                let _ = tx.send(Rewind::new(link.read.freeze(), link.io));
-            }
-            return;
-        }
-        drop(upgrade);
-        if !keep {
-            close(&link).await;
-            return;
-        }
-        if !drain(&link, generation, &limits).await {
-            close(&link).await;
-            return;
-        }
-        let mut l = lock(&link);
-        if l.read.is_empty() {
-            // An idle connection keeps no buffer.
-            l.read = BytesMut::new();
-            l.read_size = READ_SIZE;
-        }
-        drop(l);
     }
 }
 
