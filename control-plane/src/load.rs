@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use weft_api::resources::{Manifest, ManifestError, Source, parse_file};
+use weft_api::resources::{
+    MAX_FILE_BYTES, Manifest, ManifestError, Source, oversized_file, parse_file,
+};
 
 /// Every `*.yaml` and `*.yml` file under `path` (recursively, in name order), or `path`
 /// itself when it is a file. `-` reads standard input.
@@ -44,9 +46,15 @@ pub fn load(paths: &[PathBuf]) -> (Vec<Manifest>, Vec<ManifestError>) {
         };
         for file in files {
             let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
+                read_bounded(std::io::stdin())
             } else {
-                std::fs::read_to_string(&file)
+                match std::fs::metadata(&file) {
+                    Ok(m) if m.len() > MAX_FILE_BYTES => {
+                        errors.push(oversized_file(&file.display().to_string(), m.len()));
+                        continue;
+                    }
+                    _ => std::fs::File::open(&file).and_then(read_bounded),
+                }
             };
             match text {
                 Ok(text) => {
@@ -59,6 +67,16 @@ pub fn load(paths: &[PathBuf]) -> (Vec<Manifest>, Vec<ManifestError>) {
         }
     }
     (manifests, errors)
+}
+
+/// Reads a stream to its end, or to one byte past [`MAX_FILE_BYTES`] (which `parse_file`
+/// then refuses): a file that grows while it is read, or standard input, is never read whole
+/// into memory beyond the limit.
+pub fn read_bounded(stream: impl std::io::Read) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    stream.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn unreadable(path: &Path, e: &std::io::Error) -> ManifestError {

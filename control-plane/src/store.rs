@@ -59,6 +59,29 @@ impl Store {
         }
     }
 
+    /// Records that `file` could not be read (it is too large), keeping what it held before.
+    /// Returns whether anything changed.
+    pub fn refuse_file(&mut self, file: &str, error: ManifestError) -> bool {
+        let hash = content_hash(&error.message);
+        if self.files.get(file).is_some_and(|e| e.hash == hash) {
+            return false;
+        }
+        let manifests = self
+            .files
+            .get(file)
+            .map(|e| e.manifests.clone())
+            .unwrap_or_default();
+        self.files.insert(
+            file.to_owned(),
+            FileEntry {
+                hash,
+                manifests,
+                errors: vec![error],
+            },
+        );
+        true
+    }
+
     /// Sets an object read from the Kubernetes API (`None`: it was deleted), named `name`
     /// (`Kind/namespace/name`) as a file would be. Returns whether anything changed.
     pub fn set_object(&mut self, name: &str, object: Option<serde_json::Value>) -> bool {

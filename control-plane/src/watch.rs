@@ -49,7 +49,14 @@ pub fn load_all(dir: &Path, store: &mut Store, hub: &Hub) -> std::io::Result<()>
 
 fn read_into(store: &mut Store, path: &Path) -> bool {
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    if let Ok(m) = std::fs::metadata(path)
+        && m.len() > weft_api::resources::MAX_FILE_BYTES
+    {
+        // Not read at all; what the file held before keeps serving.
+        tracing::warn!(file = %name, bytes = m.len(), "a manifest file is too large; keeping what it held");
+        return store.refuse_file(&name, weft_api::resources::oversized_file(&name, m.len()));
+    }
+    match std::fs::File::open(path).and_then(crate::load::read_bounded) {
         Ok(text) => store.set_file(&name, Some(&text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => store.set_file(&name, None),
         Err(e) => {

@@ -16,6 +16,7 @@ mod cluster;
 mod control_plane;
 mod drain;
 mod grpc;
+mod hostile_manifests;
 mod http1;
 mod http2;
 mod identity;

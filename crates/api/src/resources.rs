@@ -145,11 +145,43 @@ pub struct Manifest {
     pub resource: Resource,
 }
 
+/// The largest manifest file weft reads: room for ten thousand routes several times over.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The largest document: Kubernetes stores an object of at most 1.5 MiB (etcd's limit).
+pub const MAX_DOCUMENT_BYTES: usize = 1536 << 10;
+/// The most an object's annotations may hold, keys and values together, as Kubernetes
+/// validates them.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 << 10;
+
+/// The error for a file larger than [`MAX_FILE_BYTES`], which is not read at all. It cannot be
+/// told what it holds, so whatever the file held before keeps serving.
+pub fn oversized_file(file: &str, bytes: u64) -> ManifestError {
+    ManifestError {
+        origin: Source {
+            file: file.to_owned(),
+            document: 0,
+        },
+        path: String::new(),
+        message: format!(
+            "the file is {bytes} bytes; weft reads manifest files of at most {} MiB",
+            MAX_FILE_BYTES >> 20
+        ),
+        subject: Subject::Unidentified,
+    }
+}
+
 /// Parses every document of a YAML file. Documents that fail are reported and skipped; the
-/// others are returned. A YAML syntax error spoils only its own document.
+/// others are returned. A YAML syntax error spoils only its own document. A file over
+/// [`MAX_FILE_BYTES`] or a document over [`MAX_DOCUMENT_BYTES`] is refused unread, and the YAML
+/// parser's budget (node count, depth, alias expansion) refuses what would grow beyond its
+/// size: an alias bomb, deep nesting.
 pub fn parse_file(file: &str, text: &str) -> (Vec<Manifest>, Vec<ManifestError>) {
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
+    if text.len() as u64 > MAX_FILE_BYTES {
+        errors.push(oversized_file(file, text.len() as u64));
+        return (manifests, errors);
+    }
     for (i, doc) in split_documents(text).into_iter().enumerate() {
         let source = Source {
             file: file.to_owned(),
@@ -160,6 +192,16 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Manifest>, Vec<ManifestError>)
             .lines()
             .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
         {
+            continue;
+        }
+        if doc.len() > MAX_DOCUMENT_BYTES {
+            let message = format!(
+                "the document is {} bytes; an object is at most {} KiB, as Kubernetes stores it",
+                doc.len(),
+                MAX_DOCUMENT_BYTES >> 10
+            );
+            let error = DocError::new("", message, Subject::Unidentified);
+            collect(source, Err(error), &mut manifests, &mut errors);
             continue;
         }
         collect(source, parse_document(doc), &mut manifests, &mut errors);
@@ -242,11 +284,23 @@ impl DocError {
 
 fn parse_document(text: &str) -> Result<Option<Resource>, DocError> {
     let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
-        DocError::new(
-            "",
-            format!("invalid YAML: {}", first_line(&e.to_string())),
-            Subject::Unidentified,
-        )
+        let text = e.to_string();
+        let message = if text.contains("budget breached") {
+            // The parser's own words name its counter; say what it means.
+            format!(
+                "refused: the document would grow beyond what a manifest holds (too many nodes, \
+                 or aliases that expand too far): {}",
+                first_line(&text)
+            )
+        } else if text.contains("recursion limit") {
+            format!(
+                "refused: nested deeper than a manifest ever is: {}",
+                first_line(&text)
+            )
+        } else {
+            format!("invalid YAML: {}", first_line(&text))
+        };
+        DocError::new("", message, Subject::Unidentified)
     })?;
     parse_value(value)
 }
@@ -309,6 +363,24 @@ fn parse_value(value: serde_json::Value) -> Result<Option<Resource>, DocError> {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     });
+    let annotations: usize = meta
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.as_object())
+        .map_or(0, |a| {
+            a.iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum()
+        });
+    if annotations > MAX_ANNOTATIONS_BYTES {
+        return Err(DocError::new(
+            "metadata.annotations",
+            format!(
+                "{annotations} bytes; annotations may hold at most {} KiB in all",
+                MAX_ANNOTATIONS_BYTES >> 10
+            ),
+            subject,
+        ));
+    }
     let resource = match *kind {
         "Service" => Resource::Service(typed(value, &subject)?),
         "Pod" => Resource::Pod(typed(value, &subject)?),
@@ -340,6 +412,74 @@ fn first_line(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hostile manifests: each is refused alone, with a clear message.
+    #[test]
+    fn hostile_manifests_are_refused_with_a_clear_error() {
+        let mut laughs = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: lol}\nspec:\n  a0: &a0 \"lol\"\n",
+        );
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            laughs.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+        }
+        let deep = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: deep}}\nspec: {}{}\n",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let mut many = String::from(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: many}\nspec:\n  rules:\n",
+        );
+        for i in 0..100_000 {
+            many.push_str(&format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /p{i}}}}}]\n"
+            ));
+        }
+        let annotated = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: big\n  annotations: {{a: \"{}\"}}\nspec: {{ports: [{{port: 80}}]}}\n",
+            "x".repeat(300 << 10)
+        );
+        let huge = format!("# {}\n", "x".repeat(17 << 20));
+        let cases: [(&str, &str, &str, Subject); 5] = [
+            (
+                "laughs",
+                &laughs,
+                "refused: the document would grow",
+                Subject::Unidentified,
+            ),
+            (
+                "deep",
+                &deep,
+                "refused: nested deeper",
+                Subject::Unidentified,
+            ),
+            ("many", &many, "the document is", Subject::Unidentified),
+            (
+                "annotated",
+                &annotated,
+                "annotations may hold at most 256 KiB",
+                Subject::Resource(ResourceKey {
+                    kind: "Service",
+                    namespace: "default".into(),
+                    name: "big".into(),
+                }),
+            ),
+            (
+                "huge",
+                &huge,
+                "weft reads manifest files of at most 16 MiB",
+                Subject::Unidentified,
+            ),
+        ];
+        for (name, text, message, subject) in cases {
+            let (manifests, errors) = parse_file(name, text);
+            assert!(manifests.is_empty(), "{name}");
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+            assert!(errors[0].message.contains(message), "{name}: {}", errors[0]);
+            assert_eq!(errors[0].subject, subject, "{name}");
+        }
+    }
 
     #[test]
     fn documents_are_split_and_numbered_as_written() {
