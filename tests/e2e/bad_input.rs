@@ -29,7 +29,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 }
 
 /// A proxy with one healthy Service, `ok`, to show that bad input elsewhere changes nothing.
-async fn proxy_with(extra: Mesh, flags: &[&str]) -> (Proxy, HttpBackend) {
+pub(crate) async fn proxy_with(extra: Mesh, flags: &[&str]) -> (Proxy, HttpBackend) {
     let app = HttpBackend::start(at(pod_ip(), 8080), "ok").await;
     let mesh = extra.service("shop", "ok", None, 80, &[Ep::direct(app.addr)]);
     let mut args = vec!["--namespace", "shop"];
@@ -37,7 +37,7 @@ async fn proxy_with(extra: Mesh, flags: &[&str]) -> (Proxy, HttpBackend) {
     (Proxy::start(pod_ip(), &mesh.build(), &args).await, app)
 }
 
-async fn assert_still_serving(proxy: &Proxy) {
+pub(crate) async fn assert_still_serving(proxy: &Proxy) {
     let resp = client::get(proxy.outbound, "http://ok/").await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(

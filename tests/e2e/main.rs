@@ -15,6 +15,7 @@ mod cancel;
 mod cluster;
 mod control_plane;
 mod drain;
+mod floods;
 mod grpc;
 mod hostile_manifests;
 mod http1;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,7 +19,7 @@ use crate::cli::RunArgs;
 use crate::config_client::{self, Subscriber};
 use crate::http::client::{PoolSettings, Pools};
 use crate::identity::{Identity, Issuer};
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::shared::Shared;
 use crate::state::Snapshot;
 use crate::upstream::Connector;
@@ -169,12 +170,22 @@ async fn serve(
         }),
     ));
     let accepting = TaskTracker::new();
-    accepting.spawn(accept(outbound_listener, shared.clone(), |s, c, sh| {
-        outbound::handle(sh, s, c)
-    }));
-    accepting.spawn(accept(inbound_listener, shared.clone(), |s, c, sh| {
-        inbound::handle(sh, s, c)
-    }));
+    // One count of open downstream connections for both listeners.
+    let open = Arc::new(AtomicUsize::new(0));
+    accepting.spawn(accept(
+        outbound_listener,
+        Direction::Outbound,
+        open.clone(),
+        shared.clone(),
+        |s, c, sh| outbound::handle(sh, s, c),
+    ));
+    accepting.spawn(accept(
+        inbound_listener,
+        Direction::Inbound,
+        open,
+        shared.clone(),
+        |s, c, sh| inbound::handle(sh, s, c),
+    ));
     accepting.close();
     let sweeper = {
         let pools = shared.pools.clone();
@@ -233,12 +244,29 @@ async fn wait_for_drain(shutdown: &CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepts connections until the drain begins, each handled in its own tracked task.
-async fn accept<F, Fut>(listener: TcpListener, shared: Arc<Shared>, handle: F)
-where
+/// A place under `--max-connections`, held by a connection's task until it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts connections until the drain begins, each handled in its own tracked task. While
+/// `open` (shared with the other listener) is at `--max-connections`, a new connection is
+/// reset at once and counted: a refusal the client sees, never a hang.
+async fn accept<F, Fut>(
+    listener: TcpListener,
+    direction: Direction,
+    open: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr, Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let max = shared.settings.max_connections;
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -246,12 +274,21 @@ where
         };
         match accepted {
             Ok((stream, client)) => {
+                if open.fetch_add(1, Ordering::AcqRel) >= max {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    shared.metrics.connection_refused(direction);
+                    tracing::debug!(%client, max, "connection limit reached; resetting a new connection");
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                    continue;
+                }
+                let slot = Slot(open.clone());
                 crate::io::tune(&stream);
-                shared.tasks.spawn(handle(
-                    stream,
-                    crate::orig_dst::canonical(client),
-                    shared.clone(),
-                ));
+                let connection = handle(stream, crate::orig_dst::canonical(client), shared.clone());
+                shared.tasks.spawn(async move {
+                    let _slot = slot;
+                    connection.await
+                });
             }
             Err(e) => {
                 // Out of file descriptors, most likely: back off instead of spinning.

@@ -107,6 +107,11 @@ pub struct RunArgs {
     /// Log one line per request.
     #[arg(long, env = "WEFT_ACCESS_LOG")]
     pub access_log: bool,
+    /// The most downstream connections (inbound and outbound together) held open at once;
+    /// beyond, a new connection is reset at once and counted in
+    /// `weft_refused_connections_total`.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
 }
 
 impl RunArgs {
@@ -129,6 +134,7 @@ impl RunArgs {
         s.upstream_idle_timeout = self.upstream_idle_timeout;
         s.drain_grace = self.drain_grace;
         s.access_log = self.access_log;
+        s.max_connections = self.max_connections;
         s.validate()?;
         Ok(s)
     }

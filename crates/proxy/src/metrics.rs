@@ -146,6 +146,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     connections: Family<ConnectionLabels, Counter>,
     open_connections: Family<DirectionLabels, Gauge>,
+    refused_connections: Family<DirectionLabels, Counter>,
     tcp_bytes: Family<BytesLabels, Counter>,
     upstream_connects: Family<ResultLabels, Counter>,
     config_info: Family<VersionLabels, Gauge>,
@@ -210,6 +211,12 @@ impl Metrics {
             "open_connections",
             "Connections currently open",
             open_connections.clone(),
+        );
+        let refused_connections = Family::default();
+        registry.register(
+            "refused_connections",
+            "Connections closed as soon as accepted: the proxy held --max-connections already",
+            refused_connections.clone(),
         );
         let tcp_bytes = Family::default();
         registry.register(
@@ -298,6 +305,7 @@ impl Metrics {
             errors,
             connections,
             open_connections,
+            refused_connections,
             tcp_bytes,
             upstream_connects,
             config_info,
@@ -387,6 +395,13 @@ impl Metrics {
                 direction,
                 protocol,
             })
+            .inc();
+    }
+
+    /// Counts a connection refused at the connection limit.
+    pub fn connection_refused(&self, direction: Direction) {
+        self.refused_connections
+            .get_or_create(&DirectionLabels { direction })
             .inc();
     }
 

@@ -45,6 +45,9 @@ pub struct Settings {
     pub drain_grace: Dur,
     /// Log one line per request at target `weft::access`.
     pub access_log: bool,
+    /// The most connections the inbound and outbound listeners hold open together; beyond,
+    /// a new one is closed at once (reset) and counted.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             upstream_idle_timeout: Dur::from_secs(30),
             drain_grace: Dur::from_secs(20),
             access_log: false,
+            max_connections: 10_000,
         }
     }
 }
@@ -83,6 +87,9 @@ impl Settings {
     pub fn validate(&self) -> Result<(), String> {
         if self.threads == 0 {
             return Err("--threads must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
         }
         if self.max_header_bytes < 8192 {
             return Err("--max-header-bytes must be at least 8192".into());
