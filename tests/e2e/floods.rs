@@ -75,3 +75,115 @@ async fn beyond_the_connection_limit_a_new_connection_is_reset_and_counted() {
     .await;
     assert_still_serving(&proxy).await;
 }
+
+/// Sends `n` requests, each on a new connection, and counts the 200s.
+async fn served(proxy: &weft_tests::proxy::Proxy, n: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        if let Ok(resp) = weft_tests::client::get(proxy.outbound, "http://ok/").await
+            && resp.status() == 200
+        {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+/// 5,000 idle connections, then 2,000 slowloris clients trickling a head, then 500 clients
+/// trickling a body: the header-read timeout cuts the slowloris ones, and legitimate clients
+/// are served all along. The memory figures are printed for the record.
+#[tokio::test]
+async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
+    use tokio::io::AsyncWriteExt;
+    let flags = ["--header-read-timeout", "3s", "--detect-timeout", "60s"];
+    let (proxy, _app) = proxy_with(Mesh::new("c1"), &flags).await;
+    let open = || async {
+        proxy
+            .metric(r#"weft_open_connections{direction="outbound"}"#)
+            .await
+    };
+    let (rss_before, _) = proxy.memory_kib();
+
+    let mut idle = Vec::new();
+    for _ in 0..5_000 {
+        idle.push(TcpStream::connect(proxy.outbound).await.unwrap());
+    }
+    eventually("5,000 idle connections held", Duration::from_secs(30), || async {
+        (open().await >= 5_000.0).then_some(())
+    })
+    .await;
+    let (rss_idle, _) = proxy.memory_kib();
+    assert_eq!(served(&proxy, 20).await, 20, "served beside 5,000 idle connections");
+    eprintln!(
+        "5,000 idle connections: RSS {rss_before} -> {rss_idle} KiB, {} bytes each",
+        (rss_idle.saturating_sub(rss_before)) * 1024 / 5_000
+    );
+    drop(idle);
+    eventually("the idle ones gone", Duration::from_secs(30), || async {
+        (open().await < 10.0).then_some(())
+    })
+    .await;
+
+    // Slowloris: a head never finished, a byte every half second, for at most 20 s.
+    let slowloris: Vec<_> = (0..2_000)
+        .map(|_| {
+            let addr = proxy.outbound;
+            tokio::spawn(async move {
+                let mut tcp = TcpStream::connect(addr).await.ok()?;
+                tcp.write_all(b"GET http://ok/ HTTP/1.1\r\nHost: ok\r\nx-slow: ")
+                    .await
+                    .ok()?;
+                let started = std::time::Instant::now();
+                for _ in 0..40 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if tcp.write_all(b"a").await.is_err() {
+                        break;
+                    }
+                }
+                let mut answer = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+                Some((started.elapsed(), answer))
+            })
+        })
+        .collect();
+    eventually("2,000 slowloris clients connected", Duration::from_secs(30), || async {
+        (open().await >= 1_500.0).then_some(())
+    })
+    .await;
+    let (rss_slowloris, _) = proxy.memory_kib();
+    assert_eq!(served(&proxy, 20).await, 20, "served beside 2,000 slowloris clients");
+    let mut cut = 0;
+    for client in slowloris {
+        if let Some((_, answer)) = client.await.unwrap()
+            && answer.starts_with(b"HTTP/1.1 408 ")
+        {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 2_000, "every slowloris client was cut by the header timeout");
+    eprintln!("2,000 slowloris clients: RSS {rss_slowloris} KiB while they trickled");
+
+    // Slow bodies: the head is whole, the body comes a byte every half second.
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut tcp = TcpStream::connect(proxy.outbound).await.unwrap();
+        tcp.write_all(b"POST http://ok/ HTTP/1.1\r\nHost: ok\r\nContent-Length: 1000\r\n\r\nx")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    eventually("500 slow uploads held", Duration::from_secs(30), || async {
+        (open().await >= 500.0).then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        for tcp in &mut slow {
+            let _ = tcp.write_all(b"x").await;
+        }
+        assert_eq!(served(&proxy, 10).await, 10, "served beside 500 slow uploads");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (rss_slow, peak) = proxy.memory_kib();
+    eprintln!("500 slow uploads: RSS {rss_slow} KiB; peak over the test {peak} KiB");
+    assert_still_serving(&proxy).await;
+}
