@@ -108,12 +108,18 @@ async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
     for _ in 0..5_000 {
         idle.push(TcpStream::connect(proxy.outbound).await.unwrap());
     }
-    eventually("5,000 idle connections held", Duration::from_secs(30), || async {
-        (open().await >= 5_000.0).then_some(())
-    })
+    eventually(
+        "5,000 idle connections held",
+        Duration::from_secs(30),
+        || async { (open().await >= 5_000.0).then_some(()) },
+    )
     .await;
     let (rss_idle, _) = proxy.memory_kib();
-    assert_eq!(served(&proxy, 20).await, 20, "served beside 5,000 idle connections");
+    assert_eq!(
+        served(&proxy, 20).await,
+        20,
+        "served beside 5,000 idle connections"
+    );
     eprintln!(
         "5,000 idle connections: RSS {rss_before} -> {rss_idle} KiB, {} bytes each",
         (rss_idle.saturating_sub(rss_before)) * 1024 / 5_000
@@ -141,17 +147,24 @@ async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
                     }
                 }
                 let mut answer = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+                    .await;
                 Some((started.elapsed(), answer))
             })
         })
         .collect();
-    eventually("2,000 slowloris clients connected", Duration::from_secs(30), || async {
-        (open().await >= 1_500.0).then_some(())
-    })
+    eventually(
+        "2,000 slowloris clients connected",
+        Duration::from_secs(30),
+        || async { (open().await >= 1_500.0).then_some(()) },
+    )
     .await;
     let (rss_slowloris, _) = proxy.memory_kib();
-    assert_eq!(served(&proxy, 20).await, 20, "served beside 2,000 slowloris clients");
+    assert_eq!(
+        served(&proxy, 20).await,
+        20,
+        "served beside 2,000 slowloris clients"
+    );
     let mut cut = 0;
     for client in slowloris {
         if let Some((_, answer)) = client.await.unwrap()
@@ -160,7 +173,10 @@ async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
             cut += 1;
         }
     }
-    assert_eq!(cut, 2_000, "every slowloris client was cut by the header timeout");
+    assert_eq!(
+        cut, 2_000,
+        "every slowloris client was cut by the header timeout"
+    );
     eprintln!("2,000 slowloris clients: RSS {rss_slowloris} KiB while they trickled");
 
     // Slow bodies: the head is whole, the body comes a byte every half second.
@@ -180,7 +196,11 @@ async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
         for tcp in &mut slow {
             let _ = tcp.write_all(b"x").await;
         }
-        assert_eq!(served(&proxy, 10).await, 10, "served beside 500 slow uploads");
+        assert_eq!(
+            served(&proxy, 10).await,
+            10,
+            "served beside 500 slow uploads"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (rss_slow, peak) = proxy.memory_kib();

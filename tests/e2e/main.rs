@@ -22,6 +22,7 @@ mod http1;
 mod http2;
 mod identity;
 mod intercept;
+mod rapid_reset;
 mod resilience;
 mod routes;
 mod tcp;

@@ -134,6 +134,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 buf,
                 http2: protocol == Protocol::Http2,
                 accepted,
+                from_peer: hint.is_some(),
             };
             server::serve(
                 detected,

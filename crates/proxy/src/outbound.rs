@@ -118,6 +118,7 @@ async fn serve_http(
         buf,
         http2,
         accepted,
+        from_peer: false,
     };
     server::serve(
         detected,

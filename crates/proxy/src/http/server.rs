@@ -64,7 +64,19 @@ pub struct Detected {
     /// When the connection was accepted: its first request head is due within the
     /// header-read timeout of it, detection's reads included.
     pub accepted: std::time::Instant,
+    /// Dialled by a peer proxy, which multiplexes its own clients' requests over it.
+    pub from_peer: bool,
 }
+
+/// Streams reset by the client before they were accepted, at once, beyond which a connection
+/// is refused as an attack (GOAWAY `ENHANCE_YOUR_CALM`): h2's guard against rapid reset
+/// (CVE-2023-44487), as it stands for clients.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// The same, for a connection from a peer proxy. Its streams are many clients' requests,
+/// and it cancels those its clients cancel: a rapid-reset attack on the peer is cut there, by
+/// the guard above, but the streams it had already forwarded arrive here cancelled together.
+/// Read as an attack, they would cost every request that shares the connection.
+const PEER_MAX_PENDING_ACCEPT_RESETS: usize = 10_000;
 
 /// Serves a connection whose protocol detection found HTTP: HTTP/2 with hyper, HTTP/1 in
 /// this task. Refused requests are counted by `refused`. (The protocol is chosen before the
@@ -87,11 +99,13 @@ where
         buf,
         http2,
         accepted,
+        from_peer,
     } = detected;
     if http2 {
         Either::Left(serve_http2(
             Rewind::new(buf.freeze(), conn),
             limits,
+            from_peer,
             shutdown,
             handler,
         ))
@@ -112,8 +126,13 @@ where
 
 /// Serves HTTP/2 on `io` until the client closes, or, once `shutdown` fires, until in-flight
 /// requests finish (the client gets GOAWAY).
-async fn serve_http2<I, F, Fut>(io: I, limits: Limits, shutdown: CancellationToken, handler: F)
-where
+async fn serve_http2<I, F, Fut>(
+    io: I,
+    limits: Limits,
+    from_peer: bool,
+    shutdown: CancellationToken,
+    handler: F,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(BoxedRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -127,7 +146,12 @@ where
     let mut builder = hyper::server::conn::http2::Builder::new(Spawner);
     builder
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(if from_peer {
+            PEER_MAX_PENDING_ACCEPT_RESETS
+        } else {
+            MAX_PENDING_ACCEPT_RESETS
+        });
     // No HTTP/2 PINGs: TCP keep-alive finds a vanished client (`io::tune`).
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
     let result = tokio::select! {

@@ -61,6 +61,12 @@ impl H2Conn {
             .max_header_list_size(MAX_HEADER_LIST)
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .enable_push(false)
+            // h2 closes a connection on which it reset more than 1,024 streams itself
+            // (hyperium/h2#856). The proxy resets a stream when its client cancels (a gRPC
+            // deadline, a closed download): those are its clients' doing, bounded by the guard
+            // on their own connections, and must never tear down a connection that other
+            // requests share.
+            .max_local_error_reset_streams(None)
             .handshake::<_, Bytes>(stream)
             .await?;
         let open = Arc::new(AtomicBool::new(true));

@@ -1,0 +1,137 @@
+//! HTTP/2 rapid reset (CVE-2023-44487) against a client's sidecar whose upstream is another
+//! sidecar over one shared HTTP/2 connection. The attacker's own connections are cut by the
+//! sidecar it talks to; the streams that sidecar had already forwarded and then cancelled
+//! must not look like an attack to the next sidecar, so the legitimate requests sharing
+//! that connection are all answered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::net::TcpStream;
+use weft_tests::mesh::Mesh;
+use weft_tests::proxy::Proxy;
+
+use crate::ServerPod;
+
+/// An HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// One attacking connection, written frame by frame as an attacker would: 50 streams'
+/// HEADERS, then their RST_STREAMs, over and over, until the sidecar ends the connection or
+/// `n` streams have gone. Returns how many it sent.
+async fn attack(addr: std::net::SocketAddr, n: u32) -> u32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(tcp) = TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let (mut rx, mut tx) = tcp.into_split();
+    // Whatever the sidecar sends (SETTINGS, GOAWAY) is read and dropped.
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while matches!(rx.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(frame(4, 0, 0, &[]));
+    if tx.write_all(&start).await.is_err() {
+        return 0;
+    }
+    // GET http://reviews.shop:8080/drip/1, HPACK without Huffman: :method GET, :scheme
+    // http, then :path and :authority as literals with indexed names.
+    let mut block = vec![0x82, 0x86, 0x04, 7];
+    block.extend_from_slice(b"/drip/1");
+    block.extend_from_slice(&[0x01, 17]);
+    block.extend_from_slice(b"reviews.shop:8080");
+    let mut sent = 0;
+    while sent < n {
+        // A batch of streams, and once the sidecar has had a moment to forward them, their
+        // resets: what the next sidecar sees cancelled is what this one forwarded.
+        let (mut heads, mut resets) = (Vec::new(), Vec::new());
+        for _ in 0..50 {
+            let id = 2 * sent + 1;
+            heads.extend(frame(1, 0x5, id, &block));
+            resets.extend(frame(3, 0, id, &0x8u32.to_be_bytes()));
+            sent += 1;
+        }
+        if tx.write_all(&heads).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        if tx.write_all(&resets).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
+    sent
+}
+
+#[tokio::test]
+async fn a_rapid_reset_attack_on_one_sidecar_costs_the_others_nothing() {
+    let server = ServerPod::start("reviews").await;
+    let config = Mesh::new("client")
+        .service("shop", "reviews", None, 8080, &[server.endpoint()])
+        .build();
+    let client = Proxy::start(weft_tests::pods::pod_ip(), &config, &[]).await;
+    let outbound = client.outbound;
+
+    // Legitimate clients, HTTP/1 on their own connections, all carried to the server's
+    // sidecar over the one HTTP/2 connection the attack's streams share.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let legit: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut conn = weft_tests::client::http1(outbound).await.unwrap();
+                for _ in 0..2_000 {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let sent = async {
+                        conn.ready().await?;
+                        let resp = conn
+                            .send_request(crate::get("http://reviews.shop:8080/drip/1", &[]))
+                            .await?;
+                        anyhow::Ok(weft_tests::client::text(resp).await?.0)
+                    };
+                    match sent.await {
+                        Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            match weft_tests::client::http1(outbound).await {
+                                Ok(c) => conn = c,
+                                Err(_) => break,
+                            }
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    // The attack: connection after connection for five seconds, each resetting up to
+    // 20,000 streams.
+    let mut opened = 0;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut attacks = 0;
+    while std::time::Instant::now() < until && attacks < 1_000 {
+        opened += attack(outbound, 20_000).await;
+        attacks += 1;
+    }
+    stop.store(true, Ordering::Release);
+    for l in legit {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "rapid reset: {opened} streams opened and reset over {attacks} connections; legitimate: {ok} ok, {failed} failed"
+    );
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "{}", server.proxy.log());
+}
