@@ -207,3 +207,53 @@ async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
     eprintln!("500 slow uploads: RSS {rss_slow} KiB; peak over the test {peak} KiB");
     assert_still_serving(&proxy).await;
 }
+
+/// 300 slow uploads through two sidecars fill the one HTTP/2 connection between them past
+/// its 200 streams; the client's sidecar opens another, and the GETs behind are answered.
+#[tokio::test]
+async fn slow_uploads_filling_the_mesh_connection_do_not_hold_up_the_rest() {
+    use tokio::io::AsyncWriteExt;
+    let server = crate::ServerPod::start("reviews").await;
+    let config = Mesh::new("client")
+        .service("shop", "reviews", None, 8080, &[server.endpoint()])
+        .build();
+    let client = weft_tests::proxy::Proxy::start(weft_tests::pods::pod_ip(), &config, &[]).await;
+    let mut uploads = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = TcpStream::connect(client.outbound).await.unwrap();
+        tcp.write_all(
+            b"POST http://reviews.shop:8080/count HTTP/1.1\r\nHost: reviews.shop:8080\r\nContent-Length: 1000000\r\n\r\nx",
+        )
+        .await
+        .unwrap();
+        uploads.push(tcp);
+    }
+    eventually(
+        "300 uploads at the app",
+        Duration::from_secs(30),
+        || async {
+            (server
+                .proxy
+                .metric(r#"weft_open_connections{direction="inbound"}"#)
+                .await
+                >= 1.0
+                && client
+                    .metric(r#"weft_open_connections{direction="outbound"}"#)
+                    .await
+                    >= 300.0)
+                .then_some(())
+        },
+    )
+    .await;
+    for i in 0..20 {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            weft_tests::client::get(client.outbound, "http://reviews.shop:8080/"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("GET {i} waited behind the uploads"))
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    drop(uploads);
+}

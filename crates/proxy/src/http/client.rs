@@ -153,8 +153,24 @@ struct Idle {
     since: Instant,
 }
 
-/// The shared HTTP/2 connection of a key, locked while it is being opened.
-type H2Slot = Arc<tokio::sync::Mutex<Option<h2::H2Conn>>>;
+/// The HTTP/2 connections of a key, locked while one is being opened.
+type H2Slot = Arc<tokio::sync::Mutex<Vec<h2::H2Conn>>>;
+
+/// The most HTTP/2 connections a key gets. Requests share the first that has room for
+/// another stream (its peer's `MAX_CONCURRENT_STREAMS`); when every one is full, another is
+/// opened, so that long requests (slow uploads, streams) filling one never hold up the rest.
+/// At this many, a request waits for a stream on the least loaded.
+const MAX_HTTP2_CONNECTIONS: usize = 8;
+
+/// The connection of `conns` a new request should take: the first open one with room, else
+/// (`full`) the least loaded open one. `None` when none is open.
+fn pick_http2(conns: &[h2::H2Conn]) -> Option<(&h2::H2Conn, bool)> {
+    let open = || conns.iter().filter(|c| !c.is_closed());
+    if let Some(c) = open().find(|c| c.has_room()) {
+        return Some((c, false));
+    }
+    open().min_by_key(|c| c.active_streams()).map(|c| (c, true))
+}
 
 /// Reusable upstream HTTP connections.
 pub struct Pools {
@@ -401,25 +417,33 @@ impl Pools {
         }
     }
 
-    /// The shared HTTP/2 connection for a key when it is open and nobody is connecting it.
+    /// An HTTP/2 connection of a key with room for a stream, when there is one and nobody is
+    /// connecting.
     fn ready_http2(&self, key: &Key) -> Option<h2::H2Conn> {
         let pools = lock(&self.http2);
-        let slot = pools.get(key)?.try_lock().ok()?;
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+        let conns = pools.get(key)?.try_lock().ok()?;
+        match pick_http2(&conns)? {
+            (conn, false) => Some(conn.clone()),
+            // Every one is full: at the cap, wait on the least loaded; else open another.
+            (conn, true) if conns.len() >= MAX_HTTP2_CONNECTIONS => Some(conn.clone()),
+            (_, true) => None,
+        }
     }
 
-    /// The shared HTTP/2 connection for a key, connecting when there is none (or it closed).
-    /// Concurrent first requests wait for one connection rather than each opening their own.
+    /// An HTTP/2 connection for a key, connecting when none is open or every open one is full
+    /// (up to [`MAX_HTTP2_CONNECTIONS`]). Concurrent requests wait for one new connection
+    /// rather than each opening their own.
     async fn http2_sender(&self, key: &Key, opts: &SendOptions) -> Result<h2::H2Conn, ProxyError> {
         let slot = {
             let mut pools = lock(&self.http2);
             pools.entry(key.clone()).or_default().clone()
         };
         let mut slot = slot.lock().await;
-        if let Some(sender) = slot.as_ref()
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
+        slot.retain(|c| !c.is_closed());
+        match pick_http2(&slot) {
+            Some((conn, false)) => return Ok(conn.clone()),
+            Some((conn, true)) if slot.len() >= MAX_HTTP2_CONNECTIONS => return Ok(conn.clone()),
+            _ => {}
         }
         let addr = key.dial.addr();
         let permit = new_connection_permit(opts.limiter.as_ref(), &opts.backend).await?;
@@ -437,7 +461,7 @@ impl Pools {
             addr,
             source: source.into(),
         })?;
-        *slot = Some(sender.clone());
+        slot.push(sender.clone());
         Ok(sender)
     }
 
@@ -473,7 +497,10 @@ impl Pools {
         drop(pools);
         let mut pools = lock(&self.http2);
         pools.retain(|_, slot| match slot.try_lock() {
-            Ok(sender) => sender.as_ref().is_some_and(|s| !s.is_closed()),
+            Ok(mut conns) => {
+                conns.retain(|c| !c.is_closed());
+                !conns.is_empty()
+            }
             Err(_) => true,
         });
     }
@@ -492,8 +519,8 @@ impl Pools {
         for (key, idle) in lock(&self.http1).iter() {
             out.push(stat(key, idle.len()));
         }
-        for key in lock(&self.http2).keys() {
-            out.push(stat(key, 1));
+        for (key, slot) in lock(&self.http2).iter() {
+            out.push(stat(key, slot.try_lock().map_or(1, |c| c.len())));
         }
         out.sort_by_key(|s| (s.addr, s.http2));
         out

@@ -77,6 +77,9 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// the guard above, but the streams it had already forwarded arrive here cancelled together.
 /// Read as an attack, they would cost every request that shares the connection.
 const PEER_MAX_PENDING_ACCEPT_RESETS: usize = 10_000;
+/// Streams a client may have open at once on one HTTP/2 connection (hyper's default, said
+/// here): beyond, the client waits, or (another weft) opens another connection.
+const MAX_CONCURRENT_STREAMS: u32 = 200;
 
 /// Serves a connection whose protocol detection found HTTP: HTTP/2 with hyper, HTTP/1 in
 /// this task. Refused requests are counted by `refused`. (The protocol is chosen before the
@@ -147,6 +150,7 @@ async fn serve_http2<I, F, Fut>(
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(if from_peer {
             PEER_MAX_PENDING_ACCEPT_RESETS
         } else {

@@ -87,6 +87,17 @@ impl H2Conn {
         !self.open.load(Ordering::Acquire)
     }
 
+    /// Whether the connection has room for another stream under its peer's
+    /// `MAX_CONCURRENT_STREAMS`; beyond, h2 queues the stream until one ends.
+    pub fn has_room(&self) -> bool {
+        self.send.num_active_streams() < self.send.current_max_send_streams()
+    }
+
+    /// Streams open on the connection.
+    pub fn active_streams(&self) -> usize {
+        self.send.num_active_streams()
+    }
+
     /// Marks the connection as taking no more requests when `e` says it is going away or
     /// gone, so that the pool opens another for the next one.
     fn note(&self, e: &h2::Error) {
