@@ -413,3 +413,54 @@ async fn at_the_connection_limit_requests_queue_briefly_and_the_excess_is_refuse
         "one upstream connection served both"
     );
 }
+
+/// A dead application behind a live sidecar: the sidecar answers 502 `connect-failed` and
+/// marks the answer as never having reached its application; the client's sidecar sends the
+/// request, whatever its method, to the other endpoint, and counts the failure against the
+/// dead one, whose breaker opens.
+#[tokio::test]
+async fn a_dead_application_behind_a_live_sidecar_is_retried_elsewhere() {
+    use weft_tests::mesh::{Ep, Mesh};
+    use weft_tests::pods::at;
+    let live = crate::ServerPod::start("reviews").await;
+    let dead_ip = pod_ip();
+    let _dead_sidecar = Proxy::start(dead_ip, &Mesh::new("dead").build(), &[]).await;
+    let config = Mesh::new("client")
+        .service(
+            "shop",
+            "reviews",
+            None,
+            8080,
+            &[live.endpoint(), Ep::meshed(at(dead_ip, 8080))],
+        )
+        .build();
+    let client = Proxy::start(pod_ip(), &config, &[]).await;
+    let gets = tally(client.outbound, 30, |_| {
+        get("http://reviews.shop:8080/", &[])
+    })
+    .await;
+    assert_eq!(
+        gets.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews".to_owned()), 30)]
+    );
+    let posts = tally(client.outbound, 10, |_| {
+        Request::post("http://reviews.shop:8080/echo")
+            .body(client::body("payload"))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        posts.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews".to_owned()), 10)],
+        "POSTs too: the dead application never had them"
+    );
+    let retried = r#"weft_retries_total{direction="outbound",route="default",backend="shop/reviews:8080",reason="connect-failed"}"#;
+    assert!(client.metric(retried).await >= 1.0, "{}", client.log());
+    let ejected = r#"weft_breaker_ejections_total{backend="shop/reviews:8080",reason="consecutive-failures"}"#;
+    eventually(
+        "the dead endpoint ejected",
+        Duration::from_secs(10),
+        || async { (client.metric(ejected).await >= 1.0).then_some(()) },
+    )
+    .await;
+}

@@ -109,6 +109,9 @@ impl Policy {
 pub struct Backend {
     pub name: Name,
     pub endpoints: Vec<Endpoint>,
+    /// Whether any endpoint has a sidecar, which can say that a request never reached its
+    /// application: such requests are kept, to be sent to another endpoint.
+    pub meshed: bool,
     pub policy: Policy,
     ring: Option<Ring>,
     pub shared: Arc<BackendShared>,
@@ -498,6 +501,9 @@ impl Registry {
             .then(|| Ring::new(&endpoints.iter().map(|e| e.address).collect::<Vec<_>>()));
         Backend {
             name: Name(name),
+            meshed: endpoints
+                .iter()
+                .any(|e| matches!(e.dial, Dial::Peer { .. })),
             endpoints,
             policy,
             ring,

@@ -22,7 +22,7 @@ use crate::authz::{self, Denied, InboundPolicy, Operation, Peer};
 use crate::detect::{self, Protocol, Undecided};
 use crate::errors::{self, ProxyError, Reason};
 use crate::http::body::{Body, BoxedRequest};
-use crate::http::client::restore_orig_proto;
+use crate::http::client::{UNSENT_HEADER, restore_orig_proto};
 use crate::http::forward;
 use crate::http::server;
 use crate::io::{Conn, Rewind};
@@ -353,7 +353,23 @@ impl Http {
                 }
                 Err(e) => Err(e),
             };
-            let resp = self.shared.respond(DIRECTION, result, grpc);
+            // To a peer proxy, an answer says whether the request reached the application.
+            let unsent = match &result {
+                Err(e) if self.from_proxy => e.unsent(),
+                _ => None,
+            };
+            let mut resp = self.shared.respond(DIRECTION, result, grpc);
+            if self.from_proxy {
+                match unsent {
+                    Some(u) => {
+                        resp.headers_mut()
+                            .insert(UNSENT_HEADER.clone(), HeaderValue::from_static(u.as_str()));
+                    }
+                    None => {
+                        resp.headers_mut().remove(&UNSENT_HEADER);
+                    }
+                }
+            }
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();
             self.stats.record(&self.shared.metrics, status, elapsed);

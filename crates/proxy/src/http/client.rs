@@ -39,6 +39,12 @@ use crate::upstream::{
     ConnLimiter, Connector, Dial, Key, connection_permit, new_connection_permit,
 };
 
+/// Set by a server's sidecar on its own answer to a request that surely never reached its
+/// application (it was not listening, say), naming how (`policy::retry::Unsent`): the
+/// client's sidecar takes it as its own such failure, and sends the request elsewhere. Read
+/// only on answers from a peer proxy, which removes it from its application's answers.
+pub static UNSENT_HEADER: http::HeaderName = http::HeaderName::from_static("x-weft-unsent");
+
 /// Set on an HTTP/1 request carried over HTTP/2 between proxies: the version the application
 /// must receive (`HTTP/1.1` or `HTTP/1.0`).
 pub static ORIG_PROTO_HEADER: http::HeaderName = http::HeaderName::from_static("x-weft-orig-proto");

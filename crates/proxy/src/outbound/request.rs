@@ -26,7 +26,7 @@ use crate::backends::{Backend, NoEndpoint};
 use crate::errors::{self, Blame, ProxyError, SendError};
 use crate::filters;
 use crate::http::body::{Body, BoxedRequest, DeadlineBody};
-use crate::http::client::SendOptions;
+use crate::http::client::{SendOptions, UNSENT_HEADER};
 use crate::http::forward::{self, Head, Replay};
 use crate::http::headers;
 use crate::http::replay::Recorder;
@@ -34,11 +34,12 @@ use crate::io::splice;
 use crate::metrics::{Direction, Name};
 use crate::policy::breaker::Outcome;
 use crate::policy::deadline::within;
-use crate::policy::retry::{self, Attempt, Safety};
+use crate::policy::retry::{self, Attempt, Safety, Unsent};
 use crate::policy::weighted;
 use crate::shared::Shared;
 use crate::state::{Destination, Rule};
 use crate::transport_header;
+use crate::upstream::Dial;
 
 const DIRECTION: Direction = Direction::Outbound;
 /// Retries of requests that never reached the application, when the route sets none.
@@ -186,7 +187,12 @@ impl Http {
 
             // A retry after the request reached the upstream needs its head and body again: keep
             // them only when such a retry is possible (a retry policy, or HTTP/2's REFUSED_STREAM).
-            let may_resend = !upgrade && (rule.retry.is_some() || req.version() == Version::HTTP_2);
+            // A retry after the request reached the upstream needs its head and body again:
+            // keep them only when such a retry is possible (a retry policy; HTTP/2's
+            // REFUSED_STREAM and GOAWAY; a peer sidecar's word that its application never had
+            // the request).
+            let may_resend = !upgrade
+                && (rule.retry.is_some() || req.version() == Version::HTTP_2 || backend.meshed);
             let keep = may_resend || !rule.mirrors.is_empty();
             // Boxed: the request future would otherwise keep its room whether or not it is.
             let replay = keep.then(|| Box::new(Replay::record(&mut req)));
@@ -322,7 +328,11 @@ impl Http {
                     outcome,
                     result,
                     unsent,
-                } = classify(result, safety.grpc);
+                } = classify(
+                    result,
+                    safety.grpc,
+                    matches!(picked.endpoint.dial, Dial::Peer { .. }),
+                );
                 let ended_at = Instant::now();
                 let latency = match attempt {
                     Attempt::Response { .. } | Attempt::TimedOut => Some(ended_at - sent_at),
@@ -535,10 +545,23 @@ struct Ended {
     unsent: Option<Box<Request<Body>>>,
 }
 
-/// How an attempt ended; only a gRPC call's response is read for a `grpc-status`.
-fn classify(result: Result<Response<Body>, SendError<Body>>, grpc: bool) -> Ended {
+/// How an attempt ended; only a gRPC call's response is read for a `grpc-status`. An answer
+/// from a peer sidecar (`from_peer`) may say that its application never had the request
+/// ([`UNSENT_HEADER`], taken off here): that is the attempt's end.
+fn classify(result: Result<Response<Body>, SendError<Body>>, grpc: bool, from_peer: bool) -> Ended {
     match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            if from_peer
+                && let Some(unsent) = resp.headers_mut().remove(&UNSENT_HEADER)
+                && let Some(unsent) = Unsent::parse(unsent.as_bytes())
+            {
+                return Ended {
+                    attempt: Attempt::NotSent(unsent),
+                    outcome: unsent.is_failure().then_some(Outcome::Failure),
+                    result: Ok(resp),
+                    unsent: None,
+                };
+            }
             let status = resp.status().as_u16();
             let grpc_status = grpc
                 .then(|| resp.headers().get(&GRPC_STATUS))

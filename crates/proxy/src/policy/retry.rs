@@ -56,6 +56,23 @@ impl Unsent {
         matches!(self, Unsent::ConnectFailed | Unsent::RefusedStream)
     }
 
+    /// Its name, as the mark between proxies carries it.
+    pub fn as_str(self) -> &'static str {
+        self.reason().as_str()
+    }
+
+    /// The cause a mark names; `None` for anything else.
+    pub fn parse(name: &[u8]) -> Option<Unsent> {
+        [
+            Unsent::ConnectFailed,
+            Unsent::ConnectionClosed,
+            Unsent::RefusedStream,
+            Unsent::GoAway,
+        ]
+        .into_iter()
+        .find(|u| u.as_str().as_bytes() == name)
+    }
+
     /// The retry reason of sending such a request again.
     pub fn reason(self) -> Reason {
         match self {
