@@ -17,6 +17,7 @@ mod control_plane;
 mod drain;
 mod floods;
 mod grpc;
+mod h2_attacks;
 mod hostile_manifests;
 mod http1;
 mod http2;

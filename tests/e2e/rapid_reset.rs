@@ -8,19 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::net::TcpStream;
+use weft_tests::h2raw::{END_HEADERS, END_STREAM, HEADERS, RST_STREAM, frame, get_block, preface};
 use weft_tests::mesh::Mesh;
 use weft_tests::proxy::Proxy;
 
 use crate::ServerPod;
-
-/// An HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// One attacking connection, written frame by frame as an attacker would: 50 streams'
 /// HEADERS, then their RST_STREAMs, over and over, until the sidecar ends the connection or
@@ -36,17 +28,10 @@ async fn attack(addr: std::net::SocketAddr, n: u32) -> u32 {
         let mut buf = [0u8; 4096];
         while matches!(rx.read(&mut buf).await, Ok(n) if n > 0) {}
     });
-    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    start.extend(frame(4, 0, 0, &[]));
-    if tx.write_all(&start).await.is_err() {
+    if tx.write_all(&preface()).await.is_err() {
         return 0;
     }
-    // GET http://reviews.shop:8080/drip/1, HPACK without Huffman: :method GET, :scheme
-    // http, then :path and :authority as literals with indexed names.
-    let mut block = vec![0x82, 0x86, 0x04, 7];
-    block.extend_from_slice(b"/drip/1");
-    block.extend_from_slice(&[0x01, 17]);
-    block.extend_from_slice(b"reviews.shop:8080");
+    let block = get_block("reviews.shop:8080", "/drip/1");
     let mut sent = 0;
     while sent < n {
         // A batch of streams, and once the sidecar has had a moment to forward them, their
@@ -54,8 +39,8 @@ async fn attack(addr: std::net::SocketAddr, n: u32) -> u32 {
         let (mut heads, mut resets) = (Vec::new(), Vec::new());
         for _ in 0..50 {
             let id = 2 * sent + 1;
-            heads.extend(frame(1, 0x5, id, &block));
-            resets.extend(frame(3, 0, id, &0x8u32.to_be_bytes()));
+            heads.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+            resets.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
             sent += 1;
         }
         if tx.write_all(&heads).await.is_err() {

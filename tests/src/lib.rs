@@ -13,6 +13,7 @@
 //! - [`manifests`]: the examples in `manifests/examples/` with the test's own pods, compiled by
 //!   `weft compile`.
 //! - [`client`]: HTTP/1 and HTTP/2 clients that talk to a proxy as an application would.
+//! - [`h2raw`]: HTTP/2 frame by frame, for the attacks no client library would send.
 //! - [`workloads`]: the applications behind the proxies.
 //! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
 //! - [`tools`]: third-party tools as users have them: nginx as an upstream, h2load.
@@ -23,7 +24,8 @@
 //!
 //! 1. the processes under test: [`proxy`], [`control`], [`fake_control`], [`manifests`],
 //!    [`mesh`]
-//! 2. what talks to them: [`client`], [`workloads`], [`tools`], [`kube_api`], [`netns`]
+//! 2. what talks to them: [`client`], [`h2raw`], [`workloads`], [`tools`], [`kube_api`],
+//!    [`netns`]
 //! 3. foundations: [`paths`], [`pods`]
 
 #![allow(
@@ -34,6 +36,7 @@
 pub mod client;
 pub mod control;
 pub mod fake_control;
+pub mod h2raw;
 pub mod kube_api;
 pub mod manifests;
 pub mod mesh;

@@ -45,6 +45,11 @@ pub enum Reason {
     /// The client gave up inside its request body (nginx's 499): nobody reads the answer, but
     /// the request is counted as the client's doing, not the upstream's.
     ClientCancelled,
+    /// An HTTP/2 client flooded its connection (rapid reset, CONTINUATION frames, an HPACK
+    /// bomb, SETTINGS or PING frames): the connection was ended. Counted, never answered.
+    Http2Flood,
+    /// An HTTP/2 client broke the protocol: the connection was ended with GOAWAY.
+    Http2ProtocolError,
 }
 
 impl Reason {
@@ -66,6 +71,8 @@ impl Reason {
             Reason::HeaderTooLarge => "header-too-large",
             Reason::HeaderTimeout => "header-timeout",
             Reason::ClientCancelled => "client-cancelled",
+            Reason::Http2Flood => "http2-flood",
+            Reason::Http2ProtocolError => "http2-protocol-error",
         }
     }
 
@@ -86,6 +93,8 @@ impl Reason {
             Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::ClientCancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Reason::Http2Flood => StatusCode::TOO_MANY_REQUESTS,
+            Reason::Http2ProtocolError => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -102,8 +111,10 @@ impl Reason {
             Reason::RouteNotFound => UNIMPLEMENTED,
             Reason::Timeout | Reason::HeaderTimeout => DEADLINE_EXCEEDED,
             Reason::Unauthorized => PERMISSION_DENIED,
-            Reason::RateLimited => RESOURCE_EXHAUSTED,
-            Reason::BadRequest | Reason::HeaderTooLarge => INVALID_ARGUMENT,
+            Reason::RateLimited | Reason::Http2Flood => RESOURCE_EXHAUSTED,
+            Reason::BadRequest | Reason::HeaderTooLarge | Reason::Http2ProtocolError => {
+                INVALID_ARGUMENT
+            }
             Reason::ClientCancelled => CANCELLED,
             _ => UNAVAILABLE,
         }
@@ -367,7 +378,10 @@ mod tests {
             (Reason::RateLimited, 429, 8),
             (Reason::BadRequest, 400, 3),
             (Reason::HeaderTooLarge, 431, 3),
+            (Reason::HeaderTimeout, 408, 4),
             (Reason::ClientCancelled, 499, 1),
+            (Reason::Http2Flood, 429, 8),
+            (Reason::Http2ProtocolError, 400, 3),
         ];
         for (reason, status, grpc) in cases {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");

@@ -115,6 +115,9 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let backend = Name(app.to_string().into());
+            // A peer proxy, as far as it can be told: with a transport header, and
+            // authenticated by mesh TLS unless this proxy has no identity to check with.
+            let from_peer = hint.is_some() && (peer.tls || shared.identity.is_none());
             let handler = Arc::new(Http {
                 shared: shared.clone(),
                 app,
@@ -134,7 +137,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) 
                 buf,
                 http2: protocol == Protocol::Http2,
                 accepted,
-                from_peer: hint.is_some(),
+                from_peer,
             };
             server::serve(
                 detected,

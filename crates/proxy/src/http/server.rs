@@ -8,6 +8,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -23,6 +25,7 @@ use crate::http::body::{Body, BoxedRequest};
 use crate::io::{Conn, Rewind};
 
 pub mod h1;
+pub mod h2_guard;
 pub mod link;
 
 pub use h1::{Limits, refuse};
@@ -111,6 +114,7 @@ where
             from_peer,
             shutdown,
             handler,
+            refused,
         ))
     } else {
         let boxed = move |req| in_place(&handler, req);
@@ -128,18 +132,23 @@ where
 }
 
 /// Serves HTTP/2 on `io` until the client closes, or, once `shutdown` fires, until in-flight
-/// requests finish (the client gets GOAWAY).
-async fn serve_http2<I, F, Fut>(
+/// requests finish (the client gets GOAWAY). A connection ended for abuse (a flood, a
+/// protocol violation) is counted by `refused`.
+async fn serve_http2<I, F, Fut, R>(
     io: I,
     limits: Limits,
     from_peer: bool,
     shutdown: CancellationToken,
     handler: F,
+    refused: R,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(BoxedRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
+    R: Fn(Reason),
 {
+    let flooded = Arc::new(AtomicBool::new(false));
+    let io = h2_guard::FrameGuard::new(io, flooded.clone());
     // The handler's future is large (the whole route, retry and upstream state machine): it
     // lives in its own allocation per request, not in hyper's slot for each stream.
     let service = service_fn(move |req: Request<Incoming>| {
@@ -166,8 +175,40 @@ async fn serve_http2<I, F, Fut>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error");
+        let abuse = if flooded.load(Ordering::Acquire) {
+            Some(Reason::Http2Flood)
+        } else {
+            abuse_of(&e)
+        };
+        match abuse {
+            Some(reason) => {
+                refused(reason);
+                tracing::info!(reason = reason.as_str(), error = %e, "downstream HTTP/2 connection ended for abuse");
+            }
+            None => tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error"),
+        }
     }
+}
+
+/// Whether h2 ended a connection because of what the client did: a GOAWAY of its own, with
+/// `ENHANCE_YOUR_CALM` for a flood (rapid reset, CONTINUATION, HPACK, provoked resets) or
+/// another code for a protocol violation.
+fn abuse_of(e: &hyper::Error) -> Option<Reason> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if !h2.is_go_away() || h2.is_remote() {
+                return None;
+            }
+            return Some(match h2.reason() {
+                Some(h2::Reason::ENHANCE_YOUR_CALM) => Reason::Http2Flood,
+                Some(h2::Reason::NO_ERROR) | None => return None,
+                Some(_) => Reason::Http2ProtocolError,
+            });
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// `handler(req)`, boxed. The allocation comes first and the handler's result is written
