@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -43,6 +43,26 @@ pub struct H2Conn {
     /// Cleared when the connection's task ends, and once the upstream's GOAWAY has said that
     /// it takes no more streams (its task goes on, for the streams it still finishes).
     open: Arc<AtomicBool>,
+    /// Streams in use: each counted from its request until its response body ends or is
+    /// dropped (by [`Slot`]). h2 counts its own, behind its unstable feature, which also
+    /// turns on assertions meant for its own tests.
+    streams: Arc<AtomicUsize>,
+}
+
+/// A stream's place in its connection's count; given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(streams: &Arc<AtomicUsize>) -> Slot {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Slot(streams.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl H2Conn {
@@ -78,7 +98,12 @@ impl H2Conn {
             driver.store(false, Ordering::Release);
             closed();
         });
-        Ok(H2Conn { send, addr, open })
+        Ok(H2Conn {
+            send,
+            addr,
+            open,
+            streams: Arc::default(),
+        })
     }
 
     /// Whether the connection takes no more requests (it ended, failed, or is going away): a
@@ -90,12 +115,12 @@ impl H2Conn {
     /// Whether the connection has room for another stream under its peer's
     /// `MAX_CONCURRENT_STREAMS`; beyond, h2 queues the stream until one ends.
     pub fn has_room(&self) -> bool {
-        self.send.num_active_streams() < self.send.current_max_send_streams()
+        self.active_streams() < self.send.current_max_send_streams()
     }
 
-    /// Streams open on the connection.
+    /// Streams in use on the connection.
     pub fn active_streams(&self) -> usize {
-        self.send.num_active_streams()
+        self.streams.load(Ordering::Relaxed)
     }
 
     /// Marks the connection as taking no more requests when `e` says it is going away or
@@ -130,6 +155,7 @@ impl H2Conn {
                 });
             }
         };
+        let slot = Slot::take(&self.streams);
         let (parts, body) = req.into_parts();
         let end = body.is_end_stream();
         let sent = |source: h2::Error| {
@@ -175,6 +201,7 @@ impl H2Conn {
                 recv,
                 length,
                 data_done: false,
+                _slot: slot,
             })
         }))
     }
@@ -272,6 +299,7 @@ pub struct H2Body {
     /// What is left of the `Content-Length`, if the response had one.
     length: Option<u64>,
     data_done: bool,
+    _slot: Slot,
 }
 
 impl http_body::Body for H2Body {
