@@ -264,3 +264,95 @@ async fn cancelled_grpc_calls_are_not_the_endpoints_failure_one_hop() {
 async fn cancelled_grpc_calls_are_not_the_endpoints_failure_two_hops() {
     cancelled_calls(true).await;
 }
+
+/// Downloads the clients give up: more than h2's default allowance of resets a connection
+/// makes itself (1,024, hyperium/h2#856), all cancelled by the client sidecar on its one
+/// mesh connection to the server sidecar.
+const GIVEN_UP: usize = 2_000;
+
+/// Thousands of legitimate cancellations on shared connections (downloads closed after the
+/// head, and requests cut by the client's own deadline before their answer) cost nothing to the streams sharing
+/// those connections: a long download through the same two sidecars arrives whole, and
+/// requests sent meanwhile are all answered.
+#[tokio::test]
+async fn thousands_of_cancelled_downloads_leave_the_shared_connections_whole() {
+    use http_body_util::BodyExt;
+    let server = crate::ServerPod::start("reviews").await;
+    let config = Mesh::new("client")
+        .service("shop", "reviews", None, 8080, &[server.endpoint()])
+        .build();
+    let client = Proxy::start(pod_ip(), &config, &[]).await;
+    let outbound = client.outbound;
+    let get = |path: &str| {
+        http::Request::get(format!("http://reviews.shop:8080{path}"))
+            .body(weft_tests::client::empty())
+            .unwrap()
+    };
+    // 300 KiB over about six seconds, on the connection the cancellations share.
+    let h2 = weft_tests::client::http2(outbound).await.unwrap();
+    let mut long = h2.clone();
+    let long_get = get("/drip/300");
+    let download = tokio::spawn(async move {
+        let resp = long.send_request(long_get).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body.len()))
+    });
+    // Twenty clients on that connection give the downloads up.
+    let mut cancellers = Vec::new();
+    for c in 0..20 {
+        let mut h2 = h2.clone();
+        cancellers.push(tokio::spawn(async move {
+            for i in 0..GIVEN_UP / 20 {
+                if (c + i) % 2 == 0 {
+                    // A download closed after its head, its data flowing.
+                    let resp = h2.send_request(get("/bytes/1048576")).await?;
+                    anyhow::ensure!(
+                        resp.status() == 200,
+                        "a download answered {}",
+                        resp.status()
+                    );
+                    drop(resp);
+                } else {
+                    // A request cut by the client's deadline before its answer (the
+                    // application holds it).
+                    let held = tokio::time::timeout(
+                        Duration::from_millis(50),
+                        h2.send_request(get("/hold")),
+                    )
+                    .await;
+                    anyhow::ensure!(held.is_err(), "a held request answered: {held:?}");
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // Meanwhile, requests on the same connection and on others.
+    let mut answered = 0;
+    let mut other = weft_tests::client::http1(outbound).await.unwrap();
+    let mut shared = h2.clone();
+    while !cancellers.iter().all(|c| c.is_finished()) {
+        let a = shared.send_request(get("/")).await.unwrap();
+        assert_eq!(a.status(), 200, "a request sharing the connection");
+        let b = other.send_request(get("/")).await.unwrap();
+        assert_eq!(b.status(), 200, "a request on another connection");
+        let _ = b.into_body().collect().await;
+        answered += 2;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in cancellers {
+        c.await.unwrap().unwrap();
+    }
+    let (status, len) = download.await.unwrap().unwrap();
+    assert_eq!((status, len), (200, 300 * 1024), "the long download");
+    let after = weft_tests::client::get(outbound, "http://reviews.shop:8080/")
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200);
+    eprintln!("{GIVEN_UP} downloads given up; {answered} requests answered meanwhile");
+    assert!(
+        blamed(&client).await.is_empty(),
+        "{:?}",
+        blamed(&client).await
+    );
+}
