@@ -58,9 +58,9 @@ async fn serve(
     };
 
     // Bind everything before serving anything: a taken port fails the start, loudly.
-    let outbound_listener = bind(settings.outbound_addr, "outbound").await?;
-    let inbound_listener = bind(settings.inbound_addr, "inbound").await?;
-    let admin_listener = bind(settings.admin_addr, "admin").await?;
+    let outbound_listener = bind(settings.outbound_addr, "outbound")?;
+    let inbound_listener = bind(settings.inbound_addr, "inbound")?;
+    let admin_listener = bind(settings.admin_addr, "admin")?;
 
     let metrics = Metrics::new();
     // With a CA, the proxy has an identity and gets its certificate from the control plane.
@@ -224,10 +224,24 @@ async fn serve(
     Ok(())
 }
 
-async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {name} listener on {addr}"))
+/// Connections the kernel completes for a listener before the proxy accepts them (capped
+/// by `net.core.somaxconn`). A burst beyond it has its handshakes dropped and retried with
+/// backoff, seconds late: a sidecar takes every connection of its pod's bursts. (tokio's
+/// default is 1,024; Envoy's 128.)
+const LISTEN_BACKLOG: u32 = 4_096;
+
+fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
+    let bound = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bound().with_context(|| format!("binding the {name} listener on {addr}"))
 }
 
 /// Waits for SIGTERM, SIGINT or a drain request, then marks the drain as begun.
