@@ -178,68 +178,129 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// Connects to a proxy's inbound port with mesh TLS, presenting `cert_pem`, and reads until
-/// the server closes: it refuses a bad certificate after the handshake (TLS 1.3).
-async fn present(inbound: SocketAddr, cert_pem: &str, key: &rcgen::KeyPair) {
-    let provider = weft_api::identity::provider();
-    let (chain, key) = certified(cert_pem, key);
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+/// What a client of the server's inbound port presents, in the mTLS matrix.
+enum Presents {
+    /// The transport header and a request in plaintext.
+    Plaintext,
+    /// Mesh TLS with this certificate (or none), offering these versions and protocols.
+    Tls {
+        cert: Option<Box<(String, rcgen::KeyPair)>>,
+        version: &'static rustls::SupportedProtocolVersion,
+        alpn: &'static [u8],
+    },
+}
+
+/// Sends `GET /head` for application port 8080 to the inbound port `inbound`, as `presents`
+/// says, and returns what came back before the server closed (nothing, when it refused the
+/// connection).
+async fn attempt(inbound: SocketAddr, presents: Presents) -> Vec<u8> {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn exchange(mut io: impl AsyncRead + AsyncWrite + Unpin) -> Vec<u8> {
+        // The transport header (magic, version 1, 3 bytes: the port, HTTP/1), then a request.
+        let mut request = b"\0weft\x01\x00\x03".to_vec();
+        request.extend_from_slice(&8080u16.to_be_bytes());
+        request.push(1);
+        request
+            .extend_from_slice(b"GET /head HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        if io.write_all(&request).await.is_ok() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut answer)).await;
+        }
+        answer
+    }
+    let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    let Presents::Tls {
+        cert,
+        version,
+        alpn,
+    } = presents
+    else {
+        return exchange(tcp).await;
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[version])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"weft/1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut config = match cert {
+        Some(cert) => {
+            let (chain, key) = certified(&cert.0, &cert.1);
+            config.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => config.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = ServerName::try_from("weft-mesh").unwrap();
-    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
+    match tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
     {
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 64];
-        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+        Ok(tls) => exchange(tls).await,
+        Err(_) => Vec::new(),
     }
 }
 
-/// Connects to a proxy's inbound port with mesh TLS but no client certificate, asks for
-/// application port `port` over HTTP/1, and reads until the server closes.
-async fn present_nothing(inbound: SocketAddr, port: u16) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = weft_api::identity::provider();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_no_client_auth();
+/// A mesh TLS server on `addr` presenting `cert` (as a server pod's sidecar would), that
+/// counts the application bytes any client sends it after a handshake.
+async fn presenting(addr: SocketAddr, cert: (String, rcgen::KeyPair)) -> Arc<AtomicU64> {
+    use tokio::io::AsyncReadExt;
+    let (chain, key) = certified(&cert.0, &cert.1);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
     config.alpn_protocols = vec![b"weft/1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
-    let name = ServerName::try_from("weft-mesh").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    // The transport header (magic, version 1, 3 bytes: the port, HTTP/1), then a request.
-    let mut header = b"\0weft\x01\x00\x03".to_vec();
-    header.extend_from_slice(&port.to_be_bytes());
-    header.push(1);
-    header.extend_from_slice(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n");
-    let _ = tls.write_all(&header).await;
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
-    assert!(
-        buf.is_empty(),
-        "nothing answered: {}",
-        String::from_utf8_lossy(&buf)
-    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    counted.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    received
 }
 
+/// Log lines of `proxy` that say `reason`.
+fn logged(proxy: &Proxy, reason: &str) -> usize {
+    proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("refused") && l.contains(reason))
+        .count()
+}
+
+/// The mTLS negative matrix against a STRICT server sidecar whose policy allows one caller:
+/// each way in that is not a mesh workload's is refused, counted with its reason and logged,
+/// and the application sees nothing; the one allowed caller, presented the same way, is
+/// served. Then the client's side: a server that presents a certificate for another
+/// identity, or one from another CA, gets no request.
 #[tokio::test]
-async fn a_certificate_from_another_ca_an_expired_one_or_the_wrong_identity_is_refused() {
-    // The control plane signs with a root this test holds, so that it can also forge an
-    // expired certificate from the right CA.
+async fn the_mtls_negative_matrix_refuses_counts_and_logs_each_and_the_app_sees_nothing() {
+    use rustls::version::{TLS12, TLS13};
+    // The control plane signs with a root this test holds, so that the test can also forge
+    // certificates from the right CA.
     let ca = TestCa::new();
     let dir = weft_tests::paths::scratch_dir("ca");
     let (cert, key) = ca.write_files(&dir);
@@ -254,32 +315,249 @@ async fn a_certificate_from_another_ca_an_expired_one_or_the_wrong_identity_is_r
     )
     .await;
     let server = ServerPod::joined("reviews", &cp, "reviews").await;
+    // The client side's server pods: TLS servers of the test's on their inbound ports.
+    let (ratings, details) = (pod_ip(), pod_ip());
+    let manifests = reviews(&server)
+        .doc(&server_policy(
+            "mtls",
+            &format!("  mtls: STRICT\n  rules:\n    - action: Allow\n      from: {{identities: [\"{PRODUCTPAGE}\"]}}\n"),
+        ))
+        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: shop}\nspec:\n  selector: {app: ratings}\n  ports: [{port: 9080, targetPort: 8080}]\n")
+        .pod(
+            "shop",
+            "ratings",
+            &[("app", "ratings")],
+            weft_tests::pods::at(ratings, 8080),
+            true,
+        )
+        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: details, namespace: shop}\nspec:\n  selector: {app: details}\n  ports: [{port: 9080, targetPort: 8080}]\n")
+        .pod(
+            "shop",
+            "details",
+            &[("app", "details")],
+            weft_tests::pods::at(details, 8080),
+            true,
+        );
+    cp.write("mesh.yaml", &manifests.yaml());
+    let client = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
+    all_acked(
+        &cp,
+        &manifests,
+        &[(&client, None), (&server.proxy, Some("reviews"))],
+    )
+    .await;
+
     let inbound = SocketAddr::new(server.proxy.pod_ip, 15143);
-    let refused = |reason: &str| {
+    let now = time::OffsetDateTime::now_utc();
+    let hours = time::Duration::hours;
+    let other = TestCa::new();
+    let valid = || Some(Box::new(ca.issue_now(PRODUCTPAGE)));
+    let tls = |cert, version, alpn| Presents::Tls {
+        cert,
+        version,
+        alpn,
+    };
+    let handshake = |reason: &str| {
         format!(
             r#"weft_tls_handshakes_total{{direction="inbound",result="error",reason="{reason}",version=""}}"#
         )
     };
-
-    let other = TestCa::new();
-    let (cert, key) = other.issue_now(PRODUCTPAGE);
-    present(inbound, &cert, &key).await;
-    let now = time::OffsetDateTime::now_utc();
-    let (cert, key) = ca.issue(
-        PRODUCTPAGE,
-        now - time::Duration::hours(2),
-        now - time::Duration::hours(1),
-    );
-    present(inbound, &cert, &key).await;
-    for reason in ["unknown-ca", "expired"] {
+    let denied = |reason: &str| {
+        format!(r#"weft_inbound_denied_total{{policy="shop/mtls",reason="{reason}"}}"#)
+    };
+    // (what the client presents, the sample that counts its refusal, the reason logged, the
+    // answer's status line: none when the connection is refused)
+    let cases: Vec<(&str, Presents, String, &str, Option<&str>)> = vec![
+        (
+            "plaintext",
+            Presents::Plaintext,
+            denied("plaintext"),
+            "plaintext",
+            None,
+        ),
+        (
+            "no client certificate",
+            tls(None, &TLS13, b"weft/1"),
+            denied("no-client-cert"),
+            "no-client-cert",
+            None,
+        ),
+        (
+            "another CA",
+            tls(
+                Some(Box::new(other.issue_now(PRODUCTPAGE))),
+                &TLS13,
+                b"weft/1",
+            ),
+            handshake("unknown-ca"),
+            "unknown-ca",
+            None,
+        ),
+        (
+            "expired",
+            tls(
+                Some(Box::new(ca.issue(
+                    PRODUCTPAGE,
+                    now - hours(2),
+                    now - hours(1),
+                ))),
+                &TLS13,
+                b"weft/1",
+            ),
+            handshake("expired"),
+            "expired",
+            None,
+        ),
+        (
+            "not yet valid",
+            tls(
+                Some(Box::new(ca.issue(
+                    PRODUCTPAGE,
+                    now + hours(1),
+                    now + hours(2),
+                ))),
+                &TLS13,
+                b"weft/1",
+            ),
+            handshake("not-yet-valid"),
+            "not-yet-valid",
+            None,
+        ),
+        (
+            "an identity of another trust domain",
+            tls(
+                Some(Box::new(
+                    ca.issue_now("spiffe://evil.example/ns/shop/sa/productpage"),
+                )),
+                &TLS13,
+                b"weft/1",
+            ),
+            handshake("identity-mismatch"),
+            "identity-mismatch",
+            None,
+        ),
+        (
+            "an identity the policy does not allow",
+            tls(
+                Some(Box::new(
+                    ca.issue_now("spiffe://cluster.local/ns/shop/sa/intruder"),
+                )),
+                &TLS13,
+                b"weft/1",
+            ),
+            denied("unauthorized"),
+            "unauthorized",
+            Some("HTTP/1.1 403"),
+        ),
+        (
+            "a TLS 1.2-only client",
+            tls(valid(), &TLS12, b"weft/1"),
+            handshake("tls-version"),
+            "tls-version",
+            None,
+        ),
+        (
+            "the wrong ALPN",
+            tls(valid(), &TLS13, b"h2"),
+            handshake("alpn"),
+            "alpn",
+            None,
+        ),
+    ];
+    for (name, presents, sample, reason, answer) in cases {
+        let (requests, count, lines) = (
+            server.app.requests(),
+            server.proxy.metric(&sample).await,
+            logged(&server.proxy, reason),
+        );
+        let got = attempt(inbound, presents).await;
+        let got = String::from_utf8_lossy(&got);
+        match answer {
+            None => assert!(got.is_empty(), "{name}: answered {got}"),
+            Some(status) => assert!(got.starts_with(status), "{name}: answered {got}"),
+        }
         eventually(
-            &format!("the server to count a {reason} refusal"),
+            &format!("{name}: refused and counted in {sample}"),
             Duration::from_secs(10),
-            || async { (server.proxy.metric(&refused(reason)).await == 1.0).then_some(()) },
+            || async { (server.proxy.metric(&sample).await == count + 1.0).then_some(()) },
         )
         .await;
+        assert!(
+            logged(&server.proxy, reason) > lines,
+            "{name}: no log line says {reason}:\n{}",
+            server.proxy.log()
+        );
+        assert_eq!(
+            server.app.requests(),
+            requests,
+            "{name}: reached the application"
+        );
     }
+    // The allowed caller, presented the same way: served.
+    let got = attempt(inbound, tls(valid(), &TLS13, b"weft/1")).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "the allowed caller: {got}");
+    assert!(
+        got.contains(PRODUCTPAGE),
+        "the application told the caller: {got}"
+    );
 
+    // From the client's side: each pod's sidecar must present its own service account.
+    let outbound = |reason: &str| {
+        format!(
+            r#"weft_tls_handshakes_total{{direction="outbound",result="error",reason="{reason}",version=""}}"#
+        )
+    };
+    let server_cases = [
+        (
+            "a server certified for another identity",
+            ratings,
+            "ratings",
+            ca.issue_now("spiffe://cluster.local/ns/shop/sa/imposter"),
+            "identity-mismatch",
+        ),
+        (
+            "a server certified by another CA",
+            details,
+            "details",
+            other.issue_now("spiffe://cluster.local/ns/shop/sa/details"),
+            "unknown-ca",
+        ),
+    ];
+    for (name, ip, service, cert, reason) in server_cases {
+        let before = client.metric(&outbound(reason)).await;
+        let received = presenting(SocketAddr::new(ip, 15143), cert).await;
+        let resp = client::get(client.outbound, &format!("http://{service}.shop:9080/"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), error_header(&resp).as_str()),
+            (502, "connect-failed"),
+            "{name}"
+        );
+        assert!(
+            client.metric(&outbound(reason)).await > before,
+            "{name}: not counted"
+        );
+        assert!(
+            client.log().contains("mesh TLS handshake failed"),
+            "{name}: not logged"
+        );
+        assert_eq!(
+            received.load(Ordering::SeqCst),
+            0,
+            "{name}: a request was sent"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A proxy certified as another identity takes a pod's address: the client's sidecar refuses
+/// it, ejects it, and its retries reach the real pod.
+#[tokio::test]
+async fn a_server_proxy_certified_as_another_identity_gets_nothing() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let server = ServerPod::joined("reviews", &cp, "reviews").await;
     // The Pod says service account `reviews`; a proxy certified as `imposter` takes its IP.
     let imposter_ip = pod_ip();
     let imposter_app = weft_tests::workloads::HttpBackend::start(
@@ -318,7 +596,6 @@ async fn a_certificate_from_another_ca_an_expired_one_or_the_wrong_identity_is_r
     let mismatch = r#"weft_tls_handshakes_total{direction="outbound",result="error",reason="identity-mismatch",version=""}"#;
     assert!(client.metric(mismatch).await >= 1.0, "{}", client.log());
     drop(imposter_app);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -352,15 +629,6 @@ async fn strict_refuses_plaintext_and_permissive_accepts_it() {
     assert_eq!(resp.status(), 502, "plaintext to a STRICT port");
     let denied = r#"weft_inbound_denied_total{policy="shop/mtls",reason="plaintext"}"#;
     assert!(server.proxy.metric(denied).await >= 1.0);
-    // Mesh TLS without a client certificate is refused too, and counted for what it is.
-    present_nothing(SocketAddr::new(server.proxy.pod_ip, 15143), 8080).await;
-    let denied = r#"weft_inbound_denied_total{policy="shop/mtls",reason="no-client-cert"}"#;
-    assert_eq!(
-        server.proxy.metric(denied).await,
-        1.0,
-        "{}",
-        server.proxy.log()
-    );
 
     let permissive = reviews(&server).doc(&server_policy("mtls", "  mtls: PERMISSIVE\n"));
     cp.write("mesh.yaml", &permissive.yaml());

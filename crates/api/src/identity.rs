@@ -236,7 +236,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// Why a handshake failed, as a metric label: `unknown-ca`, `expired`, `not-yet-valid`,
-/// `identity-mismatch`, `no-client-cert`, `bad-certificate` or `handshake`.
+/// `identity-mismatch`, `no-client-cert`, `bad-certificate`, `tls-version` (a peer without
+/// TLS 1.3), `alpn` (a peer that does not speak the mesh's protocol), `incompatible` (no
+/// common cipher suite, group or signature scheme) or `handshake`.
 pub fn failure_reason(e: &rustls::Error) -> &'static str {
     match e {
         rustls::Error::InvalidCertificate(c) => match c {
@@ -255,10 +257,24 @@ pub fn failure_reason(e: &rustls::Error) -> &'static str {
             _ => "bad-certificate",
         },
         rustls::Error::NoCertificatesPresented => "no-client-cert",
+        rustls::Error::PeerIncompatible(p) => {
+            use rustls::PeerIncompatible as P;
+            match p {
+                P::SupportedVersionsExtensionRequired
+                | P::Tls12NotOffered
+                | P::Tls12NotOfferedOrEnabled
+                | P::ServerDoesNotSupportTls12Or13
+                | P::ServerTlsVersionIsDisabledByOurConfig => "tls-version",
+                _ => "incompatible",
+            }
+        }
+        rustls::Error::NoApplicationProtocol => "alpn",
         rustls::Error::AlertReceived(alert) => match alert {
             rustls::AlertDescription::UnknownCA => "unknown-ca",
             rustls::AlertDescription::CertificateExpired => "expired",
             rustls::AlertDescription::CertificateRequired => "no-client-cert",
+            rustls::AlertDescription::ProtocolVersion => "tls-version",
+            rustls::AlertDescription::NoApplicationProtocol => "alpn",
             _ => "handshake",
         },
         _ => "handshake",

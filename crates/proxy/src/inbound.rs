@@ -279,7 +279,7 @@ impl Http {
             self.shared
                 .metrics
                 .inbound_denied(&policy.name, denied.as_str());
-            tracing::debug!(policy = %policy.name.0, reason = denied.as_str(), peer = self.peer.identity.as_deref().unwrap_or("-"), path = req.uri().path(), "request refused by policy");
+            tracing::info!(policy = %policy.name.0, reason = denied.as_str(), peer = self.peer.identity.as_deref().unwrap_or("-"), path = req.uri().path(), "request refused by policy");
             ProxyError::Denied(denied.reason())
         };
         if !policy.matches_paths {

@@ -84,17 +84,26 @@ pub async fn accept(
     let handshake = tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(io)).await;
     match handshake {
         Ok(Ok(stream)) => {
+            let presented = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first());
+            let peer_identity = match presented.map(|c| peer_identity(identity, c.as_ref())) {
+                None => None,
+                Some(Ok(id)) => Some(Arc::from(id)),
+                // Chained to the trust anchors, but not a workload of this mesh: refused as a
+                // certificate for the wrong identity is.
+                Some(Err(e)) => {
+                    metrics.handshake(Direction::Inbound, Err("identity-mismatch"));
+                    tracing::info!(%client, reason = "identity-mismatch", error = %e, "mesh TLS handshake refused");
+                    return None;
+                }
+            };
             metrics.handshake(
                 Direction::Inbound,
                 Ok(tls_version(stream.get_ref().1.protocol_version())),
             );
-            let peer_identity = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| weft_api::identity::spiffe_id_of(c.as_ref()).ok())
-                .map(Arc::from);
             Some(Accepted {
                 stream,
                 peer_identity,
@@ -112,6 +121,20 @@ pub async fn accept(
             None
         }
     }
+}
+
+/// The SPIFFE ID of a client's certificate, which must name a workload of this proxy's trust
+/// domain.
+fn peer_identity(identity: &Identity, cert: &[u8]) -> Result<String, String> {
+    let id = weft_api::identity::spiffe_id_of(cert).map_err(|e| e.to_string())?;
+    let parsed = weft_api::identity::SpiffeId::parse(&id).map_err(|e| e.to_string())?;
+    if parsed.trust_domain != identity.id.trust_domain {
+        return Err(format!(
+            "{id} is not of the trust domain {}",
+            identity.id.trust_domain
+        ));
+    }
+    Ok(id)
 }
 
 /// The reason a handshake failed (`unknown-ca`, `identity-mismatch`, ...), from the error
