@@ -43,10 +43,20 @@ impl Manifests {
     }
 
     /// Adds an example's documents, except its Pods: a test brings pods on its own addresses.
-    pub fn example(mut self, name: &str) -> Manifests {
+    pub fn example(self, name: &str) -> Manifests {
+        self.example_with(name, &[])
+    }
+
+    /// Adds an example as [`Manifests::example`] does, with each `(from, to)` of `edits`
+    /// replaced (each must be there).
+    pub fn example_with(mut self, name: &str, edits: &[(&str, &str)]) -> Manifests {
         let path = examples_dir().join(format!("{name}.yaml"));
-        let text = std::fs::read_to_string(&path)
+        let mut text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        for (from, to) in edits {
+            assert!(text.contains(from), "{} has no {from:?}", path.display());
+            text = text.replace(from, to);
+        }
         self.docs.extend(
             documents(&text)
                 .into_iter()

@@ -43,6 +43,8 @@ pub struct Stats {
     pub body_bytes: AtomicU64,
     /// When not 0, every request but `/head` is answered with this status.
     pub fail_with: std::sync::atomic::AtomicU16,
+    /// Milliseconds every answer waits before it is sent: a slow endpoint.
+    pub delay_ms: AtomicU64,
     /// `x-request-id`s seen by `/flaky`, which fails each one's first attempt.
     pub seen: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Bodies of requests received, in order (kept for `/record`).
@@ -104,6 +106,13 @@ impl HttpBackend {
         self.stats.fail_with.store(status, Ordering::SeqCst);
     }
 
+    /// Makes every answer wait `delay` (zero: none).
+    pub fn delay(&self, delay: Duration) {
+        self.stats
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// `(path, body)` of every request to `/record...`.
     pub fn recorded(&self) -> Vec<(String, String)> {
         self.stats.recorded.lock().unwrap().clone()
@@ -156,6 +165,10 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Response<TestBody> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    let delay = stats.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let path = req.uri().path().to_owned();
     let fail = stats.fail_with.load(Ordering::SeqCst);
     let mut resp = match path.as_str() {
