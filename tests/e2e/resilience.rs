@@ -102,11 +102,29 @@ async fn connection_failures_are_retried_on_another_endpoint_whatever_the_method
 
 #[tokio::test]
 async fn the_retry_budget_caps_attempts_against_a_backend_that_always_fails() {
+    budget_caps_attempts(&[]).await;
+}
+
+/// The same, with the budget left out of the policy: the default (20% plus 10 a second)
+/// holds.
+#[tokio::test]
+async fn the_default_retry_budget_caps_attempts_as_well() {
+    budget_caps_attempts(&[(
+        "  retryBudget: {percent: 20, minRetriesPerSecond: 10, window: 10s}\n",
+        "",
+    )])
+    .await;
+}
+
+/// Four clients for three seconds against a backend that fails every request, under the
+/// `retry-budget` example with `edits`: upstream attempts stay within 20% of the requests
+/// plus 10 a second, and a request whose retry the budget refused gets the backend's answer.
+async fn budget_caps_attempts(edits: &[(&str, &str)]) {
     let backend = app("broken").await;
     backend.fail_with(503);
     let manifests = Manifests::new()
         .example("workloads")
-        .example("retry-budget")
+        .example_with("retry-budget", edits)
         .pod("shop", "broken", REVIEWS, backend.addr, false);
     let config = manifests.compile("shop");
     // The budget's floor accrues from the proxy's start: measure from there.
@@ -223,6 +241,112 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_once_it_recovers() {
             .all(|e| e["breaker"] == "closed"),
         "{reviews}"
     );
+}
+
+/// Every endpoint ejected: the proxy answers 503 `breaker-open` itself, at once, and the
+/// endpoint gets nothing more until its ejection ends.
+#[tokio::test]
+async fn with_every_endpoint_ejected_requests_get_503_breaker_open() {
+    let bad = app("bad").await;
+    bad.fail_with(500);
+    let manifests = Manifests::new()
+        .example("workloads")
+        .example("circuit-breaker")
+        .pod("shop", "bad", REVIEWS, bad.addr, false);
+    let client = client_for(&manifests).await;
+    let counts = tally(client.outbound, 10, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((500, "bad".into()), 3), ((503, String::new()), 7)]
+    );
+    let resp = client::get(client.outbound, "http://reviews:9080/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), error_header(&resp)),
+        (503, "breaker-open".into())
+    );
+    assert_eq!(bad.requests(), 3, "nothing reached the ejected endpoint");
+    let answered = r#"weft_proxy_errors_total{direction="outbound",reason="breaker-open"}"#;
+    assert_eq!(client.metric(answered).await, 8.0);
+    let state = format!(
+        r#"weft_breaker_state{{backend="shop/reviews:9080",endpoint="{}"}}"#,
+        bad.addr
+    );
+    assert_eq!(client.metric(&state).await, 1.0, "open");
+}
+
+/// A request whose connect failed, whose retry the budget refuses, has no answer of the
+/// upstream's to return: the proxy answers 503 `retry-budget-exhausted`.
+#[tokio::test]
+async fn a_retry_the_budget_refuses_with_no_answer_to_return_gets_503_retry_budget_exhausted() {
+    let refused = std::net::TcpListener::bind(weft_tests::pods::at(pod_ip(), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let no_budget = "apiVersion: policy.weft.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: no-retries, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: reviews}]\n  retryBudget: {percent: 0, minRetriesPerSecond: 0}\n  circuitBreaker: {consecutiveFailures: 0}\n";
+    let manifests = Manifests::new()
+        .example("workloads")
+        .doc(no_budget)
+        .pod("shop", "gone", REVIEWS, refused, false);
+    let client = client_for(&manifests).await;
+    let counts = tally(client.outbound, 5, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((503, String::new()), 5)]
+    );
+    let resp = client::get(client.outbound, "http://reviews:9080/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), error_header(&resp)),
+        (503, "retry-budget-exhausted".into())
+    );
+    let sample = r#"weft_retry_budget_exhausted_total{backend="shop/reviews:9080"}"#;
+    assert_eq!(client.metric(sample).await, 6.0);
+}
+
+/// The request timeout bounds the whole exchange and the per-try timeout each attempt, apart:
+/// with only the first, an attempt is never cut to be retried; with only the second, each
+/// attempt is, and retried; with both, the retries stop at the request's deadline.
+#[tokio::test]
+async fn the_request_timeout_and_the_per_try_timeout_act_apart() {
+    let backend = app("slow").await;
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: reviews-timeouts, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: reviews, port: 9080}]\n  rules:\n    - matches: [{headers: [{name: x-case, value: request}]}]\n      backendRefs: [{name: reviews, port: 9080}]\n      timeouts: {request: 300ms}\n      retry: {codes: [504], attempts: 5, backoff: 1ms}\n    - matches: [{headers: [{name: x-case, value: per-try}]}]\n      backendRefs: [{name: reviews, port: 9080}]\n      timeouts: {backendRequest: 100ms}\n      retry: {codes: [504], attempts: 2, backoff: 1ms}\n    - matches: [{headers: [{name: x-case, value: both}]}]\n      backendRefs: [{name: reviews, port: 9080}]\n      timeouts: {request: 500ms, backendRequest: 200ms}\n      retry: {codes: [504], attempts: 10, backoff: 1ms}\n";
+    let manifests = Manifests::new()
+        .example("workloads")
+        .doc(route)
+        // Retries unlimited and the breaker off: what bounds the attempts is the timeouts.
+        .doc(&GENEROUS_BUDGET.replace(
+            "  retryBudget: {percent: 100}\n",
+            "  retryBudget: {percent: 100}\n  circuitBreaker: {consecutiveFailures: 0}\n",
+        ))
+        .pod("shop", "slow", REVIEWS, backend.addr, false);
+    let client = client_for(&manifests).await;
+    // (case, attempts the application may see)
+    for (case, attempts) in [("request", 1..=1), ("per-try", 3..=3), ("both", 2..=3)] {
+        let before = backend.requests();
+        let started = Instant::now();
+        let mut conn = client::http1(client.outbound).await.unwrap();
+        let resp = conn
+            .send_request(get("http://reviews:9080/hold", &[("x-case", case)]))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(
+            (resp.status().as_u16(), error_header(&resp).as_str()),
+            (504, "timeout"),
+            "{case} after {took:?}"
+        );
+        // Every attempt was sent before the answer: the count is final.
+        let seen = backend.requests() - before;
+        assert!(
+            attempts.contains(&seen),
+            "{case}: {seen} attempts, not {attempts:?}"
+        );
+        eprintln!("{case}: 504 after {took:?}, {seen} attempts");
+    }
+    backend.release();
 }
 
 #[tokio::test]
