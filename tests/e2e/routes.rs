@@ -354,3 +354,97 @@ async fn grpc_routes_match_methods_and_retry_on_status() {
     let after = client_proxy.metric(r#"weft_retries_total{direction="outbound",route="shop/echo",backend="shop/echo:50051",reason="grpc-status"}"#).await;
     assert_eq!(after, 2.0);
 }
+
+/// The `load-balancing` example with `algorithm` in place of its consistent hash.
+fn balanced_by(algorithm: &str) -> Manifests {
+    Manifests::new().example("workloads").example_with(
+        "load-balancing",
+        &[(
+            "    type: ConsistentHash\n    consistentHash: {header: x-user}\n",
+            &format!("    type: {algorithm}\n"),
+        )],
+    )
+}
+
+/// Four clients sending requests one after another for `window`: how many each endpoint
+/// served.
+async fn four_clients(
+    proxy: std::net::SocketAddr,
+    window: Duration,
+) -> std::collections::BTreeMap<String, usize> {
+    let until = std::time::Instant::now() + window;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut conn = client::http1(proxy).await.unwrap();
+                let mut served = Vec::new();
+                while std::time::Instant::now() < until {
+                    let resp = conn
+                        .send_request(get("http://reviews:9080/", &[]))
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    served.push(served_by(&resp));
+                    client::text(resp).await.unwrap();
+                }
+                served
+            })
+        })
+        .collect();
+    let mut served = std::collections::BTreeMap::new();
+    for c in clients {
+        for by in c.await.unwrap() {
+            *served.entry(by).or_insert(0) += 1;
+        }
+    }
+    served
+}
+
+#[tokio::test]
+async fn round_robin_takes_the_endpoints_in_turn() {
+    let (a, b, c) = (
+        app("reviews-a").await,
+        app("reviews-b").await,
+        app("reviews-c").await,
+    );
+    let manifests = balanced_by("RoundRobin")
+        .pod("shop", "reviews-a", V1, a.addr, false)
+        .pod("shop", "reviews-b", V1, b.addr, false)
+        .pod("shop", "reviews-c", V2, c.addr, false);
+    let client = client_for(&manifests).await;
+    let counts = tally(client.outbound, 30, |_| get("http://reviews:9080/", &[])).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [
+            ((200, "reviews-a".into()), 10),
+            ((200, "reviews-b".into()), 10),
+            ((200, "reviews-c".into()), 10)
+        ]
+    );
+}
+
+/// An endpoint that takes a second and one that answers at once, under four clients for
+/// three seconds: least request sends a request to the slow one only when it has no more
+/// outstanding than the fast one, and peak EWMA (the default) only as its latency estimate
+/// decays; round robin would give it half of them.
+#[tokio::test]
+async fn least_request_and_peak_ewma_keep_requests_off_a_slow_endpoint() {
+    for algorithm in ["LeastRequest", "PeakEWMA"] {
+        let (slow, fast) = (app("slow").await, app("fast").await);
+        slow.delay(Duration::from_secs(1));
+        let manifests = balanced_by(algorithm)
+            .pod("shop", "slow", V1, slow.addr, false)
+            .pod("shop", "fast", V1, fast.addr, false);
+        let client = client_for(&manifests).await;
+        let served = four_clients(client.outbound, Duration::from_secs(3)).await;
+        let (to_slow, all) = (
+            served.get("slow").copied().unwrap_or(0),
+            served.values().sum::<usize>(),
+        );
+        eprintln!("{algorithm}: {served:?}");
+        assert!(
+            all >= 100 && to_slow * 10 <= all,
+            "{algorithm}: the slow endpoint served {to_slow} of {all}"
+        );
+    }
+}
