@@ -503,3 +503,60 @@ async fn a_snapshot_the_proxy_refuses_is_nacked_and_the_old_config_keeps_serving
         1.0
     );
 }
+
+/// A Service without a selector, its endpoints in two EndpointSlices (one endpoint not
+/// ready), through the real control plane; then a slice edited to drop an endpoint, and the
+/// traffic follows.
+#[tokio::test]
+async fn a_service_backed_by_endpoint_slices_serves_their_ready_endpoints_and_follows_edits() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let (a, b, unready) = (
+        app("slice-a").await,
+        app("slice-b").await,
+        app("unready").await,
+    );
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: legacy, namespace: shop}\nspec:\n  ports: [{name: http, port: 80, targetPort: 9080}]\n";
+    let slice = |name: &str, endpoints: &[(std::net::SocketAddr, bool)]| {
+        let endpoints: String = endpoints
+            .iter()
+            .map(|(addr, ready)| {
+                format!(
+                    "  - addresses: [\"{}\"]\n    conditions: {{ready: {ready}}}\n",
+                    addr.ip()
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: legacy}}\naddressType: IPv4\nports: [{{name: http, port: 9080}}]\nendpoints:\n{endpoints}"
+        )
+    };
+    let first = slice("legacy-1", &[(a.addr, true), (unready.addr, false)]);
+    let manifests = Manifests::new()
+        .doc(service)
+        .doc(&first)
+        .doc(&slice("legacy-2", &[(b.addr, true)]));
+    cp.write("legacy.yaml", &manifests.yaml());
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "client", &[]).await;
+    acked(&cp, 1, &version_of(&manifests)).await;
+    let counts = tally(proxy.outbound, 40, |_| get("http://legacy.shop/", &[])).await;
+    assert_eq!(
+        counts.keys().cloned().collect::<Vec<_>>(),
+        [(200, "slice-a".to_owned()), (200, "slice-b".to_owned())],
+        "both slices' ready endpoints, never the unready one: {counts:?}"
+    );
+    assert_eq!(unready.requests(), 0);
+
+    // The first slice loses its ready endpoint.
+    let edited = Manifests::new()
+        .doc(service)
+        .doc(&slice("legacy-1", &[(unready.addr, false)]))
+        .doc(&slice("legacy-2", &[(b.addr, true)]));
+    cp.write("legacy.yaml", &edited.yaml());
+    acked(&cp, 1, &version_of(&edited)).await;
+    let counts = tally(proxy.outbound, 20, |_| get("http://legacy.shop/", &[])).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((200, "slice-b".to_owned()), 20)]
+    );
+    assert_eq!(unready.requests(), 0);
+}
