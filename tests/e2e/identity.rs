@@ -38,7 +38,11 @@ fn server_policy(name: &str, spec: &str) -> String {
 
 /// Waits until the control plane reports every listed proxy (by pod IP) up to date with the
 /// version its pod compiles to.
-async fn all_acked(cp: &ControlPlane, manifests: &Manifests, pods: &[(&Proxy, Option<&str>)]) {
+pub(crate) async fn all_acked(
+    cp: &ControlPlane,
+    manifests: &Manifests,
+    pods: &[(&Proxy, Option<&str>)],
+) {
     let want: Vec<(String, String)> = pods
         .iter()
         .map(|(proxy, pod)| {

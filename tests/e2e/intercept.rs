@@ -54,7 +54,13 @@ fn metrics(pod: &Netns) -> String {
         .to_owned()
 }
 
-fn start_sidecar(pod: &Netns, config: &Path, log: &Path) -> weft_tests::netns::NsChild {
+/// Starts a sidecar in `pod` after its init, with `--detect-timeout detect_timeout`.
+fn start_sidecar(
+    pod: &Netns,
+    config: &Path,
+    log: &Path,
+    detect_timeout: &str,
+) -> weft_tests::netns::NsChild {
     run(pod
         .command(bin_path("weft-proxy").to_str().unwrap())
         .args(["init", "--ipv6"]));
@@ -66,10 +72,8 @@ fn start_sidecar(pod: &Netns, config: &Path, log: &Path) -> weft_tests::netns::N
         "[::]:15143",
         "--admin-addr",
         "0.0.0.0:15191",
-        // Detection would hold a silent connection for a minute: a server-first protocol
-        // answering within the client's 10 s proves detection was skipped.
         "--detect-timeout",
-        "60s",
+        detect_timeout,
         "--log-level",
         "info,weft_proxy=debug",
     ]);
@@ -119,7 +123,9 @@ fn iptables_redirection_routes_by_original_destination() {
         serde_json::to_vec(&Mesh::new("meshed-v1").build()).unwrap(),
     )
     .unwrap();
-    let _meshed_proxy = start_sidecar(meshed, &empty, &dir.join("meshed-proxy.log"));
+    // Detection would hold a silent connection for a minute: a server-first protocol
+    // answering within the client's 10 s proves detection was skipped.
+    let _meshed_proxy = start_sidecar(meshed, &empty, &dir.join("meshed-proxy.log"), "60s");
 
     let config = Mesh::new("client-v1")
         .service(
@@ -153,7 +159,7 @@ fn iptables_redirection_routes_by_original_destination() {
         .build();
     let config_path = dir.join("client.json");
     std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let _client_proxy = start_sidecar(client, &config_path, &dir.join("client-proxy.log"));
+    let _client_proxy = start_sidecar(client, &config_path, &dir.join("client-proxy.log"), "60s");
     wait_ready(meshed, "the meshed pod's proxy");
     wait_ready(client, "the client pod's proxy");
 
@@ -284,4 +290,55 @@ fn iptables_redirection_routes_by_original_destination() {
         String::from_utf8(run(client.command("iptables-save").args(["-t", "nat"])).stdout).unwrap();
     assert!(!rules.contains("WEFT"), "{rules}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A server-first protocol on a Service port not declared opaque: detection waits for the
+/// client to speak, and once the detection timeout passes in silence it forwards the
+/// connection as opaque TCP, so the server's banner comes through.
+#[test]
+fn a_silent_client_falls_back_to_opaque_tcp_after_the_detection_timeout() {
+    if !root_tests_enabled("a_silent_client_falls_back_to_opaque_tcp_after_the_detection_timeout") {
+        return;
+    }
+    let dir = scratch_dir("detect-fallback");
+    let mut lan = Lan::new();
+    let client = lan.add_pod("client", "10.78.0.1/24", "fd78::1/64");
+    let server = lan.add_pod("server", "10.78.0.2/24", "fd78::2/64");
+    let (client, server) = (&lan.pods[client], &lan.pods[server]);
+    let _mail = server.spawn(
+        server
+            .command(TESTBED)
+            .args(["greet", "--listen", "10.78.0.2:2526"]),
+        &dir.join("mail.log"),
+    );
+    let config = Mesh::new("client-v1")
+        .service(
+            "shop",
+            "mail",
+            Some("10.96.0.30".parse().unwrap()),
+            2526,
+            &[Ep::direct("10.78.0.2:2526".parse().unwrap())],
+        )
+        .build();
+    let config_path = dir.join("client.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let _proxy = start_sidecar(client, &config_path, &dir.join("client-proxy.log"), "1s");
+    wait_ready(client, "the client pod's proxy");
+
+    let mail = testbed(
+        client,
+        &["tcp", "10.96.0.30:2526", "--banner", "--send", "EHLO"],
+    )
+    .expect("the exchange after the detection timeout");
+    assert_eq!(mail["banner"], "220 weft-testbed ready\r\n");
+    assert_eq!(mail["echo"], "EHLO");
+    let m = metrics(client);
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_connections_total{direction="outbound",protocol="opaque"}"#
+        ),
+        1.0,
+        "{m}"
+    );
 }

@@ -91,3 +91,55 @@ async fn a_server_first_protocol_crosses_a_connect_tunnel_without_waiting() {
     tunnel.read_to_string(&mut rest).await.unwrap();
     assert_eq!(rest, "QUIT\r\n");
 }
+
+/// Opaque TCP between two sidecars certified by the control plane rides mutual TLS, and a
+/// connection open across a config swap keeps flowing; a new one after it works as well.
+#[tokio::test]
+async fn opaque_tcp_rides_mtls_between_proxies_and_outlives_a_config_swap() {
+    use weft_tests::control::ControlPlane;
+    use weft_tests::manifests::Manifests;
+    let cp = ControlPlane::start(pod_ip()).await;
+    let ip = pod_ip();
+    let _echo = tcp_echo(TcpListener::bind(at(ip, 9000)).await.unwrap()).await;
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: shop}\nspec:\n  selector: {app: echo}\n  ports: [{port: 9000, targetPort: 9000, appProtocol: tcp}]\n";
+    let manifests =
+        Manifests::new()
+            .doc(service)
+            .pod("shop", "echo", &[("app", "echo")], at(ip, 9000), true);
+    cp.write("mesh.yaml", &manifests.yaml());
+    let server = Proxy::joined(ip, &cp, "shop", "echo", &[]).await;
+    let client = Proxy::joined(pod_ip(), &cp, "shop", "client", &[]).await;
+    crate::identity::all_acked(&cp, &manifests, &[(&client, None)]).await;
+
+    let mut tunnel = connect_tunnel(client.outbound, "echo.shop:9000").await;
+    let round_trip = async |tunnel: &mut BufReader<TcpStream>, line: &str| {
+        tunnel.get_mut().write_all(line.as_bytes()).await.unwrap();
+        let mut back = String::new();
+        tokio::time::timeout(Duration::from_secs(10), tunnel.read_line(&mut back))
+            .await
+            .expect("the echo in time")
+            .unwrap();
+        assert_eq!(back, line);
+    };
+    round_trip(&mut tunnel, "before the swap\n").await;
+    let inbound_tls =
+        r#"weft_tls_handshakes_total{direction="inbound",result="ok",reason="",version="TLSv1.3"}"#;
+    assert!(server.metric(inbound_tls).await >= 1.0, "{}", server.log());
+    let opaque = r#"weft_connections_total{direction="inbound",protocol="opaque"}"#;
+    assert_eq!(server.metric(opaque).await, 1.0);
+
+    // Another Service: every proxy gets a new config while the tunnel is open.
+    let swapped = manifests.clone().doc(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\nspec:\n  selector: {app: other}\n  ports: [{port: 80}]\n",
+    );
+    cp.write("mesh.yaml", &swapped.yaml());
+    crate::identity::all_acked(&cp, &swapped, &[(&client, None)]).await;
+    round_trip(&mut tunnel, "after the swap\n").await;
+    let mut fresh = connect_tunnel(client.outbound, "echo.shop:9000").await;
+    round_trip(&mut fresh, "a new connection\n").await;
+    tunnel.get_mut().shutdown().await.unwrap();
+    let mut rest = String::new();
+    tunnel.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(rest, "", "the echo closed its side after ours");
+    assert_eq!(server.metric(opaque).await, 2.0);
+}
