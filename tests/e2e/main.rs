@@ -14,6 +14,7 @@ mod bad_input;
 mod cancel;
 mod cluster;
 mod control_plane;
+mod demo;
 mod drain;
 mod floods;
 mod grpc;

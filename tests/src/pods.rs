@@ -17,6 +17,17 @@ pub fn pod_ip() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, second, third, fourth))
 }
 
+static SUBNETS: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh loopback /24 of this process's own, for a program that places pods in a subnet
+/// (`weft demo --subnet`): taken from the top of the /16, where [`pod_ip`] never gets to.
+pub fn subnet() -> Ipv4Addr {
+    let second = 20 + (std::process::id() % 220) as u8;
+    let n = SUBNETS.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 50, "at most 50 subnets a process");
+    Ipv4Addr::new(127, second, 254 - n as u8, 0)
+}
+
 /// `ip:port`.
 pub fn at(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
