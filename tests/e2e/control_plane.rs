@@ -560,3 +560,84 @@ async fn a_service_backed_by_endpoint_slices_serves_their_ready_endpoints_and_fo
     );
     assert_eq!(unready.requests(), 0);
 }
+
+/// A NACK through the real control plane: a proxy that caps the config it takes refuses a
+/// snapshot over its cap; the control plane shows the refusal and counts it, the proxy keeps
+/// serving the config in force, and the next config within the cap is taken.
+#[tokio::test]
+async fn a_config_over_a_proxys_cap_is_nacked_through_the_real_control_plane() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let v1 = app("reviews-v1").await;
+    let pods = Manifests::new()
+        .example("workloads")
+        .pod("shop", "v1", V1, v1.addr, false);
+    cp.write("workloads.yaml", &pods.yaml());
+    let size = serde_json::to_vec(&pods.compile("shop")).unwrap().len();
+    let cap = (size + 1_024).to_string();
+    let proxy = Proxy::joined(
+        pod_ip(),
+        &cp,
+        "shop",
+        "productpage",
+        &["--max-config-bytes", &cap],
+    )
+    .await;
+    let good = version_of(&pods);
+    acked(&cp, 1, &good).await;
+
+    // Forty more Services: several kilobytes more config.
+    let more: String = (0..40)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: extra-{i}, namespace: shop}}\nspec:\n  selector: {{app: extra-{i}}}\n  ports: [{{port: 80}}]\n---\n"
+            )
+        })
+        .collect();
+    let big = Manifests::new().doc(&pods.yaml()).doc(&more);
+    let refused = version_of(&big);
+    cp.write("more.yaml", &more);
+    let reason = eventually(
+        "the control plane to record the proxy's NACK",
+        Duration::from_secs(10),
+        || async {
+            let status = cp.status().await;
+            let nacked = &status["proxies"][0]["nacked"];
+            (nacked[0] == refused.as_str()).then(|| nacked[1].as_str().unwrap_or("").to_owned())
+        },
+    )
+    .await;
+    assert!(
+        reason.contains("over this proxy's --max-config-bytes"),
+        "{reason}"
+    );
+    let (_, metrics) = cp.get("/metrics").await.unwrap();
+    assert!(
+        weft_tests::proxy::metric_value(&metrics, r#"weft_control_replies_total{result="nack"}"#)
+            >= 1.0,
+        "{metrics}"
+    );
+    let (_, dump) = proxy.admin_get("/config_dump").await.unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(
+        dump["version"],
+        good.as_str(),
+        "the config in force is kept"
+    );
+    let counts = tally(proxy.outbound, 10, |_| get("http://reviews-v1:9080/", &[])).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((200, "reviews-v1".into()), 10)]
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"weft_config_updates_total{result="rejected"}"#)
+            .await,
+        1.0
+    );
+    let (_, text) = cp.get("/status").await.unwrap();
+    assert!(text.contains("max-config-bytes"), "{text}");
+
+    // Back within the cap: taken, and the proxy is up to date again.
+    cp.remove("more.yaml");
+    acked(&cp, 1, &good).await;
+}

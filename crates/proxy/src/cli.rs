@@ -112,6 +112,10 @@ pub struct RunArgs {
     /// `weft_refused_connections_total`.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// The largest config snapshot, in bytes, taken from the control plane: a larger one is
+    /// refused (a NACK, which `weft status` shows) and the config in force is kept.
+    #[arg(long, env = "WEFT_MAX_CONFIG_BYTES", default_value_t = 64 << 20)]
+    pub max_config_bytes: usize,
 }
 
 impl RunArgs {
@@ -135,6 +139,7 @@ impl RunArgs {
         s.drain_grace = self.drain_grace;
         s.access_log = self.access_log;
         s.max_connections = self.max_connections;
+        s.max_config_bytes = self.max_config_bytes;
         s.validate()?;
         Ok(s)
     }

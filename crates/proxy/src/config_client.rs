@@ -37,8 +37,9 @@ pub struct Subscriber {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Configs are large with many routes; they are never larger than this.
-const MAX_SNAPSHOT: usize = 256 << 20;
+/// The largest snapshot message read from the stream (configs are large with many routes);
+/// `--max-config-bytes`, at most this, caps the config a proxy takes, refused with a NACK.
+pub const MAX_SNAPSHOT: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -155,6 +156,13 @@ async fn session(
 
 /// Validates and swaps in a snapshot.
 fn apply(shared: &Shared, snapshot: &Snapshot) -> Result<(), String> {
+    let max = shared.settings.max_config_bytes;
+    if snapshot.config.len() > max {
+        return Err(format!(
+            "the config is {} bytes, over this proxy's --max-config-bytes {max}",
+            snapshot.config.len()
+        ));
+    }
     let config: ProxyConfig =
         serde_json::from_slice(&snapshot.config).map_err(|e| format!("unreadable config: {e}"))?;
     if config.version != snapshot.version {

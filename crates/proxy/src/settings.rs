@@ -48,6 +48,9 @@ pub struct Settings {
     /// The most connections the inbound and outbound listeners hold open together; beyond,
     /// a new one is closed at once (reset) and counted.
     pub max_connections: usize,
+    /// The largest config snapshot taken from the control plane, in bytes; a larger one is
+    /// refused (NACK) and the config in force kept.
+    pub max_config_bytes: usize,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             drain_grace: Dur::from_secs(20),
             access_log: false,
             max_connections: 10_000,
+            max_config_bytes: 64 << 20,
         }
     }
 }
@@ -90,6 +94,13 @@ impl Settings {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.max_config_bytes == 0 || self.max_config_bytes > crate::config_client::MAX_SNAPSHOT
+        {
+            return Err(format!(
+                "--max-config-bytes must be between 1 and {}",
+                crate::config_client::MAX_SNAPSHOT
+            ));
         }
         if self.max_header_bytes < 8192 {
             return Err("--max-header-bytes must be at least 8192".into());
