@@ -29,13 +29,15 @@ fn http_routes() -> String {
 /// Objects as an API server returns them: server-set metadata, defaults and status
 /// included.
 fn service(name: &str, selector: Option<Value>) -> Value {
+    // The API server gives each Service an address of its own.
+    let ip = format!("10.96.0.{}", 10 + name.len());
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
             "creationTimestamp": "2026-11-23T10:00:00Z",
             "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
         "spec": {"selector": selector, "type": "ClusterIP", "sessionAffinity": "None",
-            "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+            "clusterIP": ip, "clusterIPs": [ip],
             "ports": [{"name": "http", "port": 9080, "targetPort": 9080, "protocol": "TCP"}]},
         "status": {"loadBalancer": {}},
     })

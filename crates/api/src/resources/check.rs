@@ -28,6 +28,10 @@ pub struct Checked {
 pub fn check(manifests: Vec<Manifest>) -> Checked {
     let mut out = Checked::default();
     let mut seen = HashMap::new();
+    // Each cluster IP belongs to one Service, the first to claim it (as the API server
+    // allocates them): a later one that names it again is refused, or the proxies would be
+    // told two Services answer on one address.
+    let mut allocated: HashMap<IpAddr, (String, String)> = HashMap::new();
     let mut candidates = Vec::new();
     for m in manifests {
         let key = m.resource.key();
@@ -42,6 +46,23 @@ pub fn check(manifests: Vec<Manifest>) -> Checked {
         seen.insert(key, m.source.clone());
         let mut problems = Problems::default();
         check_one(&m.resource, &mut problems);
+        if let (Resource::Service(svc), true) = (&m.resource, problems.is_empty()) {
+            let ips = service_ips(svc);
+            for (field, ip) in &ips {
+                if let Some((owner, at)) = allocated.get(ip) {
+                    problems.add(
+                        *field,
+                        format!("{ip} is already allocated to Service {owner} ({at})"),
+                    );
+                }
+            }
+            if problems.is_empty() {
+                let owner = format!("{}/{}", svc.metadata.namespace(), svc.metadata.name);
+                for (_, ip) in ips {
+                    allocated.insert(ip, (owner.clone(), m.source.to_string()));
+                }
+            }
+        }
         reject_or_keep(m, problems, &mut candidates, &mut out.errors);
     }
     // References resolve against the Services that were accepted.
@@ -73,6 +94,23 @@ pub fn check(manifests: Vec<Manifest>) -> Checked {
     }
     out.accepted = accepted;
     out
+}
+
+/// The cluster IPs a Service names, with the field each is in.
+fn service_ips(svc: &Service) -> Vec<(&'static str, IpAddr)> {
+    let single = svc.spec.cluster_ip.iter().map(|ip| ("spec.clusterIP", ip));
+    let many = svc
+        .spec
+        .cluster_ips
+        .iter()
+        .map(|ip| ("spec.clusterIPs", ip));
+    let mut ips: Vec<(&'static str, IpAddr)> = single
+        .chain(many)
+        .filter_map(|(field, ip)| Some((field, ip.parse().ok()?)))
+        .collect();
+    ips.sort_by_key(|(_, ip)| *ip);
+    ips.dedup_by_key(|(_, ip)| *ip);
+    ips
 }
 
 fn reject_or_keep(
@@ -701,6 +739,45 @@ spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
                 .contains("is already defined at a.yaml:1"),
             "{:?}",
             checked.errors
+        );
+    }
+
+    #[test]
+    fn a_cluster_ip_belongs_to_the_first_service_that_names_it() {
+        let svc = |name: &str, ips: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  {ips}\n  ports: [{{port: 80}}]\n"
+            )
+        };
+        let text = [
+            svc("a", "clusterIP: 10.96.0.50"),
+            // Another port on the same address is still the same address.
+            svc("b", "clusterIP: 10.96.0.50"),
+            svc("c", "clusterIPs: [10.96.0.51, \"fd00::50\"]"),
+            svc("d", "clusterIPs: [10.96.0.52, \"fd00::50\"]"),
+            svc("e", "clusterIP: None"),
+            svc("f", "clusterIP: None"),
+        ]
+        .join("---\n");
+        let (manifests, _) = parse_file("a.yaml", &text);
+        let checked = check(manifests);
+        let names: Vec<String> = checked
+            .accepted
+            .iter()
+            .map(|m| m.resource.key().to_string())
+            .collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        let errors: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains(
+                "spec.clusterIP: 10.96.0.50 is already allocated to Service shop/a (a.yaml:1)"
+            ),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("spec.clusterIPs: fd00::50 is already allocated to Service shop/c"),
+            "{errors:?}"
         );
     }
 
