@@ -1,7 +1,7 @@
 # weft: the commands a newcomer needs. See README.md.
 CARGO ?= cargo
 
-.PHONY: build demo test lint bench
+.PHONY: build demo test lint bench fuzz
 
 build:
 	$(CARGO) build --workspace --bins
@@ -31,3 +31,10 @@ bench:
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn) && ./target/release/weft-bench $(BENCH_ARGS)
 	$(CARGO) bench -p weft-proxy --bench decisions -- --warm-up-time 1 --measurement-time 3
+
+## fuzz: every fuzz target under AFL++ for FUZZ_SECONDS each (60 by default; cargo-afl,
+## which runs on the stable toolchain: `cargo install cargo-afl --locked`). A crash lands in
+## fuzz/regressions/, which `make test` replays. Not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	./fuzz/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)

@@ -15,7 +15,7 @@
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
 //! no files use each other around a circle (`tests/house.rs` checks both):
 //!
-//! 1. commands: [`control`], [`demo`], [`status`], [`crds`]
+//! 1. commands: [`control`], [`demo`], [`status`], [`crds`], and the fuzz target [`fuzzing`]
 //! 2. serving: [`server`], [`admin`], [`tls`]
 //! 3. manifest sources: [`cluster`], [`watch`], [`load`]
 //! 4. manifests and configs: [`hub`], [`store`], [`compile`]
@@ -32,6 +32,7 @@ pub mod compile;
 pub mod control;
 pub mod crds;
 pub mod demo;
+pub mod fuzzing;
 pub mod hub;
 pub mod load;
 pub mod metrics;

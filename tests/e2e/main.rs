@@ -12,6 +12,7 @@
 mod admin;
 mod bad_input;
 mod cancel;
+mod chaos;
 mod cluster;
 mod control_plane;
 mod demo;

@@ -23,7 +23,8 @@
 //!
 //! 1. manifests: [`resources`]
 //! 2. the compiled config: [`config`]
-//! 3. values: [`gateway`], [`duration`], [`identity`], [`proto`], [`validate`], [`sync`]
+//! 3. values: [`gateway`], [`duration`], [`identity`], [`proto`], [`validate`], [`sync`], and
+//!    the fuzz target of the wire messages, [`fuzzing`]
 //!
 //! Invariant: this crate knows nothing about tokio, sockets or processes. It is plain data,
 //! parsing and validation, and the generated protocol types and service traits (tonic's
@@ -31,6 +32,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod proto;

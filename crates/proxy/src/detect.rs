@@ -113,8 +113,13 @@ fn classify_http1(buf: &[u8]) -> Verdict {
                 Verdict::Is(Protocol::Opaque)
             }
         }
+        // Still inside the request line (its CR may have come without the LF).
         None if buf.len() < MAX_REQUEST_LINE
-            && buf.iter().all(|b| b.is_ascii_graphic() || *b == b' ') =>
+            && buf
+                .strip_suffix(b"\r")
+                .unwrap_or(buf)
+                .iter()
+                .all(|b| b.is_ascii_graphic() || *b == b' ') =>
         {
             Verdict::NeedMore
         }
@@ -193,6 +198,8 @@ mod tests {
             (b"CONNECT reviews:9080 HTTP/1.1\r\n", Verdict::Is(Http1)),
             (b"PROPFIND /d HTTP/1.1\r\n", Verdict::Is(Http1)),
             (b"PROPFIND /d", Verdict::NeedMore),
+            // The request line's CR, its LF still to come (found by the fuzz target).
+            (b"PROPFIND /d HTTP/1.1\r", Verdict::NeedMore),
             (b"PROPFIND /d HTTP/2\r\n", Verdict::Is(Opaque)),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Verdict::Is(Http2)),
             (b"PRI * HTTP/2.0\r\n", Verdict::NeedMore),

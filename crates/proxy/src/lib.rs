@@ -11,7 +11,7 @@
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
 //! no files use each other around a circle (`tests/house.rs` checks both):
 //!
-//! 1. wiring: [`app`], [`admin`], [`cli`], [`init`]
+//! 1. wiring: [`app`], [`admin`], [`cli`], [`init`], and the fuzz targets [`fuzzing`]
 //! 2. the two directions: [`outbound`], [`inbound`], [`tcp`], [`config_client`]
 //! 3. what every connection task holds: [`shared`]
 //! 4. the config in force: [`state`], [`backends`], [`authz`], [`routing`], [`filters`]
@@ -33,6 +33,7 @@ pub mod config_client;
 pub mod detect;
 pub mod errors;
 pub mod filters;
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod identity;

@@ -454,9 +454,14 @@ impl Pools {
         let addr = key.dial.addr();
         let permit = new_connection_permit(opts.limiter.as_ref(), &opts.backend).await?;
         let stream = self.connect(key, opts).await?;
-        // No HTTP/2 PINGs: TCP keep-alive finds a vanished peer (`io::tune`).
+        // One HTTP/2 PING, after the handshake: a peer that accepts and never answers is
+        // found within the connect timeout. No PINGs after it: TCP keep-alive finds a
+        // vanished peer (`io::tune`).
+        let answer_within = opts
+            .connect_timeout
+            .unwrap_or(self.connector.connect_timeout);
         let limiter = opts.limiter.clone();
-        let sender = h2::H2Conn::handshake(stream, addr, move || {
+        let sender = h2::H2Conn::handshake(stream, addr, answer_within, move || {
             drop(permit);
             if let Some(l) = limiter {
                 l.freed.notify_waiters();

@@ -185,14 +185,22 @@ impl Http {
             let prepared = forward::prepare(&mut req);
             let upgrade = prepared.upgrade.is_some();
 
-            // A retry after the request reached the upstream needs its head and body again: keep
-            // them only when such a retry is possible (a retry policy, or HTTP/2's REFUSED_STREAM).
+            let safety = OwnedSafety {
+                method: req.method().clone(),
+                idempotency_key: req.headers().contains_key(&IDEMPOTENCY_KEY),
+                grpc,
+                policy_opt_in: backend.policy.retry.retry_non_idempotent,
+                extra_non_idempotent: backend.policy.retry.non_idempotent_methods.clone(),
+            };
             // A retry after the request reached the upstream needs its head and body again:
-            // keep them only when such a retry is possible (a retry policy; HTTP/2's
-            // REFUSED_STREAM and GOAWAY; a peer sidecar's word that its application never had
-            // the request).
+            // keep them only when such a retry is possible (a retry policy; a request safe to
+            // repeat, sent again after a reset; HTTP/2's REFUSED_STREAM and GOAWAY; a peer
+            // sidecar's word that its application never had the request).
             let may_resend = !upgrade
-                && (rule.retry.is_some() || req.version() == Version::HTTP_2 || backend.meshed);
+                && (rule.retry.is_some()
+                    || (!grpc && safety.borrow().repeatable())
+                    || req.version() == Version::HTTP_2
+                    || backend.meshed);
             let keep = may_resend || !rule.mirrors.is_empty();
             // Boxed: the request future would otherwise keep its room whether or not it is.
             let replay = keep.then(|| Box::new(Replay::record(&mut req)));
@@ -212,13 +220,6 @@ impl Http {
                 return Err(ProxyError::Overloaded(backend.name.0.clone()));
             };
             backend.deposit(now);
-            let safety = OwnedSafety {
-                method: req.method().clone(),
-                idempotency_key: req.headers().contains_key(&IDEMPOTENCY_KEY),
-                grpc,
-                policy_opt_in: backend.policy.retry.retry_non_idempotent,
-                extra_non_idempotent: backend.policy.retry.non_idempotent_methods.clone(),
-            };
             let deadline = rule.request_timeout.map(|t| start + t);
             // Pinned where it stands, so that `within` moves a pointer, not the future.
             let attempts = pin!(self.attempts(

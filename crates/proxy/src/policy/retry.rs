@@ -143,6 +143,11 @@ pub fn reason(attempt: Attempt, retry: Option<&Retry>, safety: &Safety<'_>) -> O
     if let Attempt::NotSent(unsent) = attempt {
         return Some(unsent.reason());
     }
+    // Reset before its response head (the endpoint, its sidecar or the connection died): a
+    // request safe to repeat goes again whatever the policy says, as a connect failure does.
+    if attempt == Attempt::Reset && !safety.grpc && safety.repeatable() {
+        return Some(Reason::Reset);
+    }
     let retry = retry?;
     let (by_status, reason) = match attempt {
         Attempt::Response {
@@ -273,7 +278,10 @@ mod tests {
             ),
             (resp(503), Some(&r), safety(&charge), Some(Reason::Status)),
             (Attempt::Reset, Some(&r), safety(&get), Some(Reason::Reset)),
+            (Attempt::Reset, None, safety(&get), Some(Reason::Reset)),
+            (Attempt::Reset, Some(&only_503), safety(&get), Some(Reason::Reset)),
             (Attempt::Reset, Some(&r), safety(&post), None),
+            (Attempt::Reset, None, safety(&post), None),
             (Attempt::Aborted, Some(&r), safety(&get), None),
             (
                 Attempt::TimedOut,

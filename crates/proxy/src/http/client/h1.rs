@@ -281,6 +281,26 @@ enum Parsed {
     Final(http::response::Parts, Framing, bool),
 }
 
+/// Parses a response head at the start of `bytes` as an exchange does: the final head (`None`
+/// for an informational one) and how many bytes it took, `None` while incomplete (for the
+/// fuzz targets, [`crate::fuzzing`]).
+#[allow(
+    clippy::type_complexity,
+    reason = "a one-off summary for the fuzz targets"
+)]
+pub fn parse_response_head(
+    bytes: &[u8],
+    head_request: bool,
+) -> Result<Option<(Option<http::response::Parts>, usize)>, ExchangeError> {
+    let mut read = BytesMut::from(bytes);
+    let parsed = parse_head(&mut read, head_request)?;
+    let took = bytes.len() - read.len();
+    Ok(parsed.map(|p| match p {
+        Parsed::Informational => (None, took),
+        Parsed::Final(parts, _, _) => (Some(parts), took),
+    }))
+}
+
 /// Parses a response head at the start of `read` and takes it off; `None` while incomplete.
 fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, ExchangeError> {
     // Left uninitialised: httparse writes the fields it finds, and nothing reads the rest.

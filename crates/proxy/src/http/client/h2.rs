@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -47,6 +47,40 @@ pub struct H2Conn {
     /// dropped (by [`Slot`]). h2 counts its own, behind its unstable feature, which also
     /// turns on assertions meant for its own tests.
     streams: Arc<AtomicUsize>,
+    /// Whether the peer has answered the PING sent after the handshake: a connection is
+    /// used once it has, so that a peer that accepts and never speaks HTTP/2 costs a
+    /// connect failure (the request goes elsewhere), never a request that hangs.
+    live: Arc<Liveness>,
+}
+
+/// The answer to the first PING: none yet (0), [`LIVE`] or [`DEAD`], and the requests that
+/// wait for it.
+#[derive(Default)]
+struct Liveness {
+    state: AtomicU8,
+    known: tokio::sync::Notify,
+}
+
+const LIVE: u8 = 1;
+const DEAD: u8 = 2;
+
+impl Liveness {
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        self.known.notify_waiters();
+    }
+
+    /// Whether the peer answered, once it is known.
+    async fn answered(&self) -> bool {
+        loop {
+            let known = self.known.notified();
+            match self.state.load(Ordering::Acquire) {
+                LIVE => return true,
+                DEAD => return false,
+                _ => known.await,
+            }
+        }
+    }
 }
 
 /// A stream's place in its connection's count; given back when dropped.
@@ -68,12 +102,15 @@ impl Drop for Slot {
 impl H2Conn {
     /// The HTTP/2 handshake on `stream`; the connection is then driven by a task that calls
     /// `closed` when it ends.
+    /// The peer must answer a PING within `answer_within` (the connect timeout) before the
+    /// connection carries requests.
     pub async fn handshake(
         stream: Conn,
         addr: SocketAddr,
+        answer_within: std::time::Duration,
         closed: impl FnOnce() + Send + 'static,
     ) -> Result<H2Conn, h2::Error> {
-        let (send, connection) = h2::client::Builder::new()
+        let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
@@ -90,19 +127,39 @@ impl H2Conn {
             .handshake::<_, Bytes>(stream)
             .await?;
         let open = Arc::new(AtomicBool::new(true));
+        let live = Arc::new(Liveness::default());
+        let ping = connection.ping_pong();
         let driver = open.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
             driver.store(false, Ordering::Release);
             closed();
         });
+        // Requests wait for the answer (a round trip, once per connection) together.
+        let (watch_open, watch_live) = (open.clone(), live.clone());
+        tokio::spawn(async move {
+            let answered = match ping {
+                Some(mut ping) => {
+                    let pong = ping.ping(h2::Ping::opaque());
+                    matches!(tokio::time::timeout(answer_within, pong).await, Ok(Ok(_)))
+                }
+                None => true,
+            };
+            if !answered {
+                tracing::info!(%addr, "upstream answered no HTTP/2 PING within {answer_within:?}; connection dropped");
+                watch_open.store(false, Ordering::Release);
+                task.abort();
+            }
+            watch_live.set(if answered { LIVE } else { DEAD });
+        });
         Ok(H2Conn {
             send,
             addr,
             open,
             streams: Arc::default(),
+            live,
         })
     }
 
@@ -140,6 +197,15 @@ impl H2Conn {
         R: From<H2Body>,
     {
         let addr = self.addr;
+        if self.live.state.load(Ordering::Acquire) != LIVE && !self.live.answered().await {
+            return Err(SendError {
+                error: ProxyError::Handshake {
+                    addr,
+                    source: "the upstream answered no HTTP/2 PING after the handshake".into(),
+                },
+                unsent: Some(req),
+            });
+        }
         let mut send = match self.send.clone().ready().await {
             Ok(send) => send,
             // Closed or going away: nothing was sent.
@@ -347,6 +413,7 @@ mod tests {
     use super::*;
     use http::HeaderMap;
     use http_body_util::BodyExt;
+    use std::time::Duration;
     use tokio::net::{TcpListener, TcpStream};
 
     /// A client connection to an h2 server on an ephemeral port, whose streams `serve` gets.
@@ -365,7 +432,7 @@ mod tests {
             }
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        H2Conn::handshake(Conn::Tcp(tcp), addr, || {})
+        H2Conn::handshake(Conn::Tcp(tcp), addr, Duration::from_secs(5), || {})
             .await
             .unwrap()
     }
@@ -571,7 +638,7 @@ mod tests {
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (closed_tx, closed_rx) = oneshot::channel();
-        let conn = H2Conn::handshake(Conn::Tcp(tcp), addr, move || {
+        let conn = H2Conn::handshake(Conn::Tcp(tcp), addr, Duration::from_secs(5), move || {
             let _ = closed_tx.send(());
         })
         .await
@@ -647,6 +714,10 @@ mod tests {
                 match head[3] {
                     // SETTINGS, not an ACK: acknowledged.
                     4 if head[4] & 1 == 0 => tcp.write_all(&frame(4, 1, 0, &[])).await.unwrap(),
+                    // PING: answered.
+                    6 if head[4] & 1 == 0 => {
+                        tcp.write_all(&frame(6, 1, 0, &payload)).await.unwrap()
+                    }
                     // HEADERS.
                     1 => {
                         seen.push(stream);
@@ -666,6 +737,36 @@ mod tests {
         addr
     }
 
+    /// A peer that accepts the connection and never says a word: the request comes back
+    /// unsent, as from a connect failure, once the PING goes unanswered.
+    #[tokio::test]
+    async fn a_peer_that_never_answers_is_a_connect_failure() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(tcp);
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let conn = H2Conn::handshake(Conn::Tcp(tcp), addr, Duration::from_millis(200), || {})
+            .await
+            .unwrap();
+        let err = conn
+            .send::<_, H2Body>(request(TestBody::Empty))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.error.unsent(),
+            Some(crate::policy::retry::Unsent::ConnectFailed),
+            "{}",
+            err.error
+        );
+        assert!(err.unsent.is_some(), "the request comes back");
+        assert!(conn.is_closed());
+    }
+
     /// The streams a GOAWAY refuses never reached the application, and are not the endpoint's
     /// failure; the one it names finishes; the connection takes no new requests.
     #[tokio::test]
@@ -673,15 +774,19 @@ mod tests {
         use crate::policy::retry::Unsent;
         let addr = going_away_server().await;
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let conn = H2Conn::handshake(Conn::Tcp(tcp), addr, || {})
+        let conn = H2Conn::handshake(Conn::Tcp(tcp), addr, Duration::from_secs(5), || {})
             .await
             .unwrap();
-        let (first, second) = tokio::join!(
+        let (a, b) = tokio::join!(
             conn.send::<_, H2Body>(request(TestBody::Empty)),
             conn.send::<_, H2Body>(request(TestBody::Empty)),
         );
-        assert_eq!(first.ok().unwrap().status(), 200, "stream 1 is answered");
-        let err = second.err().unwrap();
+        // Which of the two took stream 1 is the scheduler's choice.
+        let (answered, err) = match (a, b) {
+            (Ok(resp), Err(err)) | (Err(err), Ok(resp)) => (resp, err),
+            (a, b) => panic!("one answered, one refused: {:?} {:?}", a.is_ok(), b.is_ok()),
+        };
+        assert_eq!(answered.status(), 200, "stream 1 is answered");
         assert_eq!(err.error.unsent(), Some(Unsent::GoAway), "{}", err.error);
         assert!(!Unsent::GoAway.is_failure());
         assert!(

@@ -207,6 +207,17 @@ fn is_host_byte(b: u8) -> bool {
         | b':' | b'[' | b']')
 }
 
+/// Parses a request head at the start of `bytes` as a connection does: the request and how
+/// many bytes its head took, `None` while incomplete (for the fuzz targets, [`crate::fuzzing`]).
+pub fn parse_request_head(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<Option<(BoxedRequest, usize)>, Reason> {
+    let mut read = BytesMut::from(bytes);
+    let parsed = parse_request(&mut read, max_bytes)?;
+    Ok(parsed.map(|p| (p.req, bytes.len() - read.len())))
+}
+
 /// Parses a request head at the start of `read` and takes it off; `None` while incomplete.
 fn parse_request(read: &mut BytesMut, max_bytes: usize) -> Result<Option<Parsed>, Reason> {
     // Left uninitialised: httparse writes the fields it finds, and nothing reads the rest.
