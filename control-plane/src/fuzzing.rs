@@ -22,13 +22,19 @@ pub fn manifests(data: &[u8]) {
         namespaces.insert(m.resource.meta().namespace());
         if let Resource::Pod(p) = &m.resource {
             let ip = p.status.pod_ip.clone().unwrap_or_default();
-            pods.push(Target::of_proxy(p.metadata.namespace(), &p.metadata.name, &ip));
+            pods.push(Target::of_proxy(
+                p.metadata.namespace(),
+                &p.metadata.name,
+                &ip,
+            ));
         }
     }
     for namespace in namespaces {
         let config = index.compile_namespace(namespace, &mesh);
         if let Err(e) = config.validate() {
-            panic!("accepted manifests compiled, for {namespace}, to a config a proxy refuses: {e:?}");
+            panic!(
+                "accepted manifests compiled, for {namespace}, to a config a proxy refuses: {e:?}"
+            );
         }
     }
     for pod in pods {

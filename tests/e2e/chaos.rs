@@ -226,7 +226,10 @@ async fn an_application_killed_under_load_loses_no_get() {
     let outbound = pods.client.outbound;
     let apps = &mut pods.apps;
     let mut report = under_load(outbound, URL, async || apps[0].kill()).await;
-    report.print("kill -9 of one of two applications", pods.client.memory_kib().1);
+    report.print(
+        "kill -9 of one of two applications",
+        pods.client.memory_kib().1,
+    );
     report.assert_saved("an application killed");
     assert!(report.served.get("reviews-b").copied().unwrap_or(0) > 0);
     drop(pods.sidecars);
@@ -274,7 +277,10 @@ async fn a_peer_that_accepts_and_never_answers_loses_no_get() {
     )
     .await;
     let mut report = under_load(client.outbound, URL, async || {}).await;
-    report.print("a peer that accepts and never answers", client.memory_kib().1);
+    report.print(
+        "a peer that accepts and never answers",
+        client.memory_kib().1,
+    );
     report.assert_saved("a black-hole peer");
 }
 

@@ -23,6 +23,7 @@ use weft_api::proto::proxy_message::Message;
 use weft_api::proto::{Ack, Hello, Nack, ProxyMessage, Snapshot};
 
 use crate::grpc::Channel;
+use crate::settings::MAX_SNAPSHOT;
 use crate::shared::Shared;
 use crate::state;
 
@@ -37,9 +38,6 @@ pub struct Subscriber {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// The largest snapshot message read from the stream (configs are large with many routes);
-/// `--max-config-bytes`, at most this, caps the config a proxy takes, refused with a NACK.
-pub const MAX_SNAPSHOT: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {

@@ -107,7 +107,10 @@ fn classify_http1(buf: &[u8]) -> Verdict {
     match buf.windows(2).position(|w| w == b"\r\n") {
         Some(end) => {
             let line = &buf[..end];
-            if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+            // Printable ASCII and spaces only, as while it was arriving (below): the verdict
+            // never depends on where the reads split the line.
+            let printable = line.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
+            if printable && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")) {
                 Verdict::Is(Protocol::Http1)
             } else {
                 Verdict::Is(Protocol::Opaque)
@@ -200,6 +203,9 @@ mod tests {
             (b"PROPFIND /d", Verdict::NeedMore),
             // The request line's CR, its LF still to come (found by the fuzz target).
             (b"PROPFIND /d HTTP/1.1\r", Verdict::NeedMore),
+            // A control byte in the line is opaque, whether or not its end has come.
+            (b"PURGE \x01 HTTP/1.1\r\n", Verdict::Is(Opaque)),
+            (b"PURGE \x01", Verdict::Is(Opaque)),
             (b"PROPFIND /d HTTP/2\r\n", Verdict::Is(Opaque)),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Verdict::Is(Http2)),
             (b"PRI * HTTP/2.0\r\n", Verdict::NeedMore),

@@ -217,13 +217,15 @@ pub fn chunked(data: &[u8]) {
         return;
     }
     let (sizes, body) = data.split_at(4);
-    let reads: Vec<usize> = sizes[..2].iter().map(|b| usize::from(*b % 16) + 1).collect();
+    let reads: Vec<usize> = sizes[..2]
+        .iter()
+        .map(|b| usize::from(*b % 16) + 1)
+        .collect();
     let chunks: Vec<usize> = sizes[2..].iter().map(|b| usize::from(*b) + 1).collect();
     // As a body: whatever the decoder reads to the end, encoded again, reads the same.
-    if let Some(decoded) = decode_chunked(&mut Reads::new(
-        Bytes::copy_from_slice(body),
-        reads.clone(),
-    )) {
+    if let Some(decoded) =
+        decode_chunked(&mut Reads::new(Bytes::copy_from_slice(body), reads.clone()))
+    {
         let again = encode_chunked(&decoded, &[decoded.len().max(1)]);
         let redecoded = decode_chunked(&mut Reads::new(Bytes::from(again), vec![7]));
         assert_eq!(redecoded.as_deref(), Some(&decoded[..]), "decoded again");
@@ -265,7 +267,11 @@ pub fn transport_header(data: &[u8]) {
     let mut encoded = BytesMut::new();
     header.encode(&mut encoded);
     let again = Header::decode(&encoded);
-    assert_eq!(again, Ok(Some((header, encoded.len()))), "encoded then decoded");
+    assert_eq!(
+        again,
+        Ok(Some((header, encoded.len()))),
+        "encoded then decoded"
+    );
 }
 
 /// A config, as `--config` or the control plane's snapshot gives it.

@@ -53,6 +53,11 @@ pub struct Settings {
     pub max_config_bytes: usize,
 }
 
+/// The largest snapshot message read from the config stream (configs are large with many
+/// routes); `--max-config-bytes`, at most this, caps the config a proxy takes, refused with a
+/// NACK.
+pub const MAX_SNAPSHOT: usize = 256 << 20;
+
 impl Default for Settings {
     fn default() -> Self {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -95,11 +100,10 @@ impl Settings {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
-        if self.max_config_bytes == 0 || self.max_config_bytes > crate::config_client::MAX_SNAPSHOT
-        {
+        if self.max_config_bytes == 0 || self.max_config_bytes > MAX_SNAPSHOT {
             return Err(format!(
                 "--max-config-bytes must be between 1 and {}",
-                crate::config_client::MAX_SNAPSHOT
+                MAX_SNAPSHOT
             ));
         }
         if self.max_header_bytes < 8192 {

@@ -279,7 +279,12 @@ mod tests {
             (resp(503), Some(&r), safety(&charge), Some(Reason::Status)),
             (Attempt::Reset, Some(&r), safety(&get), Some(Reason::Reset)),
             (Attempt::Reset, None, safety(&get), Some(Reason::Reset)),
-            (Attempt::Reset, Some(&only_503), safety(&get), Some(Reason::Reset)),
+            (
+                Attempt::Reset,
+                Some(&only_503),
+                safety(&get),
+                Some(Reason::Reset),
+            ),
             (Attempt::Reset, Some(&r), safety(&post), None),
             (Attempt::Reset, None, safety(&post), None),
             (Attempt::Aborted, Some(&r), safety(&get), None),
