@@ -76,14 +76,19 @@ async fn beyond_the_connection_limit_a_new_connection_is_reset_and_counted() {
     assert_still_serving(&proxy).await;
 }
 
-/// Sends `n` requests, each on a new connection, and counts the 200s.
+/// Sends `n` requests, each on a new connection, and counts the 200s (saying why any other
+/// answer came).
 async fn served(proxy: &weft_tests::proxy::Proxy, n: usize) -> usize {
     let mut ok = 0;
     for _ in 0..n {
-        if let Ok(resp) = weft_tests::client::get(proxy.outbound, "http://ok/").await
-            && resp.status() == 200
-        {
-            ok += 1;
+        match weft_tests::client::get(proxy.outbound, "http://ok/").await {
+            Ok(resp) if resp.status() == 200 => ok += 1,
+            Ok(resp) => eprintln!(
+                "answered {} {}",
+                resp.status(),
+                weft_tests::client::error_header(&resp)
+            ),
+            Err(e) => eprintln!("failed: {e:#}"),
         }
     }
     ok
@@ -97,6 +102,8 @@ async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
     use tokio::io::AsyncWriteExt;
     let flags = ["--header-read-timeout", "3s", "--detect-timeout", "60s"];
     let (proxy, _app) = proxy_with(Mesh::new("c1"), &flags).await;
+    // Two legitimate clients, keep-alive, all through the test.
+    let legit = weft_tests::legit::start(proxy.outbound, "http://ok/", 2);
     let open = || async {
         proxy
             .metric(r#"weft_open_connections{direction="outbound"}"#)
@@ -210,6 +217,13 @@ async fn idle_slowloris_and_slow_body_clients_leave_the_others_served() {
     }
     let (rss_slow, peak) = proxy.memory_kib();
     eprintln!("500 slow uploads: RSS {rss_slow} KiB; peak over the test {peak} KiB");
+    let mut served = legit.stop().await;
+    eprintln!("legitimate clients all along: {}", served.summary());
+    assert!(
+        served.failed.is_empty() && served.ok > 0,
+        "{}",
+        served.summary()
+    );
     assert_still_serving(&proxy).await;
 }
 

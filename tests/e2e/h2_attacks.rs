@@ -22,6 +22,8 @@ use weft_tests::proxy::Proxy;
 use crate::ServerPod;
 
 const AUTHORITY: &str = "reviews.shop:8080";
+/// What the legitimate clients ask for meanwhile (the attacks ask for `/`).
+const LEGIT_URL: &str = "http://reviews.shop:8080/legit";
 /// HTTP/2 error codes.
 const PROTOCOL_ERROR: u32 = 0x1;
 const COMPRESSION_ERROR: u32 = 0x9;
@@ -228,13 +230,26 @@ async fn http2_attacks_end_only_the_attacking_connection_on_both_listeners() {
             (0, "outbound", client.outbound, Vec::new(), &client),
             (1, "inbound", inbound, transport_header(), &server.proxy),
         ] {
+            // Two legitimate clients through the client's sidecar all along.
+            let legit = weft_tests::legit::start(client.outbound, LEGIT_URL, 2);
             let before = server.app.requests();
+            let started = tokio::time::Instant::now();
             let ended = run(addr, &prefix, &attack).await;
-            let reached = server.app.requests() - before;
+            // A second of legitimate traffic at least, however soon the attack was ended.
+            tokio::time::sleep_until(started + Duration::from_secs(1)).await;
+            let mut served = legit.stop().await;
+            let reached = server.app.requests() - before - served.ok;
             let (rss, peak) = proxy.memory_kib();
             eprintln!(
-                "{:<28} {listener:<8} ended {ended:?}; the app got {reached} requests; RSS {rss} KiB, peak {peak} KiB",
+                "{:<28} {listener:<8} ended {ended:?}; the app got {reached} of its requests; RSS {rss} KiB, peak {peak} KiB; legitimate: {}",
                 attack.name,
+                served.summary(),
+            );
+            assert!(
+                served.failed.is_empty() && served.ok > 0,
+                "{} on {listener}: legitimate clients got {}",
+                attack.name,
+                served.summary()
             );
             let allowed = match (side, attack.from_peer) {
                 (1, Some(ends)) => ends,

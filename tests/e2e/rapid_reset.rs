@@ -4,9 +4,6 @@
 //! must not look like an attack to the next sidecar, so the legitimate requests sharing
 //! that connection are all answered.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use tokio::net::TcpStream;
 use weft_tests::h2raw::{END_HEADERS, END_STREAM, HEADERS, RST_STREAM, frame, get_block, preface};
 use weft_tests::mesh::Mesh;
@@ -67,39 +64,7 @@ async fn a_rapid_reset_attack_on_one_sidecar_costs_the_others_nothing() {
 
     // Legitimate clients, HTTP/1 on their own connections, all carried to the server's
     // sidecar over the one HTTP/2 connection the attack's streams share.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let legit: Vec<_> = (0..8)
-        .map(|_| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut conn = weft_tests::client::http1(outbound).await.unwrap();
-                for _ in 0..2_000 {
-                    if stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let sent = async {
-                        conn.ready().await?;
-                        let resp = conn
-                            .send_request(crate::get("http://reviews.shop:8080/drip/1", &[]))
-                            .await?;
-                        anyhow::Ok(weft_tests::client::text(resp).await?.0)
-                    };
-                    match sent.await {
-                        Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            match weft_tests::client::http1(outbound).await {
-                                Ok(c) => conn = c,
-                                Err(_) => break,
-                            }
-                            0
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
+    let legit = weft_tests::legit::start(outbound, "http://reviews.shop:8080/drip/1", 8);
     // The attack: connection after connection for five seconds, each resetting up to
     // 20,000 streams.
     let mut opened = 0;
@@ -109,14 +74,17 @@ async fn a_rapid_reset_attack_on_one_sidecar_costs_the_others_nothing() {
         opened += attack(outbound, 20_000).await;
         attacks += 1;
     }
-    stop.store(true, Ordering::Release);
-    for l in legit {
-        l.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let mut served = legit.stop().await;
+    let (_, peak) = client.memory_kib();
     eprintln!(
-        "rapid reset: {opened} streams opened and reset over {attacks} connections; legitimate: {ok} ok, {failed} failed"
+        "rapid reset: {opened} streams opened and reset over {attacks} connections; client sidecar peak RSS {peak} KiB; legitimate: {}",
+        served.summary()
     );
-    assert!(ok > 0);
-    assert_eq!(failed, 0, "{}", server.proxy.log());
+    assert!(served.ok > 0);
+    assert!(
+        served.failed.is_empty(),
+        "{:?}\n{}",
+        served.failed,
+        server.proxy.log()
+    );
 }

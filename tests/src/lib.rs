@@ -24,8 +24,8 @@
 //!
 //! 1. the processes under test: [`proxy`], [`control`], [`fake_control`], [`manifests`],
 //!    [`mesh`]
-//! 2. what talks to them: [`client`], [`h2raw`], [`workloads`], [`tools`], [`kube_api`],
-//!    [`netns`]
+//! 2. what talks to them: [`legit`], [`client`], [`h2raw`], [`workloads`], [`tools`],
+//!    [`kube_api`], [`netns`]
 //! 3. foundations: [`paths`], [`pods`]
 
 #![allow(
@@ -38,6 +38,7 @@ pub mod control;
 pub mod fake_control;
 pub mod h2raw;
 pub mod kube_api;
+pub mod legit;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;
