@@ -113,7 +113,6 @@ fn weft_demo_runs_every_scene_and_each_shows_what_it_says() {
                 "POST /reviews           -> 403 unauthorized",
                 "GET  /admin/users       -> 403 unauthorized",
                 "GET  /reviews/../admin  -> 403 unauthorized",
-                "reason=\"unauthorized\"} 3",
             ],
         ),
         (
@@ -141,6 +140,13 @@ fn weft_demo_runs_every_scene_and_each_shows_what_it_says() {
             .trim_end()
             .ends_with("manifests/examples/ holds the manifests.")
     );
+    // The three refusals, counted by the reviews sidecars between them.
+    let denied: u64 = scene("7. ServerPolicy")
+        .lines()
+        .filter(|l| l.contains("reason=\"unauthorized\"}"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(denied, 3, "the policy's refusals counted");
     // Scene 1 is 90/10 over 200 requests: v1 carries most.
     let split = scene("1. Weighted split");
     let count = |who: &str| -> usize {
