@@ -56,7 +56,8 @@ impl Nginx {
             Serve::Http2 => " http2",
         };
         let config = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+            // One process, no master: killing it (on drop) leaves no orphaned worker.
+            "master_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  log_format conn '$connection $status';\n  access_log {d}/access.log conn;\n\
              client_body_temp_path {d}/body;\n  keepalive_requests {keepalive_requests};\n\
