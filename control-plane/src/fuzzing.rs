@@ -51,19 +51,7 @@ mod tests {
     #[test]
     fn every_corpus_input_and_regression_passes_the_manifests_target() {
         let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut n = 0;
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(fuzz.join(dir).join("manifests")) else {
-                continue;
-            };
-            for entry in entries {
-                let path = entry.unwrap().path();
-                let data = std::fs::read(&path).unwrap();
-                let outcome = std::panic::catch_unwind(|| super::manifests(&data));
-                assert!(outcome.is_ok(), "manifests failed on {}", path.display());
-                n += 1;
-            }
-        }
+        let n = weft_api::fuzzing::replay(&fuzz, "manifests", super::manifests);
         assert!(n > 0, "no corpus for manifests");
     }
 

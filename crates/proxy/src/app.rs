@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,6 +17,7 @@ use crate::authz::RateBuckets;
 use crate::backends::Registry;
 use crate::cli::RunArgs;
 use crate::config_client::{self, Subscriber};
+use crate::count::Counted;
 use crate::http::client::{PoolSettings, Pools};
 use crate::identity::{Identity, Issuer};
 use crate::metrics::{Direction, Metrics};
@@ -258,15 +259,6 @@ async fn wait_for_drain(shutdown: &CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A place under `--max-connections`, held by a connection's task until it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Accepts connections until the drain begins, each handled in its own tracked task. While
 /// `open` (shared with the other listener) is at `--max-connections`, a new connection is
 /// reset at once and counted: a refusal the client sees, never a hang.
@@ -288,15 +280,14 @@ async fn accept<F, Fut>(
         };
         match accepted {
             Ok((stream, client)) => {
-                if open.fetch_add(1, Ordering::AcqRel) >= max {
-                    open.fetch_sub(1, Ordering::AcqRel);
+                // A place under `--max-connections`, held by the connection's task.
+                let Some(slot) = Counted::try_take(&open, max) else {
                     shared.metrics.connection_refused(direction);
                     tracing::debug!(%client, max, "connection limit reached; resetting a new connection");
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     drop(stream);
                     continue;
-                }
-                let slot = Slot(open.clone());
+                };
                 crate::io::tune(&stream);
                 let connection = handle(stream, crate::orig_dst::canonical(client), shared.clone());
                 shared.tasks.spawn(async move {

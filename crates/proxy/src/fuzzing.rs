@@ -310,28 +310,10 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
     }
 
-    /// Every input of a target's corpus and regressions: how many there were.
-    fn replay(name: &str, target: Target) -> usize {
-        let mut n = 0;
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(name)) else {
-                continue;
-            };
-            for entry in entries {
-                let path = entry.unwrap().path();
-                let data = std::fs::read(&path).unwrap();
-                let outcome = std::panic::catch_unwind(|| target(&data));
-                assert!(outcome.is_ok(), "{name} failed on {}", path.display());
-                n += 1;
-            }
-        }
-        n
-    }
-
     #[test]
     fn every_corpus_input_and_regression_passes_its_target() {
         for (name, target) in TARGETS {
-            let n = replay(name, *target);
+            let n = weft_api::fuzzing::replay(&fuzz_dir(), name, *target);
             assert!(n > 0, "no corpus for {name} in {}", fuzz_dir().display());
         }
     }

@@ -18,8 +18,8 @@
 //! 5. HTTP: [`http`]
 //! 6. connections: [`upstream`], [`mesh_tls`], [`detect`], [`transport_header`], [`orig_dst`]
 //! 7. identity: [`identity`], [`grpc`]
-//! 8. foundations: [`io`], [`errors`], [`metrics`], [`policy`], [`map`], [`settings`],
-//!    [`telemetry`]
+//! 8. foundations: [`io`], [`errors`], [`metrics`], [`policy`], [`map`], [`count`],
+//!    [`settings`], [`telemetry`]
 //!
 //! Invariant: below layer 4 nothing knows the config; below layer 3 nothing holds the shared
 //! state; [`policy`] is pure decisions with time passed in, and does no I/O.
@@ -30,6 +30,7 @@ pub mod authz;
 pub mod backends;
 pub mod cli;
 pub mod config_client;
+pub mod count;
 pub mod detect;
 pub mod errors;
 pub mod filters;

@@ -168,14 +168,16 @@ type H2Slot = Arc<tokio::sync::Mutex<Vec<h2::H2Conn>>>;
 /// At this many, a request waits for a stream on the least loaded.
 const MAX_HTTP2_CONNECTIONS: usize = 8;
 
-/// The connection of `conns` a new request should take: the first open one with room, else
-/// (`full`) the least loaded open one. `None` when none is open.
-fn pick_http2(conns: &[h2::H2Conn]) -> Option<(&h2::H2Conn, bool)> {
+/// The connection of `conns` a new request should take: the first open one with room, else,
+/// once there are [`MAX_HTTP2_CONNECTIONS`], the least loaded open one. `None`: another is
+/// to be opened.
+fn pick_http2(conns: &[h2::H2Conn]) -> Option<&h2::H2Conn> {
     let open = || conns.iter().filter(|c| !c.is_closed());
-    if let Some(c) = open().find(|c| c.has_room()) {
-        return Some((c, false));
-    }
-    open().min_by_key(|c| c.active_streams()).map(|c| (c, true))
+    open().find(|c| c.has_room()).or_else(|| {
+        (conns.len() >= MAX_HTTP2_CONNECTIONS)
+            .then(|| open().min_by_key(|c| c.active_streams()))
+            .flatten()
+    })
 }
 
 /// Reusable upstream HTTP connections.
@@ -428,12 +430,7 @@ impl Pools {
     fn ready_http2(&self, key: &Key) -> Option<h2::H2Conn> {
         let pools = lock(&self.http2);
         let conns = pools.get(key)?.try_lock().ok()?;
-        match pick_http2(&conns)? {
-            (conn, false) => Some(conn.clone()),
-            // Every one is full: at the cap, wait on the least loaded; else open another.
-            (conn, true) if conns.len() >= MAX_HTTP2_CONNECTIONS => Some(conn.clone()),
-            (_, true) => None,
-        }
+        pick_http2(&conns).cloned()
     }
 
     /// An HTTP/2 connection for a key, connecting when none is open or every open one is full
@@ -446,10 +443,8 @@ impl Pools {
         };
         let mut slot = slot.lock().await;
         slot.retain(|c| !c.is_closed());
-        match pick_http2(&slot) {
-            Some((conn, false)) => return Ok(conn.clone()),
-            Some((conn, true)) if slot.len() >= MAX_HTTP2_CONNECTIONS => return Ok(conn.clone()),
-            _ => {}
+        if let Some(conn) = pick_http2(&slot) {
+            return Ok(conn.clone());
         }
         let addr = key.dial.addr();
         let permit = new_connection_permit(opts.limiter.as_ref(), &opts.backend).await?;

@@ -198,7 +198,7 @@ impl Http {
             // sidecar's word that its application never had the request).
             let may_resend = !upgrade
                 && (rule.retry.is_some()
-                    || (!grpc && safety.borrow().repeatable())
+                    || safety.borrow().resent_after_reset()
                     || req.version() == Version::HTTP_2
                     || backend.meshed);
             let keep = may_resend || !rule.mirrors.is_empty();

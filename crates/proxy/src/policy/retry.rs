@@ -136,6 +136,13 @@ impl Safety<'_> {
                 .any(|m| m.as_str() == self.method.as_str());
         !non_idempotent || self.idempotency_key || self.policy_opt_in
     }
+
+    /// Whether a reset before the response head sends the request again, whatever the
+    /// policy says (as a connect failure does): a request safe to repeat, unless it is a gRPC
+    /// call, whose retries the route's codes decide.
+    pub fn resent_after_reset(&self) -> bool {
+        !self.grpc && self.repeatable()
+    }
 }
 
 /// Whether an attempt may be retried, and why.
@@ -145,7 +152,7 @@ pub fn reason(attempt: Attempt, retry: Option<&Retry>, safety: &Safety<'_>) -> O
     }
     // Reset before its response head (the endpoint, its sidecar or the connection died): a
     // request safe to repeat goes again whatever the policy says, as a connect failure does.
-    if attempt == Attempt::Reset && !safety.grpc && safety.repeatable() {
+    if attempt == Attempt::Reset && safety.resent_after_reset() {
         return Some(Reason::Reset);
     }
     let retry = retry?;

@@ -21,6 +21,7 @@ use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use tokio::sync::oneshot;
 
+use crate::count::Counted;
 use crate::errors::{BoxError, ProxyError, SendError};
 use crate::io::Conn;
 
@@ -44,7 +45,7 @@ pub struct H2Conn {
     /// it takes no more streams (its task goes on, for the streams it still finishes).
     open: Arc<AtomicBool>,
     /// Streams in use: each counted from its request until its response body ends or is
-    /// dropped (by [`Slot`]). h2 counts its own, behind its unstable feature, which also
+    /// dropped (a [`Counted`] place). h2 counts its own, behind its unstable feature, which also
     /// turns on assertions meant for its own tests.
     streams: Arc<AtomicUsize>,
     /// Whether the peer has answered the PING sent after the handshake: a connection is
@@ -83,25 +84,10 @@ impl Liveness {
     }
 }
 
-/// A stream's place in its connection's count; given back when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(streams: &Arc<AtomicUsize>) -> Slot {
-        streams.fetch_add(1, Ordering::Relaxed);
-        Slot(streams.clone())
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl H2Conn {
     /// The HTTP/2 handshake on `stream`; the connection is then driven by a task that calls
     /// `closed` when it ends.
+    ///
     /// The peer must answer a PING within `answer_within` (the connect timeout) before the
     /// connection carries requests.
     pub async fn handshake(
@@ -129,30 +115,42 @@ impl H2Conn {
         let open = Arc::new(AtomicBool::new(true));
         let live = Arc::new(Liveness::default());
         let ping = connection.ping_pong();
-        let driver = open.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-            driver.store(false, Ordering::Release);
-            closed();
-        });
-        // Requests wait for the answer (a round trip, once per connection) together.
-        let (watch_open, watch_live) = (open.clone(), live.clone());
+        let (driver, answer) = (open.clone(), live.clone());
         tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            // The PING's answer is awaited while the connection is driven; requests wait for
+            // it together (a round trip, once per connection).
+            let mut ended = None;
             let answered = match ping {
                 Some(mut ping) => {
-                    let pong = ping.ping(h2::Ping::opaque());
-                    matches!(tokio::time::timeout(answer_within, pong).await, Ok(Ok(_)))
+                    let pong = tokio::time::timeout(answer_within, ping.ping(h2::Ping::opaque()));
+                    tokio::select! {
+                        pong = pong => matches!(pong, Ok(Ok(_))),
+                        result = &mut connection => {
+                            ended = Some(result);
+                            false
+                        }
+                    }
                 }
                 None => true,
             };
             if !answered {
-                tracing::info!(%addr, "upstream answered no HTTP/2 PING within {answer_within:?}; connection dropped");
-                watch_open.store(false, Ordering::Release);
-                task.abort();
+                driver.store(false, Ordering::Release);
             }
-            watch_live.set(if answered { LIVE } else { DEAD });
+            answer.set(if answered { LIVE } else { DEAD });
+            let result = match ended {
+                Some(result) => result,
+                None if answered => connection.await,
+                None => {
+                    tracing::info!(%addr, "upstream answered no HTTP/2 PING within {answer_within:?}; connection dropped");
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+            driver.store(false, Ordering::Release);
+            closed();
         });
         Ok(H2Conn {
             send,
@@ -221,7 +219,7 @@ impl H2Conn {
                 });
             }
         };
-        let slot = Slot::take(&self.streams);
+        let slot = Counted::take(&self.streams);
         let (parts, body) = req.into_parts();
         let end = body.is_end_stream();
         let sent = |source: h2::Error| {
@@ -365,7 +363,7 @@ pub struct H2Body {
     /// What is left of the `Content-Length`, if the response had one.
     length: Option<u64>,
     data_done: bool,
-    _slot: Slot,
+    _slot: Counted,
 }
 
 impl http_body::Body for H2Body {

@@ -320,10 +320,10 @@ enum HeadWait {
 /// Serves HTTP/1 on `io` (whose first bytes are already in `read`) until the client closes,
 /// or, once `shutdown` fires, until the request in flight has been answered. The first
 /// request head is due by `first_head_by` (the time detection took counts against it); each
-/// later one within the header-read timeout of when the proxy starts to wait for it. `handler` gives
-/// each request's future in its own allocation (see `server::in_place`): it is large (the
-/// whole route, retry and upstream state machine), and lives there while the request is in
-/// flight.
+/// later one within the header-read timeout of when the proxy starts to wait for it.
+/// `handler` gives each request's future in its own allocation (see `server::in_place`): it
+/// is large (the whole route, retry and upstream state machine), and lives there while the
+/// request is in flight.
 pub fn serve<F, P, R>(
     io: Conn,
     read: BytesMut,
