@@ -188,9 +188,21 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
     );
 }
 
-/// The established TCP sockets of this network namespace from `/proc/net/tcp`: (local,
-/// remote, timer, ticks until it fires). Timer 2 is the keep-alive timer.
-fn tcp_sockets() -> Vec<(std::net::SocketAddr, std::net::SocketAddr, u8, u64)> {
+/// A TCP socket of this network namespace, as `/proc/net/tcp` lists it.
+struct Socket {
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    /// 1 is ESTABLISHED.
+    state: u8,
+    /// Bytes received and not yet read.
+    rx_queue: u64,
+    /// Which timer runs (2: the keep-alive timer), and in how many ticks it fires.
+    timer: u8,
+    when: u64,
+}
+
+/// The TCP sockets of this network namespace from `/proc/net/tcp`.
+fn tcp_sockets() -> Vec<Socket> {
     let addr = |field: &str| -> Option<std::net::SocketAddr> {
         let (ip, port) = field.split_once(':')?;
         // The kernel prints the address as a number in host byte order.
@@ -209,18 +221,104 @@ fn tcp_sockets() -> Vec<(std::net::SocketAddr, std::net::SocketAddr, u8, u64)> {
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.get(3) != Some(&"01") {
-                return None;
-            }
+            let (_, rx_queue) = f.get(4)?.split_once(':')?;
             let (timer, when) = f.get(5)?.split_once(':')?;
-            Some((
-                addr(f.get(1)?)?,
-                addr(f.get(2)?)?,
-                timer.parse().ok()?,
-                u64::from_str_radix(when, 16).ok()?,
-            ))
+            Some(Socket {
+                local: addr(f.get(1)?)?,
+                remote: addr(f.get(2)?)?,
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx_queue, 16).ok()?,
+                timer: timer.parse().ok()?,
+                when: u64::from_str_radix(when, 16).ok()?,
+            })
         })
         .collect()
+}
+
+/// An upstream that answers before it has read the request body (a 413 for an upload too
+/// large) and closes at once resets the connection: its kernel holds body bytes nobody read.
+/// The proxy, woken with the reset and more body to forward, must still pass on the answer
+/// that came before the reset, not fail the request as `upstream-reset`. The proxy is stopped
+/// while both arrive, so that it meets them together.
+#[tokio::test]
+async fn an_answer_sent_before_the_body_was_read_arrives_though_the_upstream_resets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app_addr = at(pod_ip(), 8080);
+    let listener = tokio::net::TcpListener::bind(app_addr).await.unwrap();
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        // Byte by byte to the end of the head, so that the body stays unread.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        let mut first = [0u8; 1];
+        tcp.peek(&mut first).await.unwrap();
+        read_tx.send(()).unwrap();
+        answer_rx.await.unwrap();
+        tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo long")
+            .await
+            .unwrap();
+        // Dropped with a body byte unread: the kernel resets the connection.
+    });
+    let config = Mesh::new("c1")
+        .service("shop", "upload", None, 80, &[Ep::direct(app_addr)])
+        .build();
+    let proxy = Proxy::start(pod_ip(), &config, &["--namespace", "shop"]).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.outbound)
+        .await
+        .unwrap();
+    let client_addr = tcp.local_addr().unwrap();
+    tcp.write_all(
+        b"POST http://upload.shop/ HTTP/1.1\r\nHost: upload.shop\r\nContent-Length: 100\r\n\r\na",
+    )
+    .await
+    .unwrap();
+    read_rx.await.unwrap();
+
+    proxy.signal("STOP");
+    tcp.write_all(b"b").await.unwrap();
+    answer_tx.send(()).unwrap();
+    app.await.unwrap();
+    weft_tests::eventually(
+        "the next body byte waiting for the stopped proxy, and its upstream connection reset",
+        std::time::Duration::from_secs(10),
+        || async {
+            let sockets = tcp_sockets();
+            let queued = sockets
+                .iter()
+                .any(|s| s.local == proxy.outbound && s.remote == client_addr && s.rx_queue > 0);
+            let reset = !sockets.iter().any(|s| s.remote == app_addr);
+            (queued && reset).then_some(())
+        },
+    )
+    .await;
+    proxy.signal("CONT");
+
+    // The whole answer; the proxy then waits a while for the rest of the small body, to keep
+    // the connection.
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"too long") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.ends_with("too long"), "{answer}");
+    assert_eq!(
+        proxy
+            .metric(r#"weft_proxy_errors_total{direction="outbound",reason="upstream-reset"}"#)
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -242,20 +340,27 @@ async fn every_connection_the_proxies_hold_is_probed_by_tcp_keepalive() {
     // server proxy) and the two they opened (to the server proxy, to the app). Every one,
     // idle now, has its keep-alive timer running, set to the proxy's 20 s and not the
     // kernel's default two hours. /proc counts in USER_HZ, 100 per second on Linux.
-    let held = |(local, remote, _, _): &(_, _, u8, u64)| {
-        [client.outbound, server.proxy.inbound].contains(local)
-            || [server.proxy.inbound, server.app.addr].contains(remote)
+    let held = |s: &Socket| {
+        s.state == 1
+            && ([client.outbound, server.proxy.inbound].contains(&s.local)
+                || [server.proxy.inbound, server.app.addr].contains(&s.remote))
     };
     let sockets = weft_tests::eventually(
         "four idle proxy sockets with keep-alive timers",
         std::time::Duration::from_secs(10),
         || async {
             let held: Vec<_> = tcp_sockets().into_iter().filter(held).collect();
-            (held.len() == 4 && held.iter().all(|s| s.2 == 2)).then_some(held)
+            (held.len() == 4 && held.iter().all(|s| s.timer == 2)).then_some(held)
         },
     )
     .await;
-    for (local, remote, _, when) in sockets {
+    for Socket {
+        local,
+        remote,
+        when,
+        ..
+    } in sockets
+    {
         assert!(
             when <= 20 * 100,
             "{local} -> {remote}: keep-alive fires in {when} ticks, beyond 20 s"

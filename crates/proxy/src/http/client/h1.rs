@@ -144,24 +144,40 @@ where
         let (parts, body) = (*req).into_parts();
         let mut out = request_writer(&parts, body);
         let keep_request = parts.version == Version::HTTP_11;
+        // A response may come before the request body has all been written, and an upstream
+        // that answers early and closes with body bytes unread resets the connection: the
+        // write fails while the answer waits to be read. So a failed write is believed only
+        // once the read has nothing either.
+        let mut write_failed = None;
         let result = std::future::poll_fn(|cx| {
-            // A response may come before the request body has all been written.
-            if !out.is_done()
-                && let Poll::Ready(Err(e)) = out.poll(&mut conn.io, cx)
-            {
-                return Poll::Ready(Err(e.into()));
+            if write_failed.is_none() && !out.is_done() {
+                match out.poll(&mut conn.io, cx) {
+                    Poll::Ready(Err(WriteError::Io(e))) => write_failed = Some(e),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                }
             }
-            poll_head(&mut conn, head_request, cx)
+            match poll_head(&mut conn, head_request, cx) {
+                Poll::Ready(Err(read)) if read.is_closed() => {
+                    Poll::Ready(Err(write_failed.take().map_or(read, ExchangeError::Io)))
+                }
+                poll => poll,
+            }
         })
         .await;
         let addr = conn.addr;
         match result {
             Ok((head, framing, keep_response)) => {
+                let wrote_all = write_failed.is_none();
+                if let Some(e) = write_failed {
+                    tracing::debug!(%addr, error = %e, "the upstream answered before it read the whole request");
+                    out.abandon();
+                }
                 let body = Box::new(H1Body {
                     conn: Some(conn),
                     out,
                     framing,
-                    keep: keep_request && keep_response,
+                    keep: keep_request && keep_response && wrote_all,
                     release,
                 });
                 Ok(Response::from_parts(head, R::from(body)))
