@@ -452,6 +452,9 @@ fn compile_filters(filters: &[FilterSpec], ns: &str) -> Vec<Filter> {
             if let Some(r) = &f.url_rewrite {
                 return Some(Filter::UrlRewrite(r.clone()));
             }
+            if let Some(r) = &f.request_redirect {
+                return Some(Filter::RequestRedirect(r.clone()));
+            }
             f.request_mirror.as_ref().map(|m| Filter::RequestMirror {
                 backend: backend_ref_name(&m.backend_ref, ns),
                 percent: m.percent.unwrap_or(100),
@@ -465,6 +468,7 @@ fn compile_backends(refs: &[BackendRef], ns: &str) -> Vec<WeightedBackend> {
         .map(|r| WeightedBackend {
             backend: backend_ref_name(r, ns),
             weight: r.weight.unwrap_or(1),
+            filters: compile_filters(&r.filters, ns),
         })
         .collect()
 }

@@ -14,6 +14,7 @@ mod bad_input;
 mod cancel;
 mod chaos;
 mod cluster;
+mod conformance;
 mod control_plane;
 mod demo;
 mod drain;

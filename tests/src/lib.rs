@@ -14,7 +14,8 @@
 //!   `weft compile`.
 //! - [`client`]: HTTP/1 and HTTP/2 clients that talk to a proxy as an application would.
 //! - [`h2raw`]: HTTP/2 frame by frame, for the attacks no client library would send.
-//! - [`workloads`]: the applications behind the proxies.
+//! - [`workloads`]: the applications behind the proxies; [`echo`], the Gateway API
+//!   conformance tests' echo application and its client.
 //! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
 //! - [`tools`]: third-party tools as users have them: nginx as an upstream, h2load.
 //!
@@ -24,7 +25,7 @@
 //!
 //! 1. the processes under test: [`proxy`], [`control`], [`fake_control`], [`manifests`],
 //!    [`mesh`]
-//! 2. what talks to them: [`legit`], [`client`], [`h2raw`], [`workloads`], [`tools`],
+//! 2. what talks to them: [`legit`], [`client`], [`h2raw`], [`workloads`], [`echo`], [`tools`],
 //!    [`kube_api`], [`netns`]
 //! 3. foundations: [`paths`], [`pods`]
 
@@ -35,6 +36,7 @@
 
 pub mod client;
 pub mod control;
+pub mod echo;
 pub mod fake_control;
 pub mod h2raw;
 pub mod kube_api;

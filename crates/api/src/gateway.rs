@@ -1,5 +1,5 @@
 //! Gateway API value types shared by the manifests (HTTPRoute, GRPCRoute) and the compiled
-//! config: request matches, header modifiers and URL rewrites. The YAML shape is the Gateway
+//! config: request matches, header modifiers, URL rewrites and redirects. The YAML shape is the Gateway
 //! API's, so a match reads the same in a manifest and in `/config_dump`.
 
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,30 @@ pub enum PathModifierType {
     ReplacePrefixMatch,
 }
 
+/// RequestRedirect: the client's sidecar answers with a redirect, and no backend is asked.
+/// What is not set is the request's own: its scheme, its host, its path.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRedirect {
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    /// Absent: the scheme's own port when the scheme is set, else the port the request was
+    /// addressed to. A scheme's default port never shows in the Location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 301, 302 (the default), 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+}
+
+/// The status codes a redirect may answer with.
+pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
+
 impl HttpRouteMatch {
     /// Checks the match; `at` is the field path of the match itself.
     pub fn validate(&self, at: &str, problems: &mut Problems) {
@@ -194,8 +218,8 @@ impl HeaderModifier {
 }
 
 impl UrlRewrite {
-    /// `prefix_match` says whether every match of the rule is a PathPrefix match, which
-    /// ReplacePrefixMatch requires.
+    /// `prefix_match` says whether the rule has one match and it is a PathPrefix match,
+    /// which ReplacePrefixMatch requires.
     pub fn validate(&self, at: &str, prefix_match: bool, problems: &mut Problems) {
         if let Some(host) = &self.hostname
             && (host.is_empty() || http_value_invalid(host) || host.contains('/'))
@@ -205,29 +229,74 @@ impl UrlRewrite {
                 format!("{host:?} is not a hostname"),
             );
         }
-        let Some(path) = &self.path else { return };
-        let (field, value) = match path.kind {
-            PathModifierType::ReplaceFullPath => ("replaceFullPath", &path.replace_full_path),
-            PathModifierType::ReplacePrefixMatch => {
-                ("replacePrefixMatch", &path.replace_prefix_match)
-            }
-        };
-        match value {
-            None => problems.add(
-                format!("{at}.path.{field}"),
-                format!("is required with type {:?}", path.kind),
-            ),
-            Some(v) if !v.starts_with('/') => {
-                problems.add(format!("{at}.path.{field}"), "must start with /")
-            }
-            Some(_) => {}
+        if let Some(path) = &self.path {
+            check_path_modifier(path, at, prefix_match, problems);
         }
-        if path.kind == PathModifierType::ReplacePrefixMatch && !prefix_match {
+    }
+}
+
+/// A path modifier of a rewrite or a redirect at `at`.
+fn check_path_modifier(path: &PathModifier, at: &str, prefix_match: bool, problems: &mut Problems) {
+    let (field, value) = match path.kind {
+        PathModifierType::ReplaceFullPath => ("replaceFullPath", &path.replace_full_path),
+        PathModifierType::ReplacePrefixMatch => ("replacePrefixMatch", &path.replace_prefix_match),
+    };
+    match value {
+        None => problems.add(
+            format!("{at}.path.{field}"),
+            format!("is required with type {:?}", path.kind),
+        ),
+        Some(v) if !v.starts_with('/') => {
+            problems.add(format!("{at}.path.{field}"), "must start with /")
+        }
+        Some(_) => {}
+    }
+    if path.kind == PathModifierType::ReplacePrefixMatch && !prefix_match {
+        problems.add(
+            format!("{at}.path.type"),
+            "ReplacePrefixMatch needs the rule to have exactly one match, a PathPrefix match",
+        );
+    }
+}
+
+impl RequestRedirect {
+    /// `prefix_match` as for [`UrlRewrite::validate`].
+    pub fn validate(&self, at: &str, prefix_match: bool, problems: &mut Problems) {
+        if let Some(scheme) = &self.scheme
+            && scheme != "http"
+            && scheme != "https"
+        {
             problems.add(
-                format!("{at}.path.type"),
-                "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                format!("{at}.scheme"),
+                format!("{scheme:?} is not http or https"),
             );
         }
+        if let Some(host) = &self.hostname
+            && !crate::validate::is_dns_name(host)
+        {
+            problems.add(
+                format!("{at}.hostname"),
+                format!("{host:?} is not a hostname (a DNS name, without a port)"),
+            );
+        }
+        if self.port == Some(0) {
+            problems.add(format!("{at}.port"), "must be between 1 and 65535");
+        }
+        if let Some(code) = self.status_code
+            && !REDIRECT_CODES.contains(&code)
+        {
+            problems.add(
+                format!("{at}.statusCode"),
+                format!("{code} is not one of 301, 302, 303, 307 and 308"),
+            );
+        }
+        if let Some(path) = &self.path {
+            check_path_modifier(path, at, prefix_match, problems);
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status_code.unwrap_or(302)
     }
 }
 

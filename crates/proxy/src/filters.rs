@@ -1,10 +1,10 @@
-//! HTTPRoute filters that change a message: header modifiers and URL rewrites. Compiled once
-//! per config, applied per request.
+//! HTTPRoute filters that change a message or answer it: header modifiers, URL rewrites and
+//! redirects. Compiled once per config, applied per request.
 
 use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Version};
-use weft_api::gateway::{self, PathModifierType};
+use weft_api::gateway::{self, PathModifier, PathModifierType};
 
 /// A header modifier with its names and values already parsed.
 #[derive(Debug, Clone, Default)]
@@ -64,17 +64,8 @@ pub fn rewrite_url<B>(
     let Some(modifier) = &rewrite.path else {
         return;
     };
-    let path = req.uri().path();
-    let new_path = match modifier.kind {
-        PathModifierType::ReplaceFullPath => modifier
-            .replace_full_path
-            .clone()
-            .unwrap_or_else(|| "/".into()),
-        PathModifierType::ReplacePrefixMatch => {
-            let Some(prefix) = matched_prefix else { return };
-            let replacement = modifier.replace_prefix_match.as_deref().unwrap_or("/");
-            replace_prefix(path, prefix, replacement)
-        }
+    let Some(new_path) = modified_path(req.uri().path(), modifier, matched_prefix) else {
+        return;
     };
     let pq = match req.uri().query() {
         Some(q) => format!("{new_path}?{q}"),
@@ -88,6 +79,71 @@ pub fn rewrite_url<B>(
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
     }
+}
+
+/// The path a rewrite or a redirect makes of `path`; `None` for a ReplacePrefixMatch when the
+/// request matched no prefix.
+fn modified_path(
+    path: &str,
+    modifier: &PathModifier,
+    matched_prefix: Option<&str>,
+) -> Option<String> {
+    Some(match modifier.kind {
+        PathModifierType::ReplaceFullPath => modifier
+            .replace_full_path
+            .clone()
+            .unwrap_or_else(|| "/".into()),
+        PathModifierType::ReplacePrefixMatch => {
+            let replacement = modifier.replace_prefix_match.as_deref().unwrap_or("/");
+            replace_prefix(path, matched_prefix?, replacement)
+        }
+    })
+}
+
+/// The `Location` of a RequestRedirect, as the Gateway API builds it: the redirect's scheme,
+/// host, port and path where it sets them, the request's otherwise. Without a port, a scheme
+/// the redirect sets brings its own (80, 443), and otherwise the port the request was for
+/// (`port`, the Service's) stays; a scheme's default port is left out.
+pub fn redirect_location<B>(
+    req: &Request<B>,
+    redirect: &gateway::RequestRedirect,
+    matched_prefix: Option<&str>,
+    port: u16,
+) -> Option<HeaderValue> {
+    let scheme = redirect
+        .scheme
+        .as_deref()
+        .or(req.uri().scheme_str())
+        .unwrap_or("http");
+    let host = match &redirect.hostname {
+        Some(h) => h.clone(),
+        None => crate::http::headers::authority_of(req)?
+            .parse::<Authority>()
+            .ok()?
+            .host()
+            .to_owned(),
+    };
+    let port = match (redirect.port, &redirect.scheme) {
+        (Some(p), _) => p,
+        (None, Some(s)) if s == "https" => 443,
+        (None, Some(_)) => 80,
+        (None, None) => port,
+    };
+    let default_port = matches!((scheme, port), ("http", 80) | ("https", 443));
+    let path = match &redirect.path {
+        Some(m) => modified_path(req.uri().path(), m, matched_prefix)?,
+        None => req.uri().path().to_owned(),
+    };
+    let mut location = format!("{scheme}://{host}");
+    if !default_port {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(&path);
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    HeaderValue::try_from(location).ok()
 }
 
 /// `/foo/bar` with prefix `/foo` replaced by `/xyz` is `/xyz/bar`; by `/`, it is `/bar`.
@@ -177,6 +233,138 @@ mod tests {
         };
         rewrite_url(&mut req, &rewrite, None);
         assert_eq!(req.uri(), "http://other/z");
+    }
+
+    #[test]
+    fn a_redirect_location_keeps_what_the_redirect_does_not_set() {
+        let prefix = |value: &str| {
+            Some(PathModifier {
+                kind: PathModifierType::ReplacePrefixMatch,
+                replace_full_path: None,
+                replace_prefix_match: Some(value.into()),
+            })
+        };
+        let full = |value: &str| {
+            Some(PathModifier {
+                kind: PathModifierType::ReplaceFullPath,
+                replace_full_path: Some(value.into()),
+                replace_prefix_match: None,
+            })
+        };
+        let redirect = |scheme: Option<&str>, host: Option<&str>, port: Option<u16>| {
+            gateway::RequestRedirect {
+                scheme: scheme.map(str::to_owned),
+                hostname: host.map(str::to_owned),
+                port,
+                ..Default::default()
+            }
+        };
+        // (request host, Service port, redirect, matched prefix, Location)
+        let cases = [
+            (
+                "echo",
+                80,
+                redirect(None, Some("example.org"), None),
+                None,
+                "http://example.org/p/x?q=1",
+            ),
+            (
+                "echo:8080",
+                8080,
+                redirect(None, Some("example.org"), None),
+                None,
+                "http://example.org:8080/p/x?q=1",
+            ),
+            (
+                "echo",
+                80,
+                redirect(Some("https"), None, None),
+                None,
+                "https://echo/p/x?q=1",
+            ),
+            (
+                "echo:8080",
+                8080,
+                redirect(Some("https"), None, None),
+                None,
+                "https://echo/p/x?q=1",
+            ),
+            (
+                "echo",
+                80,
+                redirect(Some("https"), None, Some(8443)),
+                None,
+                "https://echo:8443/p/x?q=1",
+            ),
+            (
+                "echo",
+                80,
+                redirect(Some("http"), None, Some(443)),
+                None,
+                "http://echo:443/p/x?q=1",
+            ),
+            (
+                "echo",
+                80,
+                redirect(None, None, Some(8080)),
+                None,
+                "http://echo:8080/p/x?q=1",
+            ),
+            (
+                "echo:8080",
+                8080,
+                redirect(None, None, Some(80)),
+                None,
+                "http://echo/p/x?q=1",
+            ),
+            (
+                "[fd00::1]:80",
+                80,
+                redirect(None, None, Some(81)),
+                None,
+                "http://[fd00::1]:81/p/x?q=1",
+            ),
+            (
+                "echo",
+                80,
+                gateway::RequestRedirect {
+                    path: prefix("/new"),
+                    ..Default::default()
+                },
+                Some("/p"),
+                "http://echo/new/x?q=1",
+            ),
+            (
+                "echo",
+                80,
+                gateway::RequestRedirect {
+                    path: prefix("/"),
+                    ..Default::default()
+                },
+                Some("/p"),
+                "http://echo/x?q=1",
+            ),
+            (
+                "echo",
+                80,
+                gateway::RequestRedirect {
+                    path: full("/full"),
+                    ..Default::default()
+                },
+                None,
+                "http://echo/full?q=1",
+            ),
+        ];
+        for (host, port, redirect, matched, want) in cases {
+            let req = Request::get("/p/x?q=1")
+                .header("host", host)
+                .body(())
+                .unwrap();
+            let got = redirect_location(&req, &redirect, matched, port).unwrap();
+            assert_eq!(got, want, "{host} {redirect:?}");
+        }
+        let hostless = Request::get("/p").body(()).unwrap();
+        assert!(redirect_location(&hostless, &redirect(None, None, None), None, 80).is_none());
     }
 
     #[test]

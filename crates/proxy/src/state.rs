@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use weft_api::config::{self, Filter, ProxyConfig, Retry};
-use weft_api::gateway::{HttpRouteMatch, UrlRewrite};
+use weft_api::gateway::{HttpRouteMatch, RequestRedirect, UrlRewrite};
 
 use crate::authz::{InboundPolicy, RateBuckets};
 use crate::backends::{Backend, Registry};
@@ -62,6 +62,10 @@ pub struct Rule {
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
     pub rewrite: Option<UrlRewrite>,
+    /// Answers every request with a redirect, and `backends` are not asked.
+    pub redirect: Option<RequestRedirect>,
+    /// The header modifiers of each backend (same order), after the rule's.
+    pub backend_filters: Vec<BackendFilters>,
     pub mirrors: Vec<(Arc<Backend>, u32)>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
@@ -78,6 +82,8 @@ impl Rule {
             request_headers: None,
             response_headers: None,
             rewrite: None,
+            redirect: None,
+            backend_filters: vec![BackendFilters::default()],
             mirrors: Vec::new(),
             request_timeout: None,
             backend_timeout: None,
@@ -95,15 +101,18 @@ impl Rule {
         out.route = Name(route.name.as_str().into());
         out.backends.clear();
         out.weights.clear();
+        out.backend_filters.clear();
         for b in &rule.backends {
             // Validation guarantees the backend exists; one that does not gets weight 0.
             if let Some(backend) = backend(&b.backend) {
                 out.backends.push(backend);
                 out.weights.push(b.weight);
+                out.backend_filters.push(BackendFilters::new(&b.filters));
             }
         }
         for f in &rule.filters {
             match f {
+                Filter::RequestRedirect(r) => out.redirect = Some(r.clone()),
                 Filter::RequestHeaderModifier(m) => {
                     out.request_headers = Some(HeaderModifier::new(m))
                 }
@@ -142,6 +151,34 @@ impl Rule {
                 metrics.request_stats(Direction::Outbound, &self.route, &backend.name)
             }),
         )
+    }
+}
+
+/// What a backend of a rule does to the requests sent to it and their responses.
+#[derive(Default)]
+pub struct BackendFilters {
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+}
+
+impl BackendFilters {
+    fn new(filters: &[Filter]) -> BackendFilters {
+        let mut out = BackendFilters::default();
+        for f in filters {
+            match f {
+                Filter::RequestHeaderModifier(m) => {
+                    out.request_headers = Some(HeaderModifier::new(m))
+                }
+                Filter::ResponseHeaderModifier(m) => {
+                    out.response_headers = Some(HeaderModifier::new(m))
+                }
+                // Validation allows a backend header modifiers only.
+                Filter::UrlRewrite(_)
+                | Filter::RequestMirror { .. }
+                | Filter::RequestRedirect(_) => {}
+            }
+        }
+        out
     }
 }
 

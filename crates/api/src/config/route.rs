@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Dur;
-use crate::gateway::{HeaderModifier, HttpRouteMatch, PathMatchType, UrlRewrite};
+use crate::gateway::{HeaderModifier, HttpRouteMatch, PathMatchType, RequestRedirect, UrlRewrite};
 use crate::validate::Problems;
 
 /// The largest weight the Gateway API allows.
@@ -57,6 +57,8 @@ pub enum Filter {
         #[serde(default = "hundred")]
         percent: u32,
     },
+    /// Answers with a redirect; no backend is asked.
+    RequestRedirect(RequestRedirect),
 }
 
 fn hundred() -> u32 {
@@ -69,6 +71,9 @@ pub struct WeightedBackend {
     pub backend: String,
     #[serde(default = "one")]
     pub weight: u32,
+    /// Header modifiers for the requests sent to this backend, after the rule's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
 }
 
 fn one() -> u32 {
@@ -133,32 +138,13 @@ impl HttpRoute {
             for (j, m) in rule.matches.iter().enumerate() {
                 m.validate(&format!("{at}.matches[{j}]"), problems);
             }
-            let prefix_only = !rule.matches.is_empty()
+            let prefix_only = rule.matches.len() == 1
                 && rule.matches.iter().all(|m| {
                     m.path
                         .as_ref()
                         .is_none_or(|p| p.kind == PathMatchType::PathPrefix)
                 });
-            for (j, f) in rule.filters.iter().enumerate() {
-                let at = format!("{at}.filters[{j}]");
-                match f {
-                    Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
-                        m.validate(&at, problems)
-                    }
-                    Filter::UrlRewrite(r) => r.validate(&at, prefix_only, problems),
-                    Filter::RequestMirror { backend, percent } => {
-                        if !backend_exists(backend) {
-                            problems.add(
-                                format!("{at}.backend"),
-                                format!("no backend named {backend:?}"),
-                            );
-                        }
-                        if *percent > 100 {
-                            problems.add(format!("{at}.percent"), "must be between 0 and 100");
-                        }
-                    }
-                }
-            }
+            validate_filters(&rule.filters, &at, prefix_only, backend_exists, problems);
             for (j, b) in rule.backends.iter().enumerate() {
                 if !backend_exists(&b.backend) {
                     problems.add(
@@ -172,6 +158,19 @@ impl HttpRoute {
                         format!("must be at most {MAX_WEIGHT}"),
                     );
                 }
+                let at = format!("{at}.backends[{j}]");
+                for (k, f) in b.filters.iter().enumerate() {
+                    if !matches!(
+                        f,
+                        Filter::RequestHeaderModifier(_) | Filter::ResponseHeaderModifier(_)
+                    ) {
+                        problems.add(
+                            format!("{at}.filters[{k}]"),
+                            "a backend takes header modifiers only",
+                        );
+                    }
+                }
+                validate_filters(&b.filters, &at, prefix_only, backend_exists, problems);
             }
             if let Some(retry) = &rule.retry {
                 retry.validate(&format!("{at}.retry"), problems);
@@ -185,6 +184,37 @@ impl HttpRoute {
                     format!("{at}.timeouts.backendRequest"),
                     "must not be longer than timeouts.request",
                 );
+            }
+        }
+    }
+}
+
+/// Checks the filters of a rule, or of one of its backends, at `at`.
+fn validate_filters(
+    filters: &[Filter],
+    at: &str,
+    prefix_only: bool,
+    backend_exists: &dyn Fn(&str) -> bool,
+    problems: &mut Problems,
+) {
+    for (j, f) in filters.iter().enumerate() {
+        let at = format!("{at}.filters[{j}]");
+        match f {
+            Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
+                m.validate(&at, problems)
+            }
+            Filter::UrlRewrite(r) => r.validate(&at, prefix_only, problems),
+            Filter::RequestRedirect(r) => r.validate(&at, prefix_only, problems),
+            Filter::RequestMirror { backend, percent } => {
+                if !backend_exists(backend) {
+                    problems.add(
+                        format!("{at}.backend"),
+                        format!("no backend named {backend:?}"),
+                    );
+                }
+                if *percent > 100 {
+                    problems.add(format!("{at}.percent"), "must be between 0 and 100");
+                }
             }
         }
     }

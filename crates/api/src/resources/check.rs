@@ -289,13 +289,22 @@ fn check_backend_ref(r: &BackendRef, at: &str, problems: &mut Problems) {
     }
 }
 
+/// Where a list of filters stands: a rule's, or one backend's of a rule.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filters {
+    Rule,
+    Backend,
+}
+
 fn check_filters(
     filters: &[FilterSpec],
     at: &str,
     prefix_only: bool,
     grpc: bool,
+    place: Filters,
     problems: &mut Problems,
 ) {
+    let mut seen: Vec<&str> = Vec::new();
     for (j, f) in filters.iter().enumerate() {
         let at = format!("{at}.filters[{j}]");
         let (field, present) = match f.kind.as_str() {
@@ -306,12 +315,36 @@ fn check_filters(
                 "responseHeaderModifier",
                 f.response_header_modifier.is_some(),
             ),
-            "URLRewrite" if !grpc => ("urlRewrite", f.url_rewrite.is_some()),
-            "RequestMirror" => ("requestMirror", f.request_mirror.is_some()),
+            "URLRewrite" if !grpc && place == Filters::Rule => {
+                ("urlRewrite", f.url_rewrite.is_some())
+            }
+            "RequestRedirect" if !grpc && place == Filters::Rule => {
+                ("requestRedirect", f.request_redirect.is_some())
+            }
+            "RequestMirror" if place == Filters::Rule => {
+                ("requestMirror", f.request_mirror.is_some())
+            }
+            "URLRewrite" | "RequestRedirect" if grpc => {
+                problems.add(
+                    format!("{at}.type"),
+                    format!("a GRPCRoute has no {} filter", f.kind),
+                );
+                continue;
+            }
+            "URLRewrite" | "RequestRedirect" | "RequestMirror" => {
+                problems.add(
+                    format!("{at}.type"),
+                    format!(
+                        "{} in backendRefs[].filters is not supported by weft: put it in the rule's filters",
+                        f.kind
+                    ),
+                );
+                continue;
+            }
             other => {
                 problems.add(
                     format!("{at}.type"),
-                    format!("filter {other:?} is not supported"),
+                    format!("filter {other:?} is not supported by weft"),
                 );
                 continue;
             }
@@ -322,11 +355,22 @@ fn check_filters(
                 format!("is required with type {}", f.kind),
             );
         }
+        // The Gateway API allows each of these once per list; mirrors may repeat.
+        if f.kind != "RequestMirror" {
+            if seen.contains(&f.kind.as_str()) {
+                problems.add(
+                    format!("{at}.type"),
+                    format!("{} may appear only once", f.kind),
+                );
+            }
+            seen.push(f.kind.as_str());
+        }
         let set = [
             f.request_header_modifier.is_some(),
             f.response_header_modifier.is_some(),
             f.url_rewrite.is_some(),
             f.request_mirror.is_some(),
+            f.request_redirect.is_some(),
         ];
         if set.iter().filter(|s| **s).count() > 1 {
             problems.add(at.clone(), "sets more than the one field its type names");
@@ -340,12 +384,21 @@ fn check_filters(
         if let Some(r) = &f.url_rewrite {
             r.validate(&format!("{at}.urlRewrite"), prefix_only, problems);
         }
+        if let Some(r) = &f.request_redirect {
+            r.validate(&format!("{at}.requestRedirect"), prefix_only, problems);
+        }
         if let Some(m) = &f.request_mirror {
             check_backend_ref(
                 &m.backend_ref,
                 &format!("{at}.requestMirror.backendRef"),
                 problems,
             );
+            if !m.backend_ref.filters.is_empty() {
+                problems.add(
+                    format!("{at}.requestMirror.backendRef.filters"),
+                    "a mirror's backend takes no filters",
+                );
+            }
             if m.percent.is_some_and(|p| p > 100) {
                 problems.add(
                     format!("{at}.requestMirror.percent"),
@@ -354,24 +407,82 @@ fn check_filters(
             }
         }
     }
+    if seen.contains(&"RequestRedirect") && seen.contains(&"URLRewrite") {
+        problems.add(
+            format!("{at}.filters"),
+            "RequestRedirect and URLRewrite cannot both be set",
+        );
+    }
+}
+
+/// A rule's backend references, their own filters included.
+fn check_rule_backends(
+    refs: &[BackendRef],
+    at: &str,
+    prefix_only: bool,
+    grpc: bool,
+    problems: &mut Problems,
+) {
+    for (j, b) in refs.iter().enumerate() {
+        let at = format!("{at}.backendRefs[{j}]");
+        check_backend_ref(b, &at, problems);
+        check_filters(
+            &b.filters,
+            &at,
+            prefix_only,
+            grpc,
+            Filters::Backend,
+            problems,
+        );
+    }
+}
+
+/// Rule names: each a DNS label, none twice in a route.
+fn check_rule_names<'a>(names: impl Iterator<Item = Option<&'a String>>, problems: &mut Problems) {
+    let mut seen = Vec::new();
+    for (i, name) in names.enumerate() {
+        let Some(name) = name else { continue };
+        let at = format!("spec.rules[{i}].name");
+        if !is_dns_label(name) {
+            problems.add(at.clone(), format!("{name:?} is not a DNS label"));
+        }
+        if seen.contains(&name) {
+            problems.add(at, format!("{name:?} names another rule of this route"));
+        }
+        seen.push(name);
+    }
 }
 
 fn check_http_route(r: &HttpRouteManifest, problems: &mut Problems) {
     check_parent_refs(&r.spec.parent_refs, problems);
+    check_rule_names(r.spec.rules.iter().map(|r| r.name.as_ref()), problems);
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
         for (j, m) in rule.matches.iter().enumerate() {
             m.validate(&format!("{at}.matches[{j}]"), problems);
         }
-        let prefix_only = !rule.matches.is_empty()
+        // What ReplacePrefixMatch needs: one match, by path prefix.
+        let prefix_only = rule.matches.len() == 1
             && rule.matches.iter().all(|m| {
                 m.path
                     .as_ref()
                     .is_none_or(|p| p.kind == crate::gateway::PathMatchType::PathPrefix)
             });
-        check_filters(&rule.filters, &at, prefix_only, false, problems);
-        for (j, b) in rule.backend_refs.iter().enumerate() {
-            check_backend_ref(b, &format!("{at}.backendRefs[{j}]"), problems);
+        check_filters(
+            &rule.filters,
+            &at,
+            prefix_only,
+            false,
+            Filters::Rule,
+            problems,
+        );
+        check_rule_backends(&rule.backend_refs, &at, prefix_only, false, problems);
+        if !rule.backend_refs.is_empty() && rule.filters.iter().any(|f| f.kind == "RequestRedirect")
+        {
+            problems.add(
+                format!("{at}.backendRefs"),
+                "a rule that redirects sends nothing to backends: remove them or the RequestRedirect",
+            );
         }
         if let Some(retry) = &rule.retry {
             Retry {
@@ -402,6 +513,7 @@ fn check_timeouts(t: &Timeouts, at: &str, problems: &mut Problems) {
 
 fn check_grpc_route(r: &GrpcRouteManifest, problems: &mut Problems) {
     check_parent_refs(&r.spec.parent_refs, problems);
+    check_rule_names(r.spec.rules.iter().map(|r| r.name.as_ref()), problems);
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
         for (j, m) in rule.matches.iter().enumerate() {
@@ -433,10 +545,8 @@ fn check_grpc_route(r: &GrpcRouteManifest, problems: &mut Problems) {
             };
             as_http.validate(&at, problems);
         }
-        check_filters(&rule.filters, &at, false, true, problems);
-        for (j, b) in rule.backend_refs.iter().enumerate() {
-            check_backend_ref(b, &format!("{at}.backendRefs[{j}]"), problems);
-        }
+        check_filters(&rule.filters, &at, false, true, Filters::Rule, problems);
+        check_rule_backends(&rule.backend_refs, &at, false, true, problems);
     }
     let (retry, timeouts) = grpc_route_extras(&r.metadata, problems);
     if let Some(retry) = retry {
@@ -661,8 +771,48 @@ spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
                 "test.yaml:1:spec.rules[0].backendRefs[0].port: is required",
             ),
             (
+                "    - name: a\n      backendRefs: [{name: reviews, port: 9080}]\n    - name: a\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[1].name: \"a\" names another rule of this route",
+            ),
+            (
+                "    - filters: [{type: ExternalAuth}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].type: filter \"ExternalAuth\" is not supported by weft",
+            ),
+            (
                 "    - filters: [{type: RequestRedirect}]\n",
-                "test.yaml:1:spec.rules[0].filters[0].type: filter \"RequestRedirect\" is not supported",
+                "test.yaml:1:spec.rules[0].filters[0].requestRedirect: is required with type RequestRedirect",
+            ),
+            (
+                "    - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 304}}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestRedirect.statusCode: 304 is not one of 301, 302, 303, 307 and 308",
+            ),
+            (
+                "    - filters: [{type: RequestRedirect, requestRedirect: {scheme: ftp}}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestRedirect.scheme: \"ftp\" is not http or https",
+            ),
+            (
+                "    - filters: [{type: RequestRedirect, requestRedirect: {hostname: 'a.org:80'}}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestRedirect.hostname: \"a.org:80\" is not a hostname",
+            ),
+            (
+                "    - filters: [{type: RequestRedirect, requestRedirect: {hostname: a.org}}]\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs: a rule that redirects sends nothing to backends",
+            ),
+            (
+                "    - filters: [{type: RequestRedirect, requestRedirect: {hostname: a.org}}, {type: URLRewrite, urlRewrite: {hostname: b}}]\n",
+                "test.yaml:1:spec.rules[0].filters: RequestRedirect and URLRewrite cannot both be set",
+            ),
+            (
+                "    - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [a]}}, {type: RequestHeaderModifier, requestHeaderModifier: {remove: [b]}}]\n",
+                "test.yaml:1:spec.rules[0].filters[1].type: RequestHeaderModifier may appear only once",
+            ),
+            (
+                "    - matches: [{path: {value: /a}}, {path: {value: /b}}]\n      filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /c}}}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestRedirect.path.type: ReplacePrefixMatch needs the rule to have exactly one match, a PathPrefix match",
+            ),
+            (
+                "    - backendRefs: [{name: reviews, port: 9080, filters: [{type: RequestRedirect, requestRedirect: {hostname: a.org}}]}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].filters[0].type: RequestRedirect in backendRefs[].filters is not supported by weft",
             ),
             (
                 "    - filters: [{type: RequestHeaderModifier}]\n",

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::meta::ObjectMeta;
 use crate::config::route::Timeouts;
 use crate::duration::Dur;
-use crate::gateway::{HeaderMatch, HeaderModifier, HttpRouteMatch, MatchType, UrlRewrite};
+use crate::gateway::{
+    HeaderMatch, HeaderModifier, HttpRouteMatch, MatchType, RequestRedirect, UrlRewrite,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -83,6 +85,8 @@ pub struct FilterSpec {
     pub url_rewrite: Option<UrlRewrite>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_mirror: Option<MirrorSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<RequestRedirect>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +114,10 @@ pub struct BackendRef {
     /// Relative; default 1; 0 receives nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Applied to the requests this backend is chosen for, after the rule's (a rule's
+    /// `backendRefs` only; a mirror's reference takes none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterSpec>,
 }
 
 /// HTTPRoute `retry` (GEP-1731).

@@ -110,6 +110,10 @@ impl Http {
                     }
                 },
             };
+            if let Some(redirect) = &rule.redirect {
+                let result = redirect_response(&req, redirect, prefix.as_deref(), dest.port);
+                return self.finish(start, &rule.route, &NO_ROUTE, result, grpc, &method);
+            }
             let picked = weighted::pick(
                 &rule.weights,
                 fastrand::u64(..weighted::total(&rule.weights).max(1)),
@@ -127,7 +131,7 @@ impl Http {
                 );
             };
             let result = self
-                .exchange(req, &rule, &backend, prefix.as_deref(), grpc, start)
+                .exchange(req, &rule, index, &backend, prefix.as_deref(), grpc, start)
                 .await;
             let resp = self.shared.respond(DIRECTION, result, grpc);
             let status = resp.status().as_u16();
@@ -160,17 +164,28 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see the module docs"
     )]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a borrow or a copy from the request's own state, which it outlives"
+    )]
     fn exchange(
         &self,
         mut req: BoxedRequest,
         rule: &Rule,
+        index: usize,
         backend: &Arc<Backend>,
         prefix: Option<&str>,
         grpc: bool,
         start: Instant,
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
         async move {
-            if let Some(m) = &rule.request_headers {
+            let backend_filters = rule.backend_filters.get(index);
+            // The rule's modifiers, then the chosen backend's.
+            let request_headers = [
+                rule.request_headers.as_ref(),
+                backend_filters.and_then(|f| f.request_headers.as_ref()),
+            ];
+            for m in request_headers.into_iter().flatten() {
                 m.apply(req.headers_mut());
             }
             if let Some(r) = &rule.rewrite {
@@ -239,7 +254,11 @@ impl Http {
                 ))
             });
             let mut resp = forward::complete(prepared, result?, &self.shared.tasks);
-            if let Some(m) = &rule.response_headers {
+            let response_headers = [
+                rule.response_headers.as_ref(),
+                backend_filters.and_then(|f| f.response_headers.as_ref()),
+            ];
+            for m in response_headers.into_iter().flatten() {
                 m.apply(resp.headers_mut());
             }
             if let Some(deadline) = deadline {
@@ -508,6 +527,23 @@ impl Http {
             );
         }
     }
+}
+
+/// A RequestRedirect's answer: its status, the `Location`, and no body. A request without
+/// the host that the Location needs is a bad one.
+fn redirect_response(
+    req: &Request<Body>,
+    redirect: &weft_api::gateway::RequestRedirect,
+    prefix: Option<&str>,
+    port: u16,
+) -> Result<Response<Body>, ProxyError> {
+    let location = filters::redirect_location(req, redirect, prefix, port)
+        .ok_or(ProxyError::Denied(errors::Reason::BadRequest))?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() =
+        http::StatusCode::from_u16(redirect.status()).unwrap_or(http::StatusCode::FOUND);
+    resp.headers_mut().insert(http::header::LOCATION, location);
+    Ok(resp)
 }
 
 /// What makes the request safe to repeat ([`Safety`]), kept while the request is in flight.

@@ -1,0 +1,146 @@
+//! The MESH-GRPC profile's tests.
+
+use weft_tests::echo;
+
+use super::{NS, Suite};
+
+fn grpc_route(name: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo, port: 7070}}]\n  rules:\n{rules}"
+    )
+}
+
+#[tokio::test]
+async fn mesh_grpc_route_request_header_modifier() {
+    let rule = |case: &str, modifier: &str, backend: &str| {
+        format!(
+            "  - matches: [{{headers: [{{name: x-test-case, value: {case}}}]}}]\n    filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {modifier}}}]\n    backendRefs: [{{name: {backend}, port: 7070}}]\n"
+        )
+    };
+    let rules = [
+        rule("set", "{set: [{name: x-header-set, value: set-overwrites-values}]}", "echo-v1"),
+        rule("add", "{add: [{name: x-header-add, value: add-appends-values}]}", "echo-v1"),
+        rule("remove", "{remove: [x-header-remove]}", "echo-v1"),
+        rule(
+            "multi",
+            "{set: [{name: x-header-set-1, value: header-set-1}, {name: x-header-set-2, value: header-set-2}], add: [{name: x-header-add-1, value: header-add-1}, {name: x-header-add-2, value: header-add-2}], remove: [x-header-remove-1, x-header-remove-2]}",
+            "echo-v2",
+        ),
+    ]
+    .concat();
+    let suite = Suite::start(&grpc_route("grpc-request-header-modifier", &rules)).await;
+    type Row<'a> = (
+        &'a super::Pod,
+        &'a [(&'a str, &'a str)],
+        &'a [(&'a str, &'a str)],
+        &'a [&'a str],
+        &'a str,
+    );
+    let rows: [Row<'_>; 4] = [
+        (
+            &suite.v1,
+            &[
+                ("x-test-case", "set"),
+                ("some-other-header", "this-header-should-be-set"),
+                ("x-header-set", "this-value-should-be-overwritten"),
+            ],
+            &[
+                ("x-test-case", "set"),
+                ("some-other-header", "this-header-should-be-set"),
+                ("x-header-set", "set-overwrites-values"),
+            ],
+            &[],
+            "echo-v1",
+        ),
+        (
+            &suite.v1,
+            &[
+                ("x-test-case", "add"),
+                ("x-header-add", "this-value-should-be-appended"),
+            ],
+            &[
+                ("x-test-case", "add"),
+                (
+                    "x-header-add",
+                    "this-value-should-be-appended,add-appends-values",
+                ),
+            ],
+            &[],
+            "echo-v1",
+        ),
+        (
+            &suite.v1,
+            &[
+                ("x-test-case", "remove"),
+                ("x-header-remove", "this-should-be-removed"),
+            ],
+            &[("x-test-case", "remove")],
+            &["x-header-remove"],
+            "echo-v1",
+        ),
+        (
+            &suite.v2,
+            &[
+                ("x-test-case", "multi"),
+                ("x-header-set-2", "set-header-2"),
+                ("x-header-add-2", "add-header-2"),
+                ("x-header-remove-2", "should-be-removed-2"),
+            ],
+            &[
+                ("x-test-case", "multi"),
+                ("x-header-set-1", "header-set-1"),
+                ("x-header-set-2", "header-set-2"),
+                ("x-header-add-1", "header-add-1"),
+                ("x-header-add-2", "add-header-2,header-add-2"),
+            ],
+            &["x-header-remove-1", "x-header-remove-2"],
+            "echo-v2",
+        ),
+    ];
+    for (client, sent, sees, absent, pod) in rows {
+        let answer = echo::grpc(client.proxy.outbound, "echo:7070", sent)
+            .await
+            .unwrap();
+        let at = format!("MeshGRPCRouteRequestHeaderModifier {sent:?}");
+        assert_eq!(
+            (answer.status, answer.grpc_status.as_deref()),
+            (200, Some("0")),
+            "{at}: {answer:?}"
+        );
+        let echoed = answer.echoed.as_ref().expect("a pod answers");
+        assert_eq!(
+            (echoed.namespace.as_str(), echoed.pod.as_str()),
+            (NS, pod),
+            "{at}"
+        );
+        assert_eq!(echoed.path, "/conformance.Echo/Echo", "{at}");
+        for (name, value) in sees {
+            assert_eq!(echoed.header(name), Some(*value), "{at}: {name}");
+        }
+        for name in absent {
+            assert_eq!(echoed.header(name), None, "{at}: {name}");
+        }
+    }
+}
+
+/// The route names a third backend, `echo-v3`, with weight 0 and no such Service: it is an
+/// invalid reference that receives nothing, and the rule splits 70/30 all the same.
+#[tokio::test]
+async fn mesh_grpc_route_weight() {
+    let rules = "  - backendRefs: [{name: echo-v1, port: 7070, weight: 70}, {name: echo-v2, port: 7070, weight: 30}, {name: echo-v3, port: 7070, weight: 0}]\n";
+    let suite = Suite::start(&grpc_route("mesh-grpc-weighted-backends", rules)).await;
+    let n = 2_000;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..n {
+        let answer = echo::grpc(suite.v1.proxy.outbound, "echo:7070", &[])
+            .await
+            .unwrap();
+        assert_eq!(answer.grpc_status.as_deref(), Some("0"), "{answer:?}");
+        *counts.entry(answer.pod().to_owned()).or_default() += 1;
+    }
+    eprintln!("MeshGRPCRouteWeight: {counts:?}");
+    let share = |pod: &str| counts.get(pod).copied().unwrap_or(0) as f64 / n as f64;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!((share("echo-v1") - 0.7).abs() <= 0.05, "{counts:?}");
+    assert!((share("echo-v2") - 0.3).abs() <= 0.05, "{counts:?}");
+}
