@@ -13,7 +13,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
+use weft_api::resources::{ManifestError, Resource, Subject};
+
+use crate::hub::{Generation, Hub};
+use crate::route_status::{self, RouteView};
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
@@ -85,9 +88,48 @@ pub fn status(hub: &Hub) -> serde_json::Value {
         "manifests": {
             "accepted": generation.accepted.len(),
             "errors": generation.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "unresolved": generation.unresolved.iter().map(ToString::to_string).collect::<Vec<_>>(),
         },
+        "routes": routes(&generation),
         "proxies": proxies,
     })
+}
+
+/// Each accepted route's Gateway API conditions per Service parent, as cluster mode writes
+/// them into the route's status.
+fn routes(generation: &Generation) -> Vec<serde_json::Value> {
+    let since = route_status::rfc3339(time::OffsetDateTime::from(generation.published));
+    generation
+        .accepted
+        .iter()
+        .filter_map(|m| {
+            let (kind, parents) = match &m.resource {
+                Resource::HttpRoute(r) => ("HTTPRoute", &r.spec.parent_refs),
+                Resource::GrpcRoute(r) => ("GRPCRoute", &r.spec.parent_refs),
+                _ => return None,
+            };
+            let key = m.resource.key();
+            let ours = |e: &&ManifestError| e.subject == Subject::Resource(key.clone());
+            let errors: Vec<&ManifestError> = generation.errors.iter().filter(ours).collect();
+            let unresolved: Vec<&ManifestError> =
+                generation.unresolved.iter().filter(ours).collect();
+            let view = RouteView {
+                generation: None,
+                parent_refs: parents
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect(),
+                status_parents: Vec::new(),
+            };
+            let meta = m.resource.meta();
+            Some(json!({
+                "kind": kind,
+                "namespace": meta.namespace(),
+                "name": meta.name,
+                "parents": route_status::entries(&view, &errors, &unresolved, true, &since),
+            }))
+        })
+        .collect()
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

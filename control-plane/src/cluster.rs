@@ -34,11 +34,10 @@ use crate::hub::Hub;
 use crate::store::Store;
 
 pub mod auth;
-pub mod route_status;
 
+pub use crate::route_status::CONTROLLER_NAME;
+use crate::route_status::{self, RouteView, is_service_parent};
 pub use auth::{TokenReviewer, ca_from_secret};
-pub use route_status::CONTROLLER_NAME;
-use route_status::{RouteView, is_service_parent};
 
 /// How long changes are gathered before a rebuild: a burst (a relist, `kubectl apply` of a
 /// directory) is one rebuild.
@@ -300,6 +299,7 @@ impl Mirror {
         crate::watch::publish(&mut self.store, hub, true);
         // A route's errors and accepted version carry its store name as their origin.
         let errors = self.store.errors();
+        let unresolved = self.store.unresolved();
         let accepted = self.store.accepted();
         let now = route_status::rfc3339(time::OffsetDateTime::now_utc());
         self.ours = self
@@ -308,10 +308,14 @@ impl Mirror {
             .map(|(name, route)| {
                 let own: Vec<&ManifestError> =
                     errors.iter().filter(|e| e.origin.file == *name).collect();
+                let missing: Vec<&ManifestError> = unresolved
+                    .iter()
+                    .filter(|e| e.origin.file == *name)
+                    .collect();
                 let serving = accepted.iter().any(|m| m.source.file == *name);
                 (
                     name.clone(),
-                    route_status::entries(&route.view, &own, serving, &now),
+                    route_status::entries(&route.view, &own, &missing, serving, &now),
                 )
             })
             .collect();

@@ -20,7 +20,7 @@ use weft_api::config::server::ServerPolicySpec;
 use weft_api::config::{self, DEFAULT_INBOUND_PORT, MeshPeer, MtlsMode, ProxyConfig, ServerPolicy};
 use weft_api::gateway::{HttpRouteMatch, MatchType, PathMatch, PathMatchType};
 use weft_api::identity::SpiffeId;
-use weft_api::resources::check::grpc_route_extras;
+use weft_api::resources::check::{self, grpc_route_extras};
 use weft_api::resources::core::{EndpointSlice, IntOrString, Pod, SERVICE_NAME_LABEL, Service};
 use weft_api::resources::routes::{
     BackendRef, FilterSpec, GrpcRouteManifest, HttpRouteManifest, ParentRef,
@@ -389,19 +389,41 @@ impl<'a> Index<'a> {
             .iter()
             .filter(|r| attaches(&r.metadata, &r.spec.parent_refs))
         {
-            sort(&r.metadata, compile_http_route(r));
+            let resolve = |b: &BackendRef| self.unresolved(b, r.metadata.namespace());
+            sort(&r.metadata, compile_http_route(r, &resolve));
         }
         for r in self
             .grpc_routes
             .iter()
             .filter(|r| attaches(&r.metadata, &r.spec.parent_refs))
         {
-            sort(&r.metadata, compile_grpc_route(r));
+            let resolve = |b: &BackendRef| self.unresolved(b, r.metadata.namespace());
+            sort(&r.metadata, compile_grpc_route(r, &resolve));
         }
         if client_ns != svc_ns && !consumer.is_empty() {
             consumer
         } else {
             producer
+        }
+    }
+}
+
+impl Index<'_> {
+    /// Why `r`, of a route in `route_ns`, names no backend the proxies have; `None` when it
+    /// does. A port the proxies do not serve (not TCP) names none either.
+    fn unresolved(&self, r: &BackendRef, route_ns: &str) -> Option<String> {
+        let found = check::resolve_backend(r, route_ns, |ns, name| {
+            self.services.get(&(ns, name)).copied()
+        });
+        match found {
+            Err(e) => Some(format!("{}: {}", e.reason, e.message)),
+            Ok(svc) => svc
+                .spec
+                .ports
+                .iter()
+                .find(|p| Some(p.port) == r.port)
+                .filter(|p| p.protocol.as_deref().is_some_and(|p| p != "TCP"))
+                .map(|p| format!("UnsupportedProtocol: port {} is not TCP", p.port)),
         }
     }
 }
@@ -439,7 +461,11 @@ fn backend_ref_name(r: &BackendRef, route_ns: &str) -> String {
     )
 }
 
-fn compile_filters(filters: &[FilterSpec], ns: &str) -> Vec<Filter> {
+/// Why a route's backend reference names no backend the proxies have: the Gateway API's
+/// ResolvedRefs reason and its detail.
+type Resolve<'r> = &'r dyn Fn(&BackendRef) -> Option<String>;
+
+fn compile_filters(filters: &[FilterSpec], ns: &str, resolve: Resolve<'_>) -> Vec<Filter> {
     filters
         .iter()
         .filter_map(|f| {
@@ -455,25 +481,30 @@ fn compile_filters(filters: &[FilterSpec], ns: &str) -> Vec<Filter> {
             if let Some(r) = &f.request_redirect {
                 return Some(Filter::RequestRedirect(r.clone()));
             }
-            f.request_mirror.as_ref().map(|m| Filter::RequestMirror {
-                backend: backend_ref_name(&m.backend_ref, ns),
-                percent: m.percent.unwrap_or(100),
-            })
+            // A mirror to nothing copies nothing.
+            f.request_mirror
+                .as_ref()
+                .filter(|m| resolve(&m.backend_ref).is_none())
+                .map(|m| Filter::RequestMirror {
+                    backend: backend_ref_name(&m.backend_ref, ns),
+                    percent: m.percent.unwrap_or(100),
+                })
         })
         .collect()
 }
 
-fn compile_backends(refs: &[BackendRef], ns: &str) -> Vec<WeightedBackend> {
+fn compile_backends(refs: &[BackendRef], ns: &str, resolve: Resolve<'_>) -> Vec<WeightedBackend> {
     refs.iter()
         .map(|r| WeightedBackend {
             backend: backend_ref_name(r, ns),
             weight: r.weight.unwrap_or(1),
-            filters: compile_filters(&r.filters, ns),
+            filters: compile_filters(&r.filters, ns, resolve),
+            unresolved: resolve(r),
         })
         .collect()
 }
 
-fn compile_http_route(r: &HttpRouteManifest) -> HttpRoute {
+fn compile_http_route(r: &HttpRouteManifest, resolve: Resolve<'_>) -> HttpRoute {
     let ns = r.metadata.namespace();
     HttpRoute {
         name: route_name(&r.metadata),
@@ -484,8 +515,8 @@ fn compile_http_route(r: &HttpRouteManifest) -> HttpRoute {
             .iter()
             .map(|rule| RouteRule {
                 matches: rule.matches.clone(),
-                filters: compile_filters(&rule.filters, ns),
-                backends: compile_backends(&rule.backend_refs, ns),
+                filters: compile_filters(&rule.filters, ns, resolve),
+                backends: compile_backends(&rule.backend_refs, ns, resolve),
                 timeouts: rule.timeouts.clone().unwrap_or_default(),
                 retry: rule.retry.as_ref().map(|retry| config::Retry {
                     codes: retry.codes.clone(),
@@ -498,7 +529,7 @@ fn compile_http_route(r: &HttpRouteManifest) -> HttpRoute {
     }
 }
 
-fn compile_grpc_route(r: &GrpcRouteManifest) -> HttpRoute {
+fn compile_grpc_route(r: &GrpcRouteManifest, resolve: Resolve<'_>) -> HttpRoute {
     let ns = r.metadata.namespace();
     // Validation already reported any problem in the annotations.
     let (retry, timeouts) = grpc_route_extras(&r.metadata, &mut Problems::default());
@@ -526,8 +557,8 @@ fn compile_grpc_route(r: &GrpcRouteManifest) -> HttpRoute {
                         method: None,
                     })
                     .collect(),
-                filters: compile_filters(&rule.filters, ns),
-                backends: compile_backends(&rule.backend_refs, ns),
+                filters: compile_filters(&rule.filters, ns, resolve),
+                backends: compile_backends(&rule.backend_refs, ns, resolve),
                 timeouts: Timeouts { ..timeouts.clone() },
                 retry: retry.clone(),
             })

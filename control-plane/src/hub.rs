@@ -33,8 +33,12 @@ pub struct Generation {
     pub number: u64,
     pub accepted: Arc<Vec<Manifest>>,
     pub errors: Arc<Vec<ManifestError>>,
+    /// The references of accepted routes that name nothing.
+    pub unresolved: Arc<Vec<ManifestError>>,
     /// When the change that produced it was noticed.
     pub since: Instant,
+    /// The same, as a wall-clock time (for the route conditions `/status` shows).
+    pub published: SystemTime,
     mesh: MeshSettings,
     /// By namespace and the JSON of the inbound policies.
     compiled: Mutex<HashMap<(String, String), Arc<Compiled>>>,
@@ -47,13 +51,16 @@ impl Generation {
         number: u64,
         accepted: Arc<Vec<Manifest>>,
         errors: Arc<Vec<ManifestError>>,
+        unresolved: Arc<Vec<ManifestError>>,
         mesh: MeshSettings,
     ) -> Generation {
         Generation {
             number,
             accepted,
             errors,
+            unresolved,
             since: Instant::now(),
+            published: SystemTime::now(),
             mesh,
             compiled: Mutex::new(HashMap::new()),
             by_target: Mutex::new(HashMap::new()),
@@ -148,7 +155,13 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(mesh: MeshSettings, metrics: Arc<ControlMetrics>) -> Arc<Hub> {
-        let empty = Generation::new(0, Arc::default(), Arc::default(), mesh.clone());
+        let empty = Generation::new(
+            0,
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            mesh.clone(),
+        );
         Arc::new(Hub {
             current: watch::Sender::new(Arc::new(empty)),
             proxies: Mutex::new(BTreeMap::new()),
@@ -164,12 +177,14 @@ impl Hub {
         number: u64,
         accepted: Arc<Vec<Manifest>>,
         errors: Arc<Vec<ManifestError>>,
+        unresolved: Arc<Vec<ManifestError>>,
     ) {
         self.metrics.generation(number, errors.len());
         self.current.send_replace(Arc::new(Generation::new(
             number,
             accepted,
             errors,
+            unresolved,
             self.mesh.clone(),
         )));
     }

@@ -8,6 +8,8 @@
 //! - [`status`]: `weft status`.
 //! - [`load`]: reading manifests from files and directories.
 //! - [`store`]: the manifest store: files, the accepted set, last good versions, errors.
+//! - [`route_status`]: a route's Gateway API conditions per Service parent, from its errors
+//!   and unresolved references (written back in cluster mode, shown by `/status`).
 //! - [`demo`]: `weft demo`, the mesh on loopback, with its sample workloads in
 //!   [`demo::app`].
 //!
@@ -18,7 +20,7 @@
 //! 1. commands: [`control`], [`demo`], [`status`], [`crds`], and the fuzz target [`fuzzing`]
 //! 2. serving: [`server`], [`admin`], [`tls`]
 //! 3. manifest sources: [`cluster`], [`watch`], [`load`]
-//! 4. manifests and configs: [`hub`], [`store`], [`compile`]
+//! 4. manifests and configs: [`hub`], [`store`], [`compile`], [`route_status`]
 //! 5. identity: [`ca`], [`token`]
 //! 6. foundations: [`metrics`]
 //!
@@ -36,6 +38,7 @@ pub mod fuzzing;
 pub mod hub;
 pub mod load;
 pub mod metrics;
+pub mod route_status;
 pub mod server;
 pub mod status;
 pub mod store;

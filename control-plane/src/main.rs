@@ -125,12 +125,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// What an unresolved reference of an accepted route does.
+const UNRESOLVED: &str = "a parent that is not there holds no route, a backend's share of requests is answered 500 (gRPC UNAVAILABLE), a mirror copies nothing";
+
 fn check_command(paths: &[PathBuf]) -> ExitCode {
     let (manifests, mut errors) = load(paths);
     let checked = check(manifests);
     errors.extend(checked.errors);
     for e in &errors {
         println!("{e}");
+    }
+    // Accepted all the same, as the Gateway API says: the route serves without the reference.
+    for e in &checked.unresolved {
+        println!("warning: {e} (accepted; {})", UNRESOLVED);
     }
     if errors.is_empty() {
         println!("{} manifests valid", checked.accepted.len());
@@ -154,6 +161,9 @@ fn compile_command(paths: &[PathBuf], target: &Target, output: Output) -> anyhow
             eprintln!("{e}");
         }
         anyhow::bail!("{} errors; nothing compiled", errors.len());
+    }
+    for e in &checked.unresolved {
+        eprintln!("warning: {e} (accepted; {})", UNRESOLVED);
     }
     let config = Index::new(&checked.accepted).compile(target, &MeshSettings::default());
     let text = match output {

@@ -34,6 +34,9 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<bool> {
     let healthy = status["manifests"]["errors"]
         .as_array()
         .is_none_or(Vec::is_empty)
+        && status["manifests"]["unresolved"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
         && status["proxies"]
             .as_array()
             .is_none_or(|p| p.iter().all(|p| p["upToDate"] == true));
@@ -102,6 +105,40 @@ pub fn render(status: &serde_json::Value) -> String {
     for e in &errors {
         let _ = writeln!(out, "{}", s(e));
     }
+    let routes = status["routes"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\nROUTES ({})", routes.len());
+    for r in &routes {
+        let route = format!("{} {}/{}", s(&r["kind"]), s(&r["namespace"]), s(&r["name"]));
+        for p in r["parents"].as_array().into_iter().flatten() {
+            let parent = &p["parentRef"];
+            let port = parent["port"]
+                .as_u64()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            let target = format!(
+                "{}{}{port}",
+                parent["namespace"]
+                    .as_str()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default(),
+                s(&parent["name"])
+            );
+            let conditions: Vec<String> = p["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let head = format!("{}={}", s(&c["type"]), s(&c["status"]));
+                    if c["status"] == "True" {
+                        head
+                    } else {
+                        format!("{head} ({}: {})", s(&c["reason"]), s(&c["message"]))
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "{route:<40} {target:<24} {}", conditions.join(" "));
+        }
+    }
     out
 }
 
@@ -117,7 +154,19 @@ mod tests {
                 {"namespace": "shop", "podName": "web-2", "podIp": "127.0.10.2", "acked": null, "current": "0123456789abcdef", "upToDate": false, "nacked": ["0123456789abcdef", "bad regex"]},
             ],
         });
+        let mut status = status;
+        status["routes"] = serde_json::json!([{
+            "kind": "HTTPRoute", "namespace": "shop", "name": "split",
+            "parents": [{"parentRef": {"kind": "Service", "name": "reviews", "port": 9080}, "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "accepted by weft"},
+                {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "spec.rules[0].backendRefs[1].name: no Service shop/gone"},
+            ]}],
+        }]);
         let table = super::render(&status);
+        assert!(
+            table.contains("HTTPRoute shop/split") && table.contains("reviews:9080") && table.contains("Accepted=True ResolvedRefs=False (BackendNotFound: spec.rules[0].backendRefs[1].name: no Service shop/gone)"),
+            "{table}"
+        );
         assert!(table.contains("shop/web-1"), "{table}");
         assert!(table.contains("up to date"), "{table}");
         assert!(table.contains("refused 0123456789ab: bad regex"), "{table}");

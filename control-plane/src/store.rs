@@ -35,6 +35,7 @@ pub struct Store {
     last_good: HashMap<ResourceKey, Manifest>,
     accepted: Arc<Vec<Manifest>>,
     errors: Arc<Vec<ManifestError>>,
+    unresolved: Arc<Vec<ManifestError>>,
     generation: u64,
 }
 
@@ -174,8 +175,11 @@ impl Store {
             .collect();
         errors.sort_by(|a, b| (&a.origin, &a.path).cmp(&(&b.origin, &b.path)));
         errors.dedup();
+        let mut unresolved = second.unresolved;
+        unresolved.sort_by(|a, b| (&a.origin, &a.path).cmp(&(&b.origin, &b.path)));
         self.accepted = Arc::new(second.accepted);
         self.errors = Arc::new(errors);
+        self.unresolved = Arc::new(unresolved);
         self.generation += 1;
         Summary {
             generation: self.generation,
@@ -190,6 +194,11 @@ impl Store {
 
     pub fn errors(&self) -> Arc<Vec<ManifestError>> {
         self.errors.clone()
+    }
+
+    /// The references of accepted routes that name nothing (`weft_api::resources::check::Checked::unresolved`).
+    pub fn unresolved(&self) -> Arc<Vec<ManifestError>> {
+        self.unresolved.clone()
     }
 
     pub fn generation(&self) -> u64 {
@@ -276,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn deleting_a_file_removes_its_resources_and_dependents_fail() {
+    fn deleting_a_file_removes_its_resources_and_leaves_routes_unresolved() {
         let mut store = Store::new();
         store.set_file("svc.yaml", Some(SVC));
         store.set_file("route.yaml", Some(&route("1")));
@@ -284,16 +293,18 @@ mod tests {
         assert!(store.set_file("svc.yaml", None));
         let summary = store.rebuild();
         assert_eq!(
-            summary.accepted, 0,
-            "the route's Service is gone, and so is the route"
+            (summary.accepted, summary.errors),
+            (1, 0),
+            "the route stays, naming a Service that is gone"
         );
         assert!(
             store
-                .errors()
+                .unresolved()
                 .iter()
-                .any(|e| e.message.contains("no Service shop/reviews")),
+                .any(|e| e.path == "spec.parentRefs[0].name"
+                    && e.message.contains("no Service shop/reviews")),
             "{:?}",
-            store.errors()
+            store.unresolved()
         );
     }
 

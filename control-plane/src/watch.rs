@@ -81,7 +81,15 @@ pub(crate) fn publish(store: &mut Store, hub: &Hub, changed: bool) {
     for e in store.errors().iter() {
         tracing::warn!(error = %e, "manifest rejected");
     }
-    hub.publish(summary.generation, store.accepted(), store.errors());
+    for e in store.unresolved().iter() {
+        tracing::warn!(error = %e, "a route's reference names nothing; the route serves without it");
+    }
+    hub.publish(
+        summary.generation,
+        store.accepted(),
+        store.errors(),
+        store.unresolved(),
+    );
 }
 
 fn is_manifest(path: &Path) -> bool {

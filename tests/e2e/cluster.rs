@@ -108,7 +108,7 @@ async fn cluster_mode_serves_the_clusters_routes_to_real_proxies() {
     .await;
 
     // A broken edit is refused: traffic keeps the last good route and the status says so.
-    let broken = split(3, 0, 100).replace("reviews-v2, port", "ghost, port");
+    let broken = split(3, 0, 100).replace("weight: 100", "weight: 2000000");
     kube_api::apply(&fake, &broken, true);
     eventually(
         "the refusal in the status",
@@ -118,7 +118,7 @@ async fn cluster_mode_serves_the_clusters_routes_to_real_proxies() {
     .await;
     let status: Value = cp.status().await;
     assert!(
-        status.to_string().contains("HTTPRoute/shop/reviews-split:1:spec.rules[0].backendRefs[1].name: no Service shop/ghost"),
+        status.to_string().contains("HTTPRoute/shop/reviews-split:1:spec.rules[0].backendRefs[1].weight: must be between 0 and 1000000"),
         "{status}"
     );
     let kept = tally(proxy.outbound, 20, |_| get("http://reviews:9080/", &[])).await;
@@ -126,4 +126,41 @@ async fn cluster_mode_serves_the_clusters_routes_to_real_proxies() {
         kept.into_iter().collect::<Vec<_>>(),
         [((200, "reviews-v2".into()), 20)]
     );
+
+    // A backend that is not there is no refusal: the route is accepted and serves, its share
+    // (here all of it) answered 500, and ResolvedRefs says why.
+    let partial = split(4, 0, 100).replace("reviews-v2, port", "ghost, port");
+    kube_api::apply(&fake, &partial, true);
+    eventually(
+        "the partial failure in the status",
+        Duration::from_secs(10),
+        || async { (accepted(&fake) == Some(("True".into(), 4))).then_some(()) },
+    )
+    .await;
+    let route = fake
+        .object(
+            &collection("gateway.networking.k8s.io/v1", "httproutes"),
+            "shop",
+            "reviews-split",
+        )
+        .unwrap();
+    let ours = route["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["controllerName"] == "weft.dev/mesh")
+        .unwrap()
+        .clone();
+    assert_eq!(ours["conditions"][1]["type"], "ResolvedRefs");
+    assert_eq!(ours["conditions"][1]["status"], "False");
+    assert_eq!(ours["conditions"][1]["reason"], "BackendNotFound");
+    eventually(
+        "the ghost's share answered 500",
+        Duration::from_secs(10),
+        || async {
+            let failed = tally(proxy.outbound, 10, |_| get("http://reviews:9080/", &[])).await;
+            (failed.into_iter().collect::<Vec<_>>() == [((500, String::new()), 10)]).then_some(())
+        },
+    )
+    .await;
 }

@@ -255,22 +255,67 @@ async fn the_cluster_is_mirrored_and_route_statuses_are_written_back() {
     })
     .await;
 
-    // A broken edit is refused; the last good version keeps serving and the status says why.
+    // A reference to a Service that is not there: the route is accepted and serves without
+    // it (its share answered 500), and ResolvedRefs says why.
     fake.put(
         &http_routes(),
         route(3, &[("reviews", 50), ("ghost", 50)]),
         true,
     );
-    let refused = eventually(WAIT, "the refusal in the status", || {
+    let partial = eventually(WAIT, "the unresolved reference in the status", || {
         split_patches(&fake)
             .into_iter()
             .find(|p| p["status"]["parents"][1]["conditions"][0]["observedGeneration"] == 3)
     })
     .await;
     assert_eq!(
+        conditions(&partial),
+        [
+            cond("Accepted", "True", "Accepted"),
+            cond("ResolvedRefs", "False", "BackendNotFound")
+        ]
+    );
+    let message = partial["status"]["parents"][1]["conditions"][1]["message"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        message,
+        "spec.rules[0].backendRefs[1].name: no Service shop/ghost"
+    );
+    assert_eq!(weights(&hub), [50, 50]);
+    assert!(
+        hub.current().errors.is_empty(),
+        "{:?}",
+        hub.current().errors
+    );
+    let unresolved: Vec<String> = hub
+        .current()
+        .unresolved
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        unresolved,
+        ["HTTPRoute/shop/split:1:spec.rules[0].backendRefs[1].name: no Service shop/ghost"]
+    );
+
+    // A broken edit is refused; the last good version keeps serving and the status says why.
+    fake.put(
+        &http_routes(),
+        route(4, &[("reviews", 50), ("reviews-v2", 2_000_000)]),
+        true,
+    );
+    let refused = eventually(WAIT, "the refusal in the status", || {
+        split_patches(&fake)
+            .into_iter()
+            .find(|p| p["status"]["parents"][1]["conditions"][0]["observedGeneration"] == 4)
+    })
+    .await;
+    // The version that serves is still the one whose backend is not there.
+    assert_eq!(
         conditions(&refused),
         [
-            cond("Accepted", "False", "BackendNotFound"),
+            cond("Accepted", "False", "UnsupportedValue"),
             cond("ResolvedRefs", "False", "BackendNotFound")
         ]
     );
@@ -278,7 +323,7 @@ async fn the_cluster_is_mirrored_and_route_statuses_are_written_back() {
         .as_str()
         .unwrap();
     assert!(
-        message.contains("no Service shop/ghost")
+        message.contains("must be between 0 and 1000000")
             && message.contains("the last accepted version keeps serving"),
         "{message}"
     );
@@ -291,7 +336,9 @@ async fn the_cluster_is_mirrored_and_route_statuses_are_written_back() {
         .collect();
     assert_eq!(
         errors,
-        ["HTTPRoute/shop/split:1:spec.rules[0].backendRefs[1].name: no Service shop/ghost"]
+        [
+            "HTTPRoute/shop/split:1:spec.rules[0].backendRefs[1].weight: must be between 0 and 1000000"
+        ]
     );
 
     // A deletion the watch reports.
@@ -318,9 +365,9 @@ async fn the_cluster_is_mirrored_and_route_statuses_are_written_back() {
     })
     .await;
 
-    // One write per change of the status (three generations), no echo loop, and nothing
+    // One write per change of the status (four generations), no echo loop, and nothing
     // for the Gateway's route.
-    assert_eq!(split_patches(&fake).len(), 3, "{:#?}", fake.patches());
+    assert_eq!(split_patches(&fake).len(), 4, "{:#?}", fake.patches());
     assert!(
         fake.patches()
             .iter()

@@ -401,8 +401,22 @@ fn typed<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        DocError::new(path, first_line(&e.inner().to_string()), subject.clone())
+        let inner = e.inner().to_string();
+        DocError::new(path, unsupported(first_line(&inner)), subject.clone())
     })
+}
+
+/// serde's "unknown field `x`, expected one of ..." as what it means to an operator: a field
+/// of the Gateway API (or a typo) that weft does not implement, and refuses rather than ignore.
+/// The error's path already ends with the field.
+fn unsupported(message: &str) -> String {
+    match message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        Some((field, _)) => format!("`{field}` is not supported by weft"),
+        None => message.to_owned(),
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -539,7 +553,7 @@ spec:
             "{shown:#?}"
         );
         assert!(
-            shown[3].starts_with("app.yaml:5:spec.rules[0].retries: unknown field `retries`"),
+            shown[3] == "app.yaml:5:spec.rules[0].retries: `retries` is not supported by weft",
             "{shown:#?}"
         );
     }

@@ -183,7 +183,9 @@ pub enum ProxyError {
     },
     #[error("no route matches the request")]
     RouteNotFound,
-    #[error("no backend with weight in the matched rule")]
+    #[error(
+        "the matched rule has no backend to send this request to (none with weight, or a reference that names none)"
+    )]
     NoBackend,
     #[error("every endpoint of {0} is ejected by its circuit breaker")]
     BreakerOpen(Arc<str>),

@@ -56,6 +56,8 @@ pub struct Rule {
     /// `<namespace>/<route>`, or `default`: the `route` label of metrics.
     pub route: Name,
     pub backends: Vec<Arc<Backend>>,
+    /// One per backend, and one more after them when references that name no backend have
+    /// weight: their share.
     pub weights: Vec<u32>,
     /// The request metrics per backend (same order), resolved at the first request.
     stats: Vec<OnceLock<RequestStats>>,
@@ -102,13 +104,21 @@ impl Rule {
         out.backends.clear();
         out.weights.clear();
         out.backend_filters.clear();
+        // The references that name no backend keep their share of the requests, as one last
+        // weight with no backend: a request that draws it is answered 500 (`no-backend`).
+        let mut unresolved = 0u32;
         for b in &rule.backends {
-            // Validation guarantees the backend exists; one that does not gets weight 0.
-            if let Some(backend) = backend(&b.backend) {
-                out.backends.push(backend);
-                out.weights.push(b.weight);
-                out.backend_filters.push(BackendFilters::new(&b.filters));
+            match backend(&b.backend).filter(|_| b.unresolved.is_none()) {
+                Some(backend) => {
+                    out.backends.push(backend);
+                    out.weights.push(b.weight);
+                    out.backend_filters.push(BackendFilters::new(&b.filters));
+                }
+                None => unresolved = unresolved.saturating_add(b.weight),
             }
+        }
+        if unresolved > 0 {
+            out.weights.push(unresolved);
         }
         for f in &rule.filters {
             match f {

@@ -9,6 +9,7 @@
 
 mod grpc;
 mod http;
+mod partial;
 
 use std::net::IpAddr;
 
@@ -23,7 +24,7 @@ pub const CONSUMER_NS: &str = "gateway-conformance-mesh-consumer";
 
 /// The suite's Services: `echo` selects both versions, `echo-v1` and `echo-v2` one each.
 /// Each has HTTP on 80 and 8080, and gRPC on 7070, in front of the pods' 8080 and 7070.
-fn services() -> String {
+pub fn services() -> String {
     let service = |name: &str, selector: &str, grpc_protocol: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  selector: {{{selector}}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, appProtocol: http}}\n  - {{name: http-alt, port: 8080, targetPort: 8080, appProtocol: http}}\n  - {{name: grpc, port: 7070, targetPort: 7070{grpc_protocol}}}\n"

@@ -74,6 +74,10 @@ pub struct WeightedBackend {
     /// Header modifiers for the requests sent to this backend, after the rule's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
+    /// Why the reference names no backend (the Gateway API's ResolvedRefs reason and its
+    /// detail): its share of the rule's requests is answered 500, gRPC UNAVAILABLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
 }
 
 fn one() -> u32 {
@@ -146,7 +150,7 @@ impl HttpRoute {
                 });
             validate_filters(&rule.filters, &at, prefix_only, backend_exists, problems);
             for (j, b) in rule.backends.iter().enumerate() {
-                if !backend_exists(&b.backend) {
+                if b.unresolved.is_none() && !backend_exists(&b.backend) {
                     problems.add(
                         format!("{at}.backends[{j}].backend"),
                         format!("no backend named {:?}", b.backend),

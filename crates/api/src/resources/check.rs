@@ -21,7 +21,14 @@ use crate::validate::{Problems, grpc_code, is_dns_label, is_dns_name};
 #[derive(Debug, Default)]
 pub struct Checked {
     pub accepted: Vec<Manifest>,
+    /// What rejected a manifest: it is not in `accepted`.
     pub errors: Vec<ManifestError>,
+    /// References of accepted routes that name nothing there is (a parent, a backend, a
+    /// mirror): the route serves without them. A parent that is not there holds no route; a
+    /// backend's share of the rule's requests is answered 500 (gRPC: UNAVAILABLE); a mirror
+    /// copies nothing. These are the Gateway API's `Accepted` (NoMatchingParent) and
+    /// `ResolvedRefs` (BackendNotFound, InvalidKind) conditions turned false.
+    pub unresolved: Vec<ManifestError>,
 }
 
 /// Checks every manifest; the accepted ones keep their order.
@@ -79,21 +86,72 @@ pub fn check(manifests: Vec<Manifest>) -> Checked {
     let mut accepted = Vec::new();
     for m in &candidates {
         let mut problems = Problems::default();
-        check_references(&m.resource, &services, &mut problems);
+        let mut unresolved = Problems::default();
+        check_references(&m.resource, &services, &mut problems, &mut unresolved);
+        let errors = |problems: Problems| {
+            problems.into_vec().into_iter().map(|p| ManifestError {
+                origin: m.source.clone(),
+                path: p.path,
+                message: p.message,
+                subject: Subject::Resource(m.resource.key()),
+            })
+        };
         if problems.is_empty() {
             accepted.push(m.clone());
+            out.unresolved.extend(errors(unresolved));
         } else {
-            out.errors
-                .extend(problems.into_vec().into_iter().map(|p| ManifestError {
-                    origin: m.source.clone(),
-                    path: p.path,
-                    message: p.message,
-                    subject: Subject::Resource(m.resource.key()),
-                }));
+            out.errors.extend(errors(problems));
         }
     }
     out.accepted = accepted;
     out
+}
+
+/// Why a backend reference names nothing that can take requests, at `field` of the
+/// reference, with the Gateway API's `ResolvedRefs` reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    pub reason: &'static str,
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Resolves a route's backend reference against the Services there are (`service` looks one
+/// up by namespace and name).
+pub fn resolve_backend<'a>(
+    r: &BackendRef,
+    route_ns: &str,
+    service: impl Fn(&str, &str) -> Option<&'a Service>,
+) -> Result<&'a Service, Unresolved> {
+    let group_ok = r
+        .group
+        .as_deref()
+        .is_none_or(|g| g.is_empty() || g == "core");
+    if !group_ok || r.kind.as_deref().is_some_and(|k| k != "Service") {
+        return Err(Unresolved {
+            reason: "InvalidKind",
+            field: "kind",
+            message: "weft sends to Services only (group \"\", kind Service)".to_owned(),
+        });
+    }
+    let ns = r.namespace.as_deref().unwrap_or(route_ns);
+    let Some(svc) = service(ns, &r.name) else {
+        return Err(Unresolved {
+            reason: "BackendNotFound",
+            field: "name",
+            message: format!("no Service {ns}/{}", r.name),
+        });
+    };
+    if let Some(port) = r.port
+        && !svc.spec.ports.iter().any(|p| p.port == port)
+    {
+        return Err(Unresolved {
+            reason: "BackendNotFound",
+            field: "port",
+            message: format!("Service {ns}/{} has no port {port}", r.name),
+        });
+    }
+    Ok(svc)
 }
 
 /// The cluster IPs a Service names, with the field each is in.
@@ -265,15 +323,14 @@ fn check_parent_refs(refs: &[ParentRef], problems: &mut Problems) {
     }
 }
 
+/// The fields of a backend reference; what it names is resolved later ([`resolve_backend`]).
 fn check_backend_ref(r: &BackendRef, at: &str, problems: &mut Problems) {
-    let group_ok = r
+    let service = r
         .group
         .as_deref()
-        .is_none_or(|g| g.is_empty() || g == "core");
-    if !group_ok || r.kind.as_deref().is_some_and(|k| k != "Service") {
-        problems.add(format!("{at}.kind"), "must be a Service");
-    }
-    if r.port.is_none() {
+        .is_none_or(|g| g.is_empty() || g == "core")
+        && r.kind.as_deref().is_none_or(|k| k == "Service");
+    if service && r.port.is_none() {
         problems.add(format!("{at}.port"), "is required for a Service backend");
     }
     if r.port == Some(0) {
@@ -608,26 +665,29 @@ pub fn grpc_route_extras(meta: &ObjectMeta, problems: &mut Problems) -> (Option<
     (retry, timeouts)
 }
 
+/// The references of a manifest: what rejects it goes to `problems`, what the route serves
+/// without to `unresolved`.
 fn check_references(
     resource: &Resource,
     services: &HashMap<(String, String), &Service>,
     problems: &mut Problems,
+    unresolved: &mut Problems,
 ) {
     let ns = resource.meta().namespace();
-    let has_port = |svc: &Service, port: u16| svc.spec.ports.iter().any(|p| p.port == port);
-    let parent = |refs: &[ParentRef], problems: &mut Problems| {
+    let service = |ns: &str, name: &str| services.get(&(ns.to_owned(), name.to_owned())).copied();
+    let parent = |refs: &[ParentRef], unresolved: &mut Problems| {
         for (i, r) in refs.iter().enumerate() {
             let target_ns = r.namespace.as_deref().unwrap_or(ns);
-            match services.get(&(target_ns.to_owned(), r.name.clone())) {
-                None => problems.add(
+            match service(target_ns, &r.name) {
+                None => unresolved.add(
                     format!("spec.parentRefs[{i}].name"),
                     format!("no Service {target_ns}/{}", r.name),
                 ),
                 Some(svc) => {
                     if let Some(port) = r.port
-                        && !has_port(svc, port)
+                        && !svc.spec.ports.iter().any(|p| p.port == port)
                     {
-                        problems.add(
+                        unresolved.add(
                             format!("spec.parentRefs[{i}].port"),
                             format!("Service {target_ns}/{} has no port {port}", r.name),
                         );
@@ -636,53 +696,41 @@ fn check_references(
             }
         }
     };
-    let backend = |r: &BackendRef, at: String, problems: &mut Problems| {
-        let target_ns = r.namespace.as_deref().unwrap_or(ns);
-        match services.get(&(target_ns.to_owned(), r.name.clone())) {
-            None => problems.add(
-                format!("{at}.name"),
-                format!("no Service {target_ns}/{}", r.name),
-            ),
-            Some(svc) => {
-                if let Some(port) = r.port
-                    && !has_port(svc, port)
-                {
-                    problems.add(
-                        format!("{at}.port"),
-                        format!("Service {target_ns}/{} has no port {port}", r.name),
-                    );
-                }
-            }
+    let backend = |r: &BackendRef, at: String, unresolved: &mut Problems| {
+        if let Err(e) = resolve_backend(r, ns, service) {
+            unresolved.add(format!("{at}.{}", e.field), e.message);
         }
     };
-    let mirrors = |filters: &[FilterSpec], at: &str, problems: &mut Problems| {
+    let filters = |filters: &[FilterSpec], at: &str, unresolved: &mut Problems| {
         for (j, f) in filters.iter().enumerate() {
             if let Some(m) = &f.request_mirror {
                 backend(
                     &m.backend_ref,
                     format!("{at}.filters[{j}].requestMirror.backendRef"),
-                    problems,
+                    unresolved,
                 );
             }
         }
     };
+    let rule =
+        |i: usize, refs: &[BackendRef], rule_filters: &[FilterSpec], unresolved: &mut Problems| {
+            let at = format!("spec.rules[{i}]");
+            for (j, b) in refs.iter().enumerate() {
+                backend(b, format!("{at}.backendRefs[{j}]"), unresolved);
+            }
+            filters(rule_filters, &at, unresolved);
+        };
     match resource {
         Resource::HttpRoute(r) => {
-            parent(&r.spec.parent_refs, problems);
-            for (i, rule) in r.spec.rules.iter().enumerate() {
-                for (j, b) in rule.backend_refs.iter().enumerate() {
-                    backend(b, format!("spec.rules[{i}].backendRefs[{j}]"), problems);
-                }
-                mirrors(&rule.filters, &format!("spec.rules[{i}]"), problems);
+            parent(&r.spec.parent_refs, unresolved);
+            for (i, x) in r.spec.rules.iter().enumerate() {
+                rule(i, &x.backend_refs, &x.filters, unresolved);
             }
         }
         Resource::GrpcRoute(r) => {
-            parent(&r.spec.parent_refs, problems);
-            for (i, rule) in r.spec.rules.iter().enumerate() {
-                for (j, b) in rule.backend_refs.iter().enumerate() {
-                    backend(b, format!("spec.rules[{i}].backendRefs[{j}]"), problems);
-                }
-                mirrors(&rule.filters, &format!("spec.rules[{i}]"), problems);
+            parent(&r.spec.parent_refs, unresolved);
+            for (i, x) in r.spec.rules.iter().enumerate() {
+                rule(i, &x.backend_refs, &x.filters, unresolved);
             }
         }
         Resource::BackendPolicy(p) => {
@@ -719,14 +767,66 @@ metadata: {name: reviews-v2, namespace: shop}
 spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
 "#;
 
-    fn errors_of(extra: &str) -> Vec<String> {
+    fn checked(extra: &str) -> (Vec<ManifestError>, Checked) {
         let (mut manifests, mut errors) = parse_file("base.yaml", SERVICES);
         let (more, more_errors) = parse_file("test.yaml", extra);
         manifests.extend(more);
         errors.extend(more_errors);
-        let checked = check(manifests);
+        (errors, check(manifests))
+    }
+
+    fn errors_of(extra: &str) -> Vec<String> {
+        let (mut errors, checked) = checked(extra);
         errors.extend(checked.errors);
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    /// References that name nothing keep the route: accepted, with each one said.
+    #[test]
+    fn unresolved_references_leave_the_route_accepted() {
+        let cases = [
+            (
+                "    - backendRefs: [{name: ghost, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].name: no Service shop/ghost",
+            ),
+            (
+                "    - backendRefs: [{name: reviews, port: 1234}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].port: Service shop/reviews has no port 1234",
+            ),
+            (
+                "    - backendRefs: [{group: example.com, kind: Bucket, name: b}]\n",
+                "test.yaml:1:spec.rules[0].backendRefs[0].kind: weft sends to Services only",
+            ),
+            (
+                "    - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: ghost, port: 1}}}]\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestMirror.backendRef.name: no Service shop/ghost",
+            ),
+        ];
+        for (rules, want) in cases {
+            let (errors, checked) = checked(&route(rules));
+            assert!(
+                errors.is_empty() && checked.errors.is_empty(),
+                "{rules}: {errors:?} {:?}",
+                checked.errors
+            );
+            assert_eq!(checked.accepted.len(), 3, "{rules}: the route is accepted");
+            let got: Vec<String> = checked.unresolved.iter().map(ToString::to_string).collect();
+            assert!(
+                got.len() == 1 && got[0].starts_with(want),
+                "want {want:?}\n got {got:#?}"
+            );
+        }
+        let (_, checked) = checked(
+            &route("    - backendRefs: [{name: reviews, port: 9080}]\n").replace(
+                "name: reviews, port: 9080}]\n  rules",
+                "name: reviews, port: 9080}, {kind: Service, name: gone}]\n  rules",
+            ),
+        );
+        assert_eq!(checked.accepted.len(), 3);
+        assert_eq!(
+            checked.unresolved[0].to_string(),
+            "test.yaml:1:spec.parentRefs[1].name: no Service shop/gone"
+        );
     }
 
     fn route(rules: &str) -> String {
@@ -745,14 +845,6 @@ spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
             (
                 "    - matches: [{path: {type: RegularExpression, value: '/a('}}]\n",
                 "test.yaml:1:spec.rules[0].matches[0].path.value: invalid regular expression",
-            ),
-            (
-                "    - backendRefs: [{name: ghost, port: 9080}]\n",
-                "test.yaml:1:spec.rules[0].backendRefs[0].name: no Service shop/ghost",
-            ),
-            (
-                "    - backendRefs: [{name: reviews, port: 1234}]\n",
-                "test.yaml:1:spec.rules[0].backendRefs[0].port: Service shop/reviews has no port 1234",
             ),
             (
                 "    - timeouts: {request: 10 seconds}\n",

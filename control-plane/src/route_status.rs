@@ -1,6 +1,7 @@
 //! Gateway API route status as weft's mesh controller writes it: for each Service parent of
-//! a route, its `Accepted` and `ResolvedRefs` conditions, from the route's errors in the
-//! store. Pure: the caller reads the route and writes the result ([`super`]).
+//! a route, its `Accepted` and `ResolvedRefs` conditions, from the route's errors and its
+//! unresolved references in the store. Pure: the caller reads the route and writes the result
+//! (cluster mode, [`crate::cluster`]) or shows it (`/status`, [`crate::admin`]).
 
 use serde_json::{Value, json};
 use weft_api::resources::ManifestError;
@@ -85,17 +86,21 @@ pub fn merged(route: &RouteView, ours: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// weft's `status.parents` entries for a route: one per Service parent. Any error keeps the
+/// weft's `status.parents` entries for a route: one per Service parent. An error keeps the
 /// whole route out (weft never applies part of one), so it makes every parent's Accepted
-/// false: with the parent's own reason if it has one, else the route's. A condition's
+/// false: with the parent's own reason if it has one, else the route's. An unresolved
+/// reference (`unresolved`) leaves the route serving: a parent that is not there has its own
+/// Accepted false, and a backend that is not there makes ResolvedRefs false. A condition's
 /// `lastTransitionTime` moves only when its status does.
 pub fn entries(
     route: &RouteView,
     errors: &[&ManifestError],
+    unresolved: &[&ManifestError],
     serving: bool,
     now: &str,
 ) -> Vec<Value> {
     let blamed: Vec<(Blame, &ManifestError)> = errors.iter().map(|e| (blame(e), *e)).collect();
+    let missing: Vec<(Blame, &ManifestError)> = unresolved.iter().map(|e| (blame(e), *e)).collect();
     let shown = |pick: &dyn Fn(Blame) -> bool| -> String {
         blamed
             .iter()
@@ -109,12 +114,13 @@ pub fn entries(
     } else {
         "the route is not in effect"
     };
-    let backend = blamed.iter().find(|(b, _)| matches!(b, Blame::Backend(_)));
+    let is_backend = |(b, _): &&(Blame, &ManifestError)| matches!(b, Blame::Backend(_));
+    let backend = blamed.iter().chain(&missing).find(is_backend);
     // What rejects the route for every parent: its own errors first, then its backends'.
     let route_wide = blamed
         .iter()
         .find(|(b, _)| *b == Blame::Route)
-        .or(backend)
+        .or(blamed.iter().find(is_backend))
         .or(blamed.first())
         .map(|(b, _)| b.reason());
     let previous = |parent: &Value, kind: &str| -> Option<(String, String)> {
@@ -147,11 +153,26 @@ pub fn entries(
             "lastTransitionTime": since,
         })
     };
+    let shown_missing = |pick: &dyn Fn(Blame) -> bool| -> String {
+        missing
+            .iter()
+            .filter(|(b, _)| pick(*b))
+            .map(|(_, e)| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     let resolved = match backend {
         Some((b, _)) => (
             false,
             b.reason(),
-            shown(&|b| matches!(b, Blame::Backend(_))),
+            [
+                shown(&|b| matches!(b, Blame::Backend(_))),
+                shown_missing(&|b| matches!(b, Blame::Backend(_))),
+            ]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
         ),
         None => (true, "ResolvedRefs", "all references resolved".to_owned()),
     };
@@ -165,7 +186,19 @@ pub fn entries(
                 Blame::Parent(j, reason) if *j == i => Some(*reason),
                 _ => None,
             });
+            let absent = missing.iter().find_map(|(b, _)| match b {
+                Blame::Parent(j, reason) if *j == i => Some(*reason),
+                _ => None,
+            });
             let accepted = match (own, route_wide) {
+                (None, None) if let Some(reason) = absent => (
+                    false,
+                    reason,
+                    format!(
+                        "{}; the route holds for its other parents",
+                        shown_missing(&|b| matches!(b, Blame::Parent(j, _) if j == i))
+                    ),
+                ),
                 (Some(reason), _) => (
                     false,
                     reason,
@@ -346,7 +379,7 @@ mod tests {
             ),
         ];
         for (errors, a, b) in cases {
-            let entries = entries(&route, &errors, true, "2026-12-01T00:00:00Z");
+            let entries = entries(&route, &errors, &[], true, "2026-12-01T00:00:00Z");
             assert_eq!(entries.len(), 2, "the Gateway parent is not weft's");
             assert_eq!(entries[0]["parentRef"], service("a"));
             assert_eq!(entries[0]["controllerName"], CONTROLLER_NAME);
@@ -354,13 +387,41 @@ mod tests {
             assert_eq!(conditions(&entries, 1), b, "{errors:?}");
             assert_eq!(entries[0]["conditions"][0]["observedGeneration"], 3);
         }
-        let serving = entries(&route, &[&bad_match], true, "now");
+        // Unresolved references leave the route serving: only the missing parent is not
+        // accepted, and the missing backend turns ResolvedRefs false on every parent.
+        let partial = entries(
+            &route,
+            &[],
+            &[&missing_parent, &missing_backend],
+            true,
+            "now",
+        );
+        assert_eq!(
+            conditions(&partial, 0),
+            [
+                accepted.clone(),
+                cond("ResolvedRefs", "False", "BackendNotFound")
+            ]
+        );
+        assert_eq!(
+            conditions(&partial, 1),
+            [
+                cond("Accepted", "False", "NoMatchingParent"),
+                cond("ResolvedRefs", "False", "BackendNotFound")
+            ]
+        );
+        let message = partial[0]["conditions"][1]["message"].as_str().unwrap();
+        assert_eq!(
+            message,
+            "spec.rules[0].backendRefs[0].name: no Service shop/gone"
+        );
+        let serving = entries(&route, &[&bad_match], &[], true, "now");
         let message = serving[0]["conditions"][0]["message"].as_str().unwrap();
         assert!(
             message.ends_with("the last accepted version keeps serving"),
             "{message}"
         );
-        let gone = entries(&route, &[&bad_match], false, "now");
+        let gone = entries(&route, &[&bad_match], &[], false, "now");
         let message = gone[0]["conditions"][0]["message"].as_str().unwrap();
         assert!(message.ends_with("the route is not in effect"), "{message}");
     }
@@ -372,12 +433,12 @@ mod tests {
             parent_refs: vec![service("a")],
             status_parents: Vec::new(),
         };
-        let first = entries(&route, &[], true, "t1");
+        let first = entries(&route, &[], &[], true, "t1");
         route.status_parents = first;
-        let same = entries(&route, &[], true, "t2");
+        let same = entries(&route, &[], &[], true, "t2");
         assert_eq!(same[0]["conditions"][0]["lastTransitionTime"], "t1");
         let broken = error("spec.rules[0].matches[0].path.value", "not a regex");
-        let changed = entries(&route, &[&broken], true, "t3");
+        let changed = entries(&route, &[&broken], &[], true, "t3");
         assert_eq!(changed[0]["conditions"][0]["lastTransitionTime"], "t3");
         assert_eq!(
             changed[0]["conditions"][1]["lastTransitionTime"], "t1",
@@ -394,7 +455,7 @@ mod tests {
             parent_refs: vec![service("a")],
             status_parents: vec![theirs.clone(), stale],
         };
-        let ours = entries(&route, &[], true, "now");
+        let ours = entries(&route, &[], &[], true, "now");
         assert_eq!(merged(&route, &ours), vec![theirs, ours[0].clone()]);
     }
 
