@@ -342,3 +342,111 @@ fn a_silent_client_falls_back_to_opaque_tcp_after_the_detection_timeout() {
         "{m}"
     );
 }
+
+/// Under iptables a request's route is the Service its cluster IP names, whatever its Host
+/// header says (the Gateway API's MeshClusterIPMatching, the conformance test
+/// MeshFrontendHostname), and a meshed pod's own address is no Service: the request goes to
+/// that pod through its sidecar, untouched by the Service's routes (MeshFrontend).
+#[test]
+fn the_cluster_ip_not_the_host_picks_the_route() {
+    if !root_tests_enabled("the_cluster_ip_not_the_host_picks_the_route") {
+        return;
+    }
+    let dir = scratch_dir("cluster-ip-matching");
+    let mut lan = Lan::new();
+    let client = lan.add_pod("client", "10.79.0.1/24", "fd79::1/64");
+    let v1 = lan.add_pod("v1", "10.79.0.2/24", "fd79::2/64");
+    let v2 = lan.add_pod("v2", "10.79.0.3/24", "fd79::3/64");
+    let (client, v1, v2) = (&lan.pods[client], &lan.pods[v1], &lan.pods[v2]);
+    let mut children = Vec::new();
+    for (pod, ip, name) in [(v1, "10.79.0.2", "echo-v1"), (v2, "10.79.0.3", "echo-v2")] {
+        children.push(
+            pod.spawn(
+                pod.command(TESTBED).args([
+                    "http",
+                    "--listen",
+                    &format!("{ip}:8080"),
+                    "--name",
+                    name,
+                ]),
+                &dir.join(format!("{name}-app.log")),
+            ),
+        );
+        let empty = dir.join(format!("{name}.json"));
+        std::fs::write(
+            &empty,
+            serde_json::to_vec(&Mesh::new(name).build()).unwrap(),
+        )
+        .unwrap();
+        children.push(start_sidecar(
+            pod,
+            &empty,
+            &dir.join(format!("{name}-proxy.log")),
+            "60s",
+        ));
+    }
+    let service = |name: &str, ip: &str, version: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: echo, version: {version}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        )
+    };
+    let manifests = weft_tests::manifests::Manifests::new()
+        .doc(&service("echo-v1", "10.96.0.21", "v1"))
+        .doc(&service("echo-v2", "10.96.0.22", "v2"))
+        .pod("shop", "echo-v1", &[("app", "echo"), ("version", "v1")], "10.79.0.2:8080".parse().unwrap(), true)
+        .pod("shop", "echo-v2", &[("app", "echo"), ("version", "v2")], "10.79.0.3:8080".parse().unwrap(), true)
+        .doc("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: frontend, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo-v2}]\n  rules:\n  - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: X-Header-Set, value: set}]}}]\n    backendRefs: [{name: echo-v2, port: 80}]\n");
+    let config_path = dir.join("client.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec(&manifests.compile("shop")).unwrap(),
+    )
+    .unwrap();
+    let _client_proxy = start_sidecar(client, &config_path, &dir.join("client-proxy.log"), "60s");
+    for pod in [v1, v2, client] {
+        wait_ready(pod, &pod.name);
+    }
+
+    let answer = |url: &str, host: &str| {
+        testbed(client, &["get", url, "--host", host])
+            .unwrap_or_else(|e| panic!("GET {url} (Host {host}): {e}"))
+    };
+    // MeshFrontendHostname: to echo-v2's cluster IP, named echo-v1 in the Host header...
+    let resp = answer("http://10.96.0.22/head", "echo-v1");
+    assert_eq!(resp["status"], 200, "{resp}");
+    assert_eq!(resp["headers"]["x-served-by"], "echo-v2", "{resp}");
+    assert_eq!(
+        resp["headers"]["x-header-set"], "set",
+        "echo-v2's route holds: {resp}"
+    );
+    let head: serde_json::Value = serde_json::from_str(resp["body"].as_str().unwrap()).unwrap();
+    assert_eq!(head["headers"]["host"], "echo-v1", "the Host as sent");
+    // ...and the other way round.
+    let resp = answer("http://10.96.0.21/", "echo-v2");
+    assert_eq!(resp["headers"]["x-served-by"], "echo-v1", "{resp}");
+    assert!(resp["headers"].get("x-header-set").is_none(), "{resp}");
+    // MeshFrontend: echo-v2's pod address, through its sidecar, with no route.
+    let resp = answer("http://10.79.0.3:8080/", "10.79.0.3:8080");
+    assert_eq!(resp["status"], 200, "{resp}");
+    assert_eq!(resp["headers"]["x-served-by"], "echo-v2", "{resp}");
+    assert!(resp["headers"].get("x-header-set").is_none(), "{resp}");
+    let m = metrics(client);
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_connections_total{direction="outbound",protocol="pod"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    let m = metrics(v2);
+    assert!(
+        metric_value(
+            &m,
+            r#"weft_connections_total{direction="inbound",protocol="opaque"}"#
+        ) >= 1.0,
+        "echo-v2's sidecar carried the pod-IP connection: {m}"
+    );
+    drop(children);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -3,16 +3,20 @@
 //! accept → original destination → detect → route → connect → forward.
 //!
 //! Where a connection goes:
-//! - redirected by iptables to an address that is no Service: opaque passthrough to that
-//!   address, without reading a byte (an unknown server may speak first);
+//! - redirected by iptables to an address that is no Service: opaque, without reading a byte
+//!   (an unknown server may speak first): through the pod's sidecar with mesh TLS when the
+//!   address is a meshed pod's, else straight to it (passthrough);
 //! - redirected to a Service's cluster IP and port: by protocol, HTTP requests are routed per
 //!   request, anything else goes to the Service's endpoints as opaque TCP;
 //! - not redirected (local mode: the application uses the proxy as its HTTP proxy): HTTP
 //!   only, routed by each request's authority.
 //!
-//! Per request, the authority (absolute URI, `:authority` or `Host`) names the Service when it
-//! matches one; otherwise the original destination does; otherwise the answer is 503
-//! `no-route`.
+//! Per request, the original destination names the Service when it is a cluster IP and port,
+//! whatever the Host header says (the Gateway API's MeshClusterIPMatching: a mesh changes
+//! nothing of where a connection goes); otherwise the authority (absolute URI, `:authority`
+//! or `Host`) does. A request to an address that is no Service's goes to that address as it
+//! would without a mesh: through its sidecar when it is a meshed pod's, else straight to it.
+//! A name that is no Service's gets 503 `no-route`.
 
 mod request;
 
@@ -43,9 +47,15 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
     let orig = original_dst(&stream);
     let dest = orig.and_then(|o| shared.state.load().by_vip(o).cloned());
     if let (Some(orig), None) = (orig, &dest) {
-        shared.metrics.connection_protocol(DIRECTION, "passthrough");
-        tracing::debug!(%client, %orig, "unknown destination: opaque passthrough");
-        tcp::forward(&shared, DIRECTION, stream, Dial::Direct(orig)).await;
+        // A meshed pod's own address goes through its sidecar, with mesh TLS; anything else
+        // as it is.
+        let (protocol, dial) = match shared.state.load().pod_dial(orig) {
+            Some(dial) => ("pod", dial),
+            None => ("passthrough", Dial::Direct(orig)),
+        };
+        shared.metrics.connection_protocol(DIRECTION, protocol);
+        tracing::debug!(%client, %orig, protocol, "no Service: opaque, without detection");
+        tcp::forward(&shared, DIRECTION, stream, dial).await;
         return;
     }
     if let Some(d) = &dest

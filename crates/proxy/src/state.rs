@@ -21,6 +21,7 @@ use crate::filters::HeaderModifier;
 use crate::map::FastMap;
 use crate::metrics::{Direction, Metrics, Name, RequestStats};
 use crate::routing::{Origin, Router};
+use crate::upstream::Dial;
 
 /// The config in force, shared by every task.
 pub type State = Arc<ArcSwap<Snapshot>>;
@@ -32,6 +33,9 @@ pub struct Snapshot {
     by_host: FastMap<Box<str>, Vec<(u16, Arc<Destination>)>>,
     by_vip: FastMap<SocketAddr, Arc<Destination>>,
     backends: Vec<Arc<Backend>>,
+    /// The meshed pods the config knows (every endpoint with a sidecar), by address: their
+    /// sidecar's inbound port and identity.
+    pods: FastMap<IpAddr, (u16, Option<Arc<str>>)>,
     pub inbound_opaque_ports: BTreeSet<u16>,
     /// The ServerPolicies, in the config's order.
     inbound_policies: Vec<Arc<InboundPolicy>>,
@@ -246,6 +250,13 @@ impl Snapshot {
                 }
             }
         }
+        let mut pods = FastMap::default();
+        for endpoint in config.backends.iter().flat_map(|b| &b.endpoints) {
+            if let Some(mesh) = &endpoint.mesh {
+                let identity = mesh.tls.then(|| mesh.identity.as_str().into());
+                pods.insert(endpoint.address.ip(), (mesh.inbound_port, identity));
+            }
+        }
         let inbound_policies = config
             .inbound
             .policies
@@ -266,7 +277,19 @@ impl Snapshot {
             by_host,
             by_vip,
             backends,
+            pods,
         }
+    }
+
+    /// How to reach `addr` when it is a meshed pod's address and port (no Service's): through
+    /// the pod's sidecar, with mesh TLS when it takes it, as a Service's endpoint would be.
+    pub fn pod_dial(&self, addr: SocketAddr) -> Option<Dial> {
+        let (inbound, identity) = self.pods.get(&addr.ip())?;
+        Some(Dial::Peer {
+            proxy: SocketAddr::new(addr.ip(), *inbound),
+            port: addr.port(),
+            identity: identity.clone(),
+        })
     }
 
     /// The ServerPolicy for an application port of this workload, if any selects it.

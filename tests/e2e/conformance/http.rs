@@ -761,3 +761,60 @@ async fn mesh_consumer_route() {
         );
     }
 }
+
+/// The route of MeshFrontend and MeshFrontendHostname: on `echo-v2`, every answer gets
+/// `X-Header-Set: set`.
+fn frontend_route() -> String {
+    response_header_route("mesh-split-v1", "echo-v2", None, "set", "echo-v2")
+}
+
+#[tokio::test]
+async fn mesh_frontend() {
+    let suite = Suite::start(&frontend_route()).await;
+    let to_service = suite.get("http://echo-v2", &[]).await;
+    assert_eq!(
+        (to_service.status, to_service.pod()),
+        (200, "echo-v2"),
+        "{to_service:?}"
+    );
+    assert_eq!(
+        to_service.header("x-header-set"),
+        Some("set"),
+        "to the Service"
+    );
+    // The pod's own address is no Service: the route does not hold, and the request goes to
+    // that pod through its sidecar.
+    let url = format!("http://{}:8080", suite.v2.ip);
+    let to_pod = suite.get(&url, &[]).await;
+    assert_eq!(
+        (to_pod.status, to_pod.pod()),
+        (200, "echo-v2"),
+        "{to_pod:?}"
+    );
+    assert_eq!(to_pod.header("x-header-set"), None, "to the pod IP");
+    let inbound = suite
+        .v2
+        .proxy
+        .metric(r#"weft_connections_total{direction="inbound",protocol="http2"}"#)
+        .await;
+    assert!(inbound >= 1.0, "the pod's sidecar carried it: {inbound}");
+}
+
+/// Where the request goes decides its route, not the Host header: in HTTP proxy mode the
+/// request's absolute URI is where it goes (and, as RFC 9112 says, its authority replaces
+/// the Host). Under iptables, by the cluster IP: `intercept::the_cluster_ip_not_the_host_picks_the_route`.
+#[tokio::test]
+async fn mesh_frontend_hostname() {
+    let suite = Suite::start(&frontend_route()).await;
+    let wrong_host = suite.get("http://echo-v2/", &[("host", "echo-v1")]).await;
+    assert_eq!(
+        (wrong_host.status, wrong_host.pod()),
+        (200, "echo-v2"),
+        "{wrong_host:?}"
+    );
+    assert_eq!(wrong_host.header("x-header-set"), Some("set"));
+    assert_eq!(wrong_host.echoed.as_ref().unwrap().host, "echo-v2");
+    let other = suite.get("http://echo-v1/", &[("host", "echo-v2")]).await;
+    assert_eq!((other.status, other.pod()), (200, "echo-v1"), "{other:?}");
+    assert_eq!(other.header("x-header-set"), None);
+}

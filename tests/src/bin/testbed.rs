@@ -4,7 +4,7 @@
 //! weft-testbed http --listen ADDR --name NAME     HTTP/1 and HTTP/2 test server
 //! weft-testbed tcp-echo --listen ADDR             echoes until the client half-closes
 //! weft-testbed greet --listen ADDR                server-first: greets, then echoes
-//! weft-testbed get URL [--method M]               one request; prints JSON
+//! weft-testbed get URL [--method M] [--host H]     one request (Host: H); prints JSON
 //! weft-testbed tcp ADDR [--banner] --send TEXT    one TCP exchange; prints JSON
 //! ```
 
@@ -69,10 +69,11 @@ async fn main() -> anyhow::Result<()> {
             let addr = SocketAddr::new(host.parse().context("URL host must be an IP")?, port);
             let mut sender =
                 tokio::time::timeout(Duration::from_secs(10), client::http1(addr)).await??;
+            let host_header = flag("--host").unwrap_or_else(|| authority.as_str().to_owned());
             let req = Request::builder()
                 .method(method.as_str())
                 .uri(url.path_and_query().map_or("/", |p| p.as_str()))
-                .header("host", authority.as_str())
+                .header("host", host_header)
                 .body(client::body(Bytes::new()))?;
             let resp =
                 tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await??;

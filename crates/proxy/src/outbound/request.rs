@@ -60,6 +60,9 @@ pub struct Http {
 }
 
 static NO_ROUTE: std::sync::LazyLock<Name> = std::sync::LazyLock::new(Name::default);
+/// The `backend` label of requests sent to an address that is no Service's.
+static PASSTHROUGH: std::sync::LazyLock<Name> =
+    std::sync::LazyLock::new(|| Name("passthrough".into()));
 
 impl Http {
     #[allow(
@@ -73,6 +76,10 @@ impl Http {
             let method = req.method().clone();
             let (dest, by_authority) = self.destination(&req);
             let Some(dest) = dest else {
+                if let Some(dial) = self.to_address(&req) {
+                    let result = self.passthrough(req, dial).await;
+                    return self.finish(start, &NO_ROUTE, &PASSTHROUGH, result, grpc, &method);
+                }
                 let authority = headers::authority_of(&req).unwrap_or_default().to_owned();
                 return self.finish(
                     start,
@@ -151,13 +158,63 @@ impl Http {
         }
     }
 
-    /// The Service the request is for, and whether its authority named it.
+    /// The Service the request is for, and whether its authority named it: the original
+    /// destination's, when it was a cluster IP, else the authority's.
     fn destination(&self, req: &Request<Body>) -> (Option<Arc<Destination>>, bool) {
         let snapshot = self.shared.state.load();
-        if let Some(d) = headers::authority_of(req).and_then(|a| snapshot.by_authority(a)) {
-            return (Some(d.clone()), true);
+        let named = headers::authority_of(req).and_then(|a| snapshot.by_authority(a));
+        if let Some(d) = self.orig.and_then(|o| snapshot.by_vip(o)) {
+            let by_authority = named.is_some_and(|n| Arc::ptr_eq(n, d));
+            return (Some(d.clone()), by_authority);
         }
-        (self.orig.and_then(|o| snapshot.by_vip(o)).cloned(), false)
+        (named.cloned(), named.is_some())
+    }
+
+    /// A request in HTTP proxy mode for an address that is no Service's: to a meshed pod
+    /// through its sidecar, anywhere else straight, once, as without a mesh. `None` when the
+    /// authority is not an address.
+    fn to_address(&self, req: &Request<Body>) -> Option<Dial> {
+        let authority: http::uri::Authority = headers::authority_of(req)?.parse().ok()?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let ip: std::net::IpAddr = host.parse().ok()?;
+        let addr = SocketAddr::new(ip, authority.port_u16().unwrap_or(80));
+        Some(
+            self.shared
+                .state
+                .load()
+                .pod_dial(addr)
+                .unwrap_or(Dial::Direct(addr)),
+        )
+    }
+
+    /// Sends a request to `dial` once: no route, no policy, no retry.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
+    fn passthrough(
+        &self,
+        mut req: BoxedRequest,
+        dial: Dial,
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
+        async move {
+            let prepared = forward::prepare(&mut req);
+            let opts = SendOptions {
+                reuse: prepared.upgrade.is_none(),
+                backend: PASSTHROUGH.0.clone(),
+                ..SendOptions::default()
+            };
+            let resp = self
+                .shared
+                .pools
+                .send(dial, req, &opts)
+                .await
+                .map_err(|e| e.error)?;
+            Ok(forward::complete(prepared, resp, &self.shared.tasks))
+        }
     }
 
     #[allow(
