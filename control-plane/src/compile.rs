@@ -485,9 +485,13 @@ fn compile_filters(filters: &[FilterSpec], ns: &str, resolve: Resolve<'_>) -> Ve
             f.request_mirror
                 .as_ref()
                 .filter(|m| resolve(&m.backend_ref).is_none())
-                .map(|m| Filter::RequestMirror {
-                    backend: backend_ref_name(&m.backend_ref, ns),
-                    percent: m.percent.unwrap_or(100),
+                .map(|m| {
+                    let (numerator, denominator) = m.share();
+                    Filter::RequestMirror {
+                        backend: backend_ref_name(&m.backend_ref, ns),
+                        numerator,
+                        denominator,
+                    }
                 })
         })
         .collect()
@@ -514,6 +518,7 @@ fn compile_http_route(r: &HttpRouteManifest, resolve: Resolve<'_>) -> HttpRoute 
             .rules
             .iter()
             .map(|rule| RouteRule {
+                name: rule.name.clone(),
                 matches: rule.matches.clone(),
                 filters: compile_filters(&rule.filters, ns, resolve),
                 backends: compile_backends(&rule.backend_refs, ns, resolve),
@@ -541,6 +546,7 @@ fn compile_grpc_route(r: &GrpcRouteManifest, resolve: Resolve<'_>) -> HttpRoute 
             .rules
             .iter()
             .map(|rule| RouteRule {
+                name: rule.name.clone(),
                 matches: rule
                     .matches
                     .iter()

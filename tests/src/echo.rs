@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request, Response};
@@ -30,6 +32,8 @@ pub const GRPC_PORT: u16 = 7070;
 /// An echo application on a pod address; it stops when dropped.
 pub struct EchoApp {
     pub ip: IpAddr,
+    /// Requests answered, on both ports.
+    pub requests: Arc<AtomicUsize>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -45,6 +49,7 @@ impl EchoApp {
     /// Serves as pod `<namespace>/<pod>` on `ip`, ports 8080 and 7070.
     pub async fn start(ip: IpAddr, namespace: &str, pod: &str) -> EchoApp {
         let mut tasks = Vec::new();
+        let requests = Arc::new(AtomicUsize::new(0));
         for port in [HTTP_PORT, GRPC_PORT] {
             let addr = SocketAddr::new(ip, port);
             let listener = TcpListener::bind(addr)
@@ -54,21 +59,27 @@ impl EchoApp {
                 listener,
                 namespace.to_owned(),
                 pod.to_owned(),
+                requests.clone(),
             )));
         }
-        EchoApp { ip, tasks }
+        EchoApp {
+            ip,
+            requests,
+            tasks,
+        }
     }
 }
 
-async fn serve(listener: TcpListener, namespace: String, pod: String) {
+async fn serve(listener: TcpListener, namespace: String, pod: String, requests: Arc<AtomicUsize>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (namespace, pod) = (namespace.clone(), pod.clone());
+        let (namespace, pod, requests) = (namespace.clone(), pod.clone(), requests.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let (namespace, pod) = (namespace.clone(), pod.clone());
+                requests.fetch_add(1, Ordering::SeqCst);
                 async move { Ok::<_, Infallible>(answer(req, &namespace, &pod).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())

@@ -72,7 +72,8 @@ pub struct Rule {
     pub redirect: Option<RequestRedirect>,
     /// The header modifiers of each backend (same order), after the rule's.
     pub backend_filters: Vec<BackendFilters>,
-    pub mirrors: Vec<(Arc<Backend>, u32)>,
+    /// Each mirror with its share: numerator, denominator.
+    pub mirrors: Vec<(Arc<Backend>, u32, u32)>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
     pub retry: Option<Retry>,
@@ -136,10 +137,11 @@ impl Rule {
                 Filter::UrlRewrite(r) => out.rewrite = Some(r.clone()),
                 Filter::RequestMirror {
                     backend: name,
-                    percent,
+                    numerator,
+                    denominator,
                 } => {
                     if let Some(b) = backend(name) {
-                        out.mirrors.push((b, *percent));
+                        out.mirrors.push((b, *numerator, *denominator));
                     }
                 }
             }

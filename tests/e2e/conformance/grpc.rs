@@ -144,3 +144,39 @@ async fn mesh_grpc_route_weight() {
     assert!((share("echo-v1") - 0.7).abs() <= 0.05, "{counts:?}");
     assert!((share("echo-v2") - 0.3).abs() <= 0.05, "{counts:?}");
 }
+
+/// GRPCRoute filters beyond the suite's: a mirror of one call in two (`fraction`) to
+/// echo-v2 while echo-v1 answers, and a response header modifier.
+#[tokio::test]
+async fn grpc_route_mirrors_a_fraction_and_modifies_responses() {
+    let rules = "  - filters:\n    - {type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 7070}, fraction: {numerator: 1, denominator: 2}}}\n    - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-route, value: grpc}]}}\n    backendRefs: [{name: echo-v1, port: 7070}]\n";
+    let suite = Suite::start(&grpc_route("grpc-mirror", rules)).await;
+    let n = 400;
+    for _ in 0..n {
+        let answer = echo::grpc(suite.v1.proxy.outbound, "echo:7070", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.grpc_status.as_deref(), answer.pod()),
+            (Some("0"), "echo-v1"),
+            "{answer:?}"
+        );
+        assert_eq!(answer.header("x-route"), Some("grpc"));
+    }
+    // Half are copied: 200 ± 60 is six standard deviations. The copies finish on their own.
+    let mirrored = weft_tests::eventually(
+        "the mirrored calls",
+        std::time::Duration::from_secs(10),
+        || async {
+            let got = suite
+                .v2
+                .app
+                .requests
+                .load(std::sync::atomic::Ordering::SeqCst);
+            (got >= 140).then_some(got)
+        },
+    )
+    .await;
+    eprintln!("{mirrored} of {n} calls mirrored at one in two");
+    assert!(mirrored <= 260, "{mirrored} of {n} mirrored");
+}

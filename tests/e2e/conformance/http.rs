@@ -686,6 +686,33 @@ async fn mesh_http_route_named_rule() {
         ],
     )
     .await;
+    // The rule's name is in the config the proxy runs.
+    let (status, dump) = suite.v1.proxy.admin_get("/config_dump").await.unwrap();
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let mut names = Vec::new();
+    let mut stack = vec![&dump];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(o) => {
+                if o.get("name").and_then(|n| n.as_str())
+                    == Some(&format!("{NS}/mesh-http-named-rules"))
+                {
+                    for rule in o["rules"].as_array().into_iter().flatten() {
+                        names.push(rule["name"].as_str().unwrap_or("-").to_owned());
+                    }
+                } else {
+                    stack.extend(o.values());
+                }
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    assert!(
+        !names.is_empty() && names.chunks(2).all(|pair| pair == ["named-rule", "-"]),
+        "{names:?}"
+    );
 }
 
 /// A route on a Service (and port) changes only the requests for it.
@@ -817,4 +844,71 @@ async fn mesh_frontend_hostname() {
     let other = suite.get("http://echo-v1/", &[("host", "echo-v2")]).await;
     assert_eq!((other.status, other.pod()), (200, "echo-v1"), "{other:?}");
     assert_eq!(other.header("x-header-set"), None);
+}
+
+/// A consumer route (in the client's namespace) redirects and filters per backend as a
+/// producer route does, for its own namespace alone.
+#[tokio::test]
+async fn a_consumer_route_redirects_and_filters_per_backend() {
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: consumer, namespace: {}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo, namespace: {NS}, port: 80}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]\n    filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}}}]\n  - backendRefs:\n    - {{name: echo-v2, namespace: {NS}, port: 8080, filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-consumer, value: set-by-consumer}}]}}}}, {{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-from, value: consumer-route}}]}}}}]}}\n",
+        super::CONSUMER_NS
+    );
+    let suite = Suite::start(&route).await;
+    let url = |path: &str| format!("http://echo.{NS}{path}");
+    let redirect = from(&suite.consumer, "GET", &url("/old/x?q=1"), &[]).await;
+    assert_eq!(redirect.status, 301, "{redirect:?}");
+    assert_eq!(
+        redirect.header("location"),
+        Some(format!("http://echo.{NS}/new/x?q=1").as_str())
+    );
+    let filtered = from(&suite.consumer, "GET", &url("/"), &[]).await;
+    let echoed = filtered.echoed.as_ref().expect("a pod answers");
+    assert_eq!(
+        (echoed.namespace.as_str(), echoed.pod.as_str()),
+        (NS, "echo-v2")
+    );
+    assert_eq!(echoed.header("x-consumer"), Some("set-by-consumer"));
+    assert_eq!(filtered.header("x-from"), Some("consumer-route"));
+    // The producer's namespace has no route on echo: both versions answer, unfiltered.
+    for _ in 0..10 {
+        let plain = from(&suite.v1, "GET", &url("/old/x"), &[]).await;
+        assert_eq!(plain.status, 200, "{plain:?}");
+        let echoed = plain.echoed.as_ref().expect("a pod answers");
+        assert_eq!(echoed.header("x-consumer"), None);
+        assert_eq!(plain.header("x-from"), None);
+    }
+}
+
+/// RequestMirror's `percent` and `fraction` (Standard since v1.3): a quarter of the requests
+/// copied to each mirror.
+#[tokio::test]
+async fn a_mirror_copies_its_percentage_or_fraction() {
+    let routes = http_route(
+        "mirror-share",
+        "echo",
+        Some(80),
+        "  - filters:\n    - {type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 8080}, percent: 25}}\n    backendRefs: [{name: echo-v1, port: 8080}]\n",
+    );
+    let suite = Suite::start(&routes).await;
+    let n = 800;
+    for _ in 0..n {
+        Case::ok("/", "echo-v1").check("mirror", &suite.get("http://echo/", &[]).await);
+    }
+    // 200 ± 75 is six standard deviations.
+    let mirrored = weft_tests::eventually(
+        "the mirrored requests",
+        std::time::Duration::from_secs(10),
+        || async {
+            let got = suite
+                .v2
+                .app
+                .requests
+                .load(std::sync::atomic::Ordering::SeqCst);
+            (got >= 125).then_some(got)
+        },
+    )
+    .await;
+    eprintln!("{mirrored} of {n} requests mirrored at 25%");
+    assert!(mirrored <= 275, "{mirrored} of {n} mirrored");
 }

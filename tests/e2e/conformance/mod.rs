@@ -44,7 +44,7 @@ pub struct Pod {
     pub namespace: &'static str,
     pub ip: IpAddr,
     pub proxy: Proxy,
-    _app: EchoApp,
+    pub app: EchoApp,
 }
 
 /// The suite's pods, `echo-v1` and `echo-v2` in the mesh namespace and the consumer
@@ -92,7 +92,7 @@ impl Suite {
                 namespace,
                 ip,
                 proxy,
-                _app: app,
+                app,
             });
         }
         let consumer = started.pop().expect("three pods");

@@ -30,6 +30,9 @@ pub struct HttpRoute {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteRule {
+    /// The rule's `name` in its route, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// No matches means every request (`PathPrefix /`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpRouteMatch>,
@@ -51,11 +54,14 @@ pub enum Filter {
     ResponseHeaderModifier(HeaderModifier),
     #[serde(rename = "URLRewrite")]
     UrlRewrite(UrlRewrite),
-    /// Sends a copy of the request to `backend` and ignores the answer.
+    /// Sends a copy of `numerator` in `denominator` requests to `backend` and ignores the
+    /// answer (a manifest's `percent` is over 100).
     RequestMirror {
         backend: String,
+        #[serde(default = "hundred", alias = "percent")]
+        numerator: u32,
         #[serde(default = "hundred")]
-        percent: u32,
+        denominator: u32,
     },
     /// Answers with a redirect; no backend is asked.
     RequestRedirect(RequestRedirect),
@@ -209,15 +215,25 @@ fn validate_filters(
             }
             Filter::UrlRewrite(r) => r.validate(&at, prefix_only, problems),
             Filter::RequestRedirect(r) => r.validate(&at, prefix_only, problems),
-            Filter::RequestMirror { backend, percent } => {
+            Filter::RequestMirror {
+                backend,
+                numerator,
+                denominator,
+            } => {
                 if !backend_exists(backend) {
                     problems.add(
                         format!("{at}.backend"),
                         format!("no backend named {backend:?}"),
                     );
                 }
-                if *percent > 100 {
-                    problems.add(format!("{at}.percent"), "must be between 0 and 100");
+                if *denominator == 0 {
+                    problems.add(format!("{at}.denominator"), "must be at least 1");
+                }
+                if numerator > denominator {
+                    problems.add(
+                        format!("{at}.numerator"),
+                        "must not be greater than the denominator",
+                    );
                 }
             }
         }

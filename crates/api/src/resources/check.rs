@@ -462,6 +462,27 @@ fn check_filters(
                     "must be between 0 and 100",
                 );
             }
+            if let Some(f) = &m.fraction {
+                if m.percent.is_some() {
+                    problems.add(
+                        format!("{at}.requestMirror"),
+                        "sets both percent and fraction; set one",
+                    );
+                }
+                let denominator = f.denominator.unwrap_or(100);
+                if denominator == 0 {
+                    problems.add(
+                        format!("{at}.requestMirror.fraction.denominator"),
+                        "must be at least 1",
+                    );
+                }
+                if f.numerator > denominator {
+                    problems.add(
+                        format!("{at}.requestMirror.fraction.numerator"),
+                        "must not be greater than the denominator",
+                    );
+                }
+            }
         }
     }
     if seen.contains(&"RequestRedirect") && seen.contains(&"URLRewrite") {
@@ -542,6 +563,18 @@ fn check_http_route(r: &HttpRouteManifest, problems: &mut Problems) {
             );
         }
         if let Some(retry) = &rule.retry {
+            // GEP-1731 as of v1.6: the codes are a set, and a retry policy retries.
+            for (j, code) in retry.codes.iter().enumerate() {
+                if retry.codes[..j].contains(code) {
+                    problems.add(
+                        format!("{at}.retry.codes[{j}]"),
+                        format!("{code} is listed twice"),
+                    );
+                }
+            }
+            if retry.attempts == Some(0) {
+                problems.add(format!("{at}.retry.attempts"), "must be at least 1");
+            }
             Retry {
                 codes: retry.codes.clone(),
                 grpc_codes: vec![],
@@ -865,6 +898,22 @@ spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
             (
                 "    - name: a\n      backendRefs: [{name: reviews, port: 9080}]\n    - name: a\n      backendRefs: [{name: reviews, port: 9080}]\n",
                 "test.yaml:1:spec.rules[1].name: \"a\" names another rule of this route",
+            ),
+            (
+                "    - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews, port: 9080}, fraction: {numerator: 3, denominator: 2}}}]\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestMirror.fraction.numerator: must not be greater than the denominator",
+            ),
+            (
+                "    - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews, port: 9080}, percent: 5, fraction: {numerator: 1}}}]\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].requestMirror: sets both percent and fraction",
+            ),
+            (
+                "    - retry: {codes: [503, 503]}\n",
+                "test.yaml:1:spec.rules[0].retry.codes[1]: 503 is listed twice",
+            ),
+            (
+                "    - retry: {attempts: 0}\n",
+                "test.yaml:1:spec.rules[0].retry.attempts: must be at least 1",
             ),
             (
                 "    - filters: [{type: ExternalAuth}]\n",

@@ -93,9 +93,31 @@ pub struct FilterSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MirrorSpec {
     pub backend_ref: BackendRef,
-    /// Percent of requests mirrored (default 100).
+    /// Percent of requests mirrored (default 100); or `fraction`, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Fraction>,
+}
+
+/// `numerator` in `denominator` (default 100).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<u32>,
+}
+
+impl MirrorSpec {
+    /// The share mirrored, as (numerator, denominator).
+    pub fn share(&self) -> (u32, u32) {
+        match (&self.fraction, self.percent) {
+            (Some(f), _) => (f.numerator, f.denominator.unwrap_or(100)),
+            (None, Some(p)) => (p, 100),
+            (None, None) => (100, 100),
+        }
+    }
 }
 
 /// A Service port that receives traffic.

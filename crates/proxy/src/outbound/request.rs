@@ -277,8 +277,8 @@ impl Http {
             // Boxed: the request future would otherwise keep its room whether or not it is.
             let replay = keep.then(|| Box::new(Replay::record(&mut req)));
             if let Some(replay) = &replay {
-                for (mirror, percent) in &rule.mirrors {
-                    if fastrand::u32(..100) < *percent {
+                for (mirror, numerator, denominator) in &rule.mirrors {
+                    if fastrand::u32(..(*denominator).max(1)) < *numerator {
                         self.mirror(
                             mirror.clone(),
                             replay.head().clone(),
