@@ -26,7 +26,7 @@ use crate::http::client::{UNSENT_HEADER, restore_orig_proto};
 use crate::http::forward;
 use crate::http::server;
 use crate::io::{Conn, Rewind};
-use crate::metrics::{Direction, Name, RequestStats};
+use crate::metrics::{Direction, Name, RequestStats, RouteId};
 use crate::orig_dst::{canonical, original_dst};
 use crate::policy::retry::Unsent;
 use crate::shared::Shared;
@@ -312,8 +312,8 @@ impl Http {
     }
 }
 
-static INBOUND_ROUTE: std::sync::LazyLock<Name> =
-    std::sync::LazyLock::new(|| Name("inbound".into()));
+static INBOUND_ROUTE: std::sync::LazyLock<RouteId> =
+    std::sync::LazyLock::new(|| RouteId::new("inbound"));
 
 impl Http {
     #[allow(

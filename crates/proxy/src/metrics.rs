@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,10 +52,39 @@ impl EncodeLabelValue for Name {
     }
 }
 
+/// The `route` label, and the `rule` label when the rule that took the request has a name
+/// (an HTTPRoute or GRPCRoute rule's `name`). The series of an unnamed rule have no `rule`
+/// label, which Prometheus reads as an empty one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct RouteId {
+    pub route: Name,
+    pub rule: Option<Name>,
+}
+
+impl RouteId {
+    pub fn new(route: &str) -> RouteId {
+        RouteId {
+            route: Name(route.into()),
+            rule: None,
+        }
+    }
+}
+
+impl EncodeLabelSet for RouteId {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("route", self.route.clone()).encode(encoder.encode_label())?;
+        if let Some(rule) = &self.rule {
+            ("rule", rule.clone()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     direction: Direction,
-    route: Name,
+    #[prometheus(flatten)]
+    route: RouteId,
     backend: Name,
     status_code: u16,
 }
@@ -61,14 +92,16 @@ struct RequestLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LatencyLabels {
     direction: Direction,
-    route: Name,
+    #[prometheus(flatten)]
+    route: RouteId,
     backend: Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RetryLabels {
     direction: Direction,
-    route: Name,
+    #[prometheus(flatten)]
+    route: RouteId,
     backend: Name,
     reason: &'static str,
 }
@@ -327,7 +360,7 @@ impl Metrics {
     pub fn request(
         &self,
         direction: Direction,
-        route: &Name,
+        route: &RouteId,
         backend: &Name,
         status: u16,
         latency: Duration,
@@ -354,7 +387,7 @@ impl Metrics {
     pub fn request_stats(
         &self,
         direction: Direction,
-        route: &Name,
+        route: &RouteId,
         backend: &Name,
     ) -> RequestStats {
         let labels = LatencyLabels {
@@ -440,7 +473,13 @@ impl Metrics {
             .inc();
     }
 
-    pub fn retry(&self, direction: Direction, route: &Name, backend: &Name, reason: &'static str) {
+    pub fn retry(
+        &self,
+        direction: Direction,
+        route: &RouteId,
+        backend: &Name,
+        reason: &'static str,
+    ) {
         self.retries
             .get_or_create(&RetryLabels {
                 direction,
@@ -607,7 +646,7 @@ mod tests {
     #[test]
     fn requests_are_encoded_with_their_labels() {
         let m = Metrics::new();
-        let route = Name("default".into());
+        let route = RouteId::new("default");
         let backend = Name("shop/reviews:9080".into());
         m.request(
             Direction::Outbound,
@@ -627,6 +666,18 @@ mod tests {
         stats.record(&m, 200, Duration::from_millis(5));
         stats.record(&m, 503, Duration::from_millis(6));
         stats.record(&m, 503, Duration::from_millis(7));
+        let named = RouteId {
+            route: Name("shop/split".into()),
+            rule: Some(Name("canary".into())),
+        };
+        m.request(
+            Direction::Outbound,
+            &named,
+            &backend,
+            200,
+            Duration::from_millis(1),
+        );
+        m.retry(Direction::Outbound, &named, &backend, "status");
         m.proxy_error(Direction::Inbound, Reason::ConnectFailed);
         let open = m.connection_opened(Direction::Inbound);
         m.config_applied("v1");
@@ -634,6 +685,14 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"weft_requests_total{direction="outbound",route="default",backend="shop/reviews:9080",status_code="200"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_requests_total{direction="outbound",route="shop/split",rule="canary",backend="shop/reviews:9080",status_code="200"} 1"#),
+            "a named rule adds its rule label: {text}"
+        );
+        assert!(
+            text.contains(r#"weft_retries_total{direction="outbound",route="shop/split",rule="canary",backend="shop/reviews:9080",reason="status"} 1"#),
             "{text}"
         );
         assert!(

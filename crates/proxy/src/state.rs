@@ -19,7 +19,7 @@ use crate::authz::{InboundPolicy, RateBuckets};
 use crate::backends::{Backend, Registry};
 use crate::filters::HeaderModifier;
 use crate::map::FastMap;
-use crate::metrics::{Direction, Metrics, Name, RequestStats};
+use crate::metrics::{Direction, Metrics, Name, RequestStats, RouteId};
 use crate::routing::{Origin, Router};
 use crate::upstream::Dial;
 
@@ -57,8 +57,9 @@ pub struct Destination {
 
 /// What a matched rule does with a request.
 pub struct Rule {
-    /// `<namespace>/<route>`, or `default`: the `route` label of metrics.
-    pub route: Name,
+    /// `<namespace>/<route>`, or `default`, and the rule's name if it has one: the `route`
+    /// and `rule` labels of metrics.
+    pub route: RouteId,
     pub backends: Vec<Arc<Backend>>,
     /// One per backend, and one more after them when references that name no backend have
     /// weight: their share.
@@ -82,7 +83,7 @@ pub struct Rule {
 impl Rule {
     fn default_for(backend: Arc<Backend>) -> Rule {
         Rule {
-            route: Name("default".into()),
+            route: RouteId::new("default"),
             backends: vec![backend],
             weights: vec![1],
             stats: vec![OnceLock::new()],
@@ -105,7 +106,10 @@ impl Rule {
     ) -> Rule {
         let backend = |name: &str| backends.get(name).cloned();
         let mut out = Rule::default_for(Arc::new(Backend::placeholder()));
-        out.route = Name(route.name.as_str().into());
+        out.route = RouteId {
+            route: Name(route.name.as_str().into()),
+            rule: rule.name.as_deref().map(|n| Name(n.into())),
+        };
         out.backends.clear();
         out.weights.clear();
         out.backend_filters.clear();

@@ -713,6 +713,16 @@ async fn mesh_http_route_named_rule() {
         !names.is_empty() && names.chunks(2).all(|pair| pair == ["named-rule", "-"]),
         "{names:?}"
     );
+    // And in the metrics: the named rule's series carry its `rule` label.
+    let route = format!("{NS}/mesh-http-named-rules");
+    let named = format!(
+        r#"weft_requests_total{{direction="outbound",route="{route}",rule="named-rule",backend="{NS}/echo-v1:8080",status_code="200"}}"#
+    );
+    let unnamed = format!(
+        r#"weft_requests_total{{direction="outbound",route="{route}",backend="{NS}/echo-v2:8080",status_code="200"}}"#
+    );
+    assert_eq!(suite.v1.proxy.metric(&named).await, 1.0, "{named}");
+    assert_eq!(suite.v1.proxy.metric(&unnamed).await, 1.0, "{unnamed}");
 }
 
 /// A route on a Service (and port) changes only the requests for it.

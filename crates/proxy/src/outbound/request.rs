@@ -31,7 +31,7 @@ use crate::http::forward::{self, Head, Replay};
 use crate::http::headers;
 use crate::http::replay::Recorder;
 use crate::io::splice;
-use crate::metrics::{Direction, Name};
+use crate::metrics::{Direction, Name, RouteId};
 use crate::policy::breaker::Outcome;
 use crate::policy::deadline::within;
 use crate::policy::retry::{self, Attempt, Safety, Unsent};
@@ -60,6 +60,7 @@ pub struct Http {
 }
 
 static NO_ROUTE: std::sync::LazyLock<Name> = std::sync::LazyLock::new(Name::default);
+static NO_ROUTE_ID: std::sync::LazyLock<RouteId> = std::sync::LazyLock::new(RouteId::default);
 /// The `backend` label of requests sent to an address that is no Service's.
 static PASSTHROUGH: std::sync::LazyLock<Name> =
     std::sync::LazyLock::new(|| Name("passthrough".into()));
@@ -78,12 +79,12 @@ impl Http {
             let Some(dest) = dest else {
                 if let Some(dial) = self.to_address(&req) {
                     let result = self.passthrough(req, dial).await;
-                    return self.finish(start, &NO_ROUTE, &PASSTHROUGH, result, grpc, &method);
+                    return self.finish(start, &NO_ROUTE_ID, &PASSTHROUGH, result, grpc, &method);
                 }
                 let authority = headers::authority_of(&req).unwrap_or_default().to_owned();
                 return self.finish(
                     start,
-                    &NO_ROUTE,
+                    &NO_ROUTE_ID,
                     &NO_ROUTE,
                     Err(ProxyError::NoRoute(authority)),
                     grpc,
@@ -108,7 +109,7 @@ impl Http {
                     None => {
                         return self.finish(
                             start,
-                            &NO_ROUTE,
+                            &NO_ROUTE_ID,
                             &dest.backend.name,
                             Err(ProxyError::RouteNotFound),
                             grpc,
@@ -548,7 +549,7 @@ impl Http {
     fn finish(
         &self,
         start: Instant,
-        route: &Name,
+        route: &RouteId,
         backend: &Name,
         result: Result<Response<Body>, ProxyError>,
         grpc: bool,
@@ -567,7 +568,7 @@ impl Http {
     fn access_log(
         &self,
         method: &Method,
-        route: &Name,
+        route: &RouteId,
         backend: &Name,
         status: u16,
         elapsed: Duration,
@@ -577,7 +578,8 @@ impl Http {
                 target: "weft::access",
                 direction = "outbound",
                 %method,
-                route = &*route.0,
+                route = &*route.route.0,
+                rule = route.rule.as_ref().map(|r| &*r.0),
                 backend = &*backend.0,
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
