@@ -481,6 +481,9 @@ fn compile_filters(filters: &[FilterSpec], ns: &str, resolve: Resolve<'_>) -> Ve
             if let Some(r) = &f.request_redirect {
                 return Some(Filter::RequestRedirect(r.clone()));
             }
+            if let Some(c) = &f.cors {
+                return Some(Filter::Cors(c.clone()));
+            }
             // A mirror to nothing copies nothing.
             f.request_mirror
                 .as_ref()

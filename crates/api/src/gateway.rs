@@ -140,6 +140,104 @@ pub struct RequestRedirect {
     pub status_code: Option<u16>,
 }
 
+/// The CORS filter: the client's sidecar answers preflights from the allowed origins, and
+/// marks the answers to their actual requests.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cors {
+    /// `scheme://host[:port]`; the host may start with a `*.` that stands for any labels;
+    /// `*` alone allows every origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+    /// `*` alone allows every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// `*` alone allows every header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Seconds a preflight's answer may be cached (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+}
+
+impl Cors {
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        let alone = |list: &[String], field: &str, problems: &mut Problems| {
+            if list.len() > 1 && list.iter().any(|v| v == "*") {
+                problems.add(format!("{at}.{field}"), "`*` must be the only entry");
+            }
+        };
+        alone(&self.allow_origins, "allowOrigins", problems);
+        alone(&self.allow_methods, "allowMethods", problems);
+        alone(&self.allow_headers, "allowHeaders", problems);
+        for (i, origin) in self.allow_origins.iter().enumerate() {
+            if origin != "*" && parse_origin(origin).is_none() {
+                problems.add(
+                    format!("{at}.allowOrigins[{i}]"),
+                    format!("{origin:?} is not an origin (http or https://host[:port], the host may start with *.)"),
+                );
+            }
+        }
+        for (i, m) in self.allow_methods.iter().enumerate() {
+            if m != "*" && !is_http_method(m) {
+                problems.add(
+                    format!("{at}.allowMethods[{i}]"),
+                    format!("{m:?} is not an HTTP method"),
+                );
+            }
+        }
+        for (field, list) in [
+            ("allowHeaders", &self.allow_headers),
+            ("exposeHeaders", &self.expose_headers),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                if h != "*" && !is_header_name(h) {
+                    problems.add(
+                        format!("{at}.{field}[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    );
+                }
+            }
+        }
+        if self.allow_credentials && self.expose_headers.iter().any(|h| h == "*") {
+            problems.add(
+                format!("{at}.exposeHeaders"),
+                "`*` is not allowed with allowCredentials",
+            );
+        }
+        if self.max_age == Some(0) {
+            problems.add(format!("{at}.maxAge"), "must be at least 1");
+        }
+    }
+}
+
+/// An allowed origin as (scheme, host, port): the port is the scheme's own when absent.
+pub fn parse_origin(origin: &str) -> Option<(&str, &str, u16)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let default = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok().filter(|p| *p > 0)?),
+        None => (rest, default),
+    };
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let valid = host == "*"
+        || (!name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }));
+    valid.then_some((scheme, host, port))
+}
+
 /// The status codes a redirect may answer with.
 pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
 

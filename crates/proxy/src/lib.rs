@@ -14,7 +14,8 @@
 //! 1. wiring: [`app`], [`admin`], [`cli`], [`init`], and the fuzz targets [`fuzzing`]
 //! 2. the two directions: [`outbound`], [`inbound`], [`tcp`], [`config_client`]
 //! 3. what every connection task holds: [`shared`]
-//! 4. the config in force: [`state`], [`backends`], [`authz`], [`routing`], [`filters`]
+//! 4. the config in force: [`state`], [`backends`], [`authz`], [`routing`], [`filters`],
+//!    [`cors`]
 //! 5. HTTP: [`http`]
 //! 6. connections: [`upstream`], [`mesh_tls`], [`detect`], [`transport_header`], [`orig_dst`]
 //! 7. identity: [`identity`], [`grpc`]
@@ -30,6 +31,7 @@ pub mod authz;
 pub mod backends;
 pub mod cli;
 pub mod config_client;
+pub mod cors;
 pub mod count;
 pub mod detect;
 pub mod errors;

@@ -17,6 +17,7 @@ use weft_api::gateway::{HttpRouteMatch, RequestRedirect, UrlRewrite};
 
 use crate::authz::{InboundPolicy, RateBuckets};
 use crate::backends::{Backend, Registry};
+use crate::cors::Cors;
 use crate::filters::HeaderModifier;
 use crate::map::FastMap;
 use crate::metrics::{Direction, Metrics, Name, RequestStats, RouteId};
@@ -71,6 +72,8 @@ pub struct Rule {
     pub rewrite: Option<UrlRewrite>,
     /// Answers every request with a redirect, and `backends` are not asked.
     pub redirect: Option<RequestRedirect>,
+    /// Answers preflights and marks the answers to actual requests.
+    pub cors: Option<Cors>,
     /// The header modifiers of each backend (same order), after the rule's.
     pub backend_filters: Vec<BackendFilters>,
     /// Each mirror with its share: numerator, denominator.
@@ -91,6 +94,7 @@ impl Rule {
             response_headers: None,
             rewrite: None,
             redirect: None,
+            cors: None,
             backend_filters: vec![BackendFilters::default()],
             mirrors: Vec::new(),
             request_timeout: None,
@@ -132,6 +136,7 @@ impl Rule {
         for f in &rule.filters {
             match f {
                 Filter::RequestRedirect(r) => out.redirect = Some(r.clone()),
+                Filter::Cors(c) => out.cors = Some(Cors::new(c)),
                 Filter::RequestHeaderModifier(m) => {
                     out.request_headers = Some(HeaderModifier::new(m))
                 }
@@ -195,7 +200,8 @@ impl BackendFilters {
                 // Validation allows a backend header modifiers only.
                 Filter::UrlRewrite(_)
                 | Filter::RequestMirror { .. }
-                | Filter::RequestRedirect(_) => {}
+                | Filter::RequestRedirect(_)
+                | Filter::Cors(_) => {}
             }
         }
         out

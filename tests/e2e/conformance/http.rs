@@ -922,3 +922,184 @@ async fn a_mirror_copies_its_percentage_or_fraction() {
     eprintln!("{mirrored} of {n} requests mirrored at 25%");
     assert!(mirrored <= 275, "{mirrored} of {n} mirrored");
 }
+
+/// The CORS filter (Standard since v1.5), as the Gateway API's HTTPRouteCORS test writes it,
+/// through the client's sidecar: a preflight from an allowed origin is answered there (the
+/// application never sees it), one from another origin gets no CORS headers, and the
+/// answers to actual requests are marked.
+#[tokio::test]
+async fn http_route_cors() {
+    let cors_rule = |prefix: &str, cors: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters: [{{type: CORS, cors: {cors}}}]\n    backendRefs: [{{name: echo-v1, port: 8080}}]\n"
+        )
+    };
+    let rules = [
+        cors_rule(
+            "/cors-1",
+            "{allowOrigins: ['https://www.foo.com', 'https://*.bar.com'], allowMethods: [GET, OPTIONS], allowHeaders: [x-header-1, x-header-2], exposeHeaders: [x-header-3, x-header-4], allowCredentials: true, maxAge: 3600}",
+        ),
+        cors_rule("/cors-2", "{allowOrigins: ['https://www.foo.com'], allowMethods: ['*']}"),
+        cors_rule("/cors-wildcard-origin", "{allowOrigins: ['*'], allowMethods: [PUT]}"),
+        cors_rule(
+            "/cors-wildcard-methods-headers",
+            "{allowOrigins: ['https://*.foo.com'], allowMethods: ['*'], allowHeaders: ['*'], allowCredentials: true}",
+        ),
+    ]
+    .concat();
+    let suite = Suite::start(&http_route("cors", "echo", Some(80), &rules)).await;
+    let preflight = |path: &'static str,
+                     origin: &'static str,
+                     method: &'static str,
+                     headers: Option<&'static str>| {
+        let mut h = vec![
+            ("Origin", origin),
+            ("access-control-request-method", method),
+        ];
+        if let Some(v) = headers {
+            h.push(("access-control-request-headers", v));
+        }
+        let suite = &suite;
+        async move {
+            suite
+                .get_with("OPTIONS", &format!("http://echo{path}"), &h)
+                .await
+        }
+    };
+    let before = suite
+        .v1
+        .app
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    for origin in [
+        "https://www.foo.com",
+        "https://www.bar.com",
+        "https://xpto.www.bar.com",
+    ] {
+        let answer = preflight("/cors-1", origin, "GET", Some("x-header-1, x-header-2")).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(answer.echoed.is_none(), "the sidecar answers a preflight");
+        for (name, value) in [
+            ("access-control-allow-origin", origin),
+            ("access-control-allow-methods", "GET, OPTIONS"),
+            ("access-control-allow-headers", "x-header-1, x-header-2"),
+            ("access-control-expose-headers", "x-header-3, x-header-4"),
+            ("access-control-max-age", "3600"),
+            ("access-control-allow-credentials", "true"),
+        ] {
+            assert_eq!(answer.header(name), Some(value), "{origin}: {name}");
+        }
+    }
+    let refused = preflight("/cors-1", "https://foobar.com", "GET", None).await;
+    assert_eq!(refused.status, 200);
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+
+    let post = preflight("/cors-2", "https://www.foo.com", "POST", None).await;
+    assert_eq!(post.header("access-control-allow-methods"), Some("POST"));
+    assert_eq!(
+        post.header("access-control-allow-origin"),
+        Some("https://www.foo.com")
+    );
+    assert_eq!(post.header("access-control-allow-credentials"), None);
+    assert_eq!(
+        post.header("access-control-max-age"),
+        Some("5"),
+        "the default"
+    );
+
+    for origin in ["https://foobar.com", "https://foobar.com:12345"] {
+        let any = preflight("/cors-wildcard-origin", origin, "PUT", None).await;
+        assert_eq!(any.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(any.header("access-control-allow-methods"), Some("PUT"));
+        assert_eq!(any.header("access-control-allow-credentials"), None);
+    }
+    let echoed = preflight(
+        "/cors-wildcard-methods-headers",
+        "https://other.foo.com",
+        "PUT",
+        Some("x-header-1, x-header-2"),
+    )
+    .await;
+    assert_eq!(
+        echoed.header("access-control-allow-origin"),
+        Some("https://other.foo.com")
+    );
+    assert_eq!(echoed.header("access-control-allow-methods"), Some("PUT"));
+    assert_eq!(
+        echoed.header("access-control-allow-headers"),
+        Some("x-header-1, x-header-2")
+    );
+    assert_eq!(
+        echoed.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(
+        suite
+            .v1
+            .app
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "no preflight reached the application"
+    );
+
+    // Actual requests reach the application, and their answers are marked.
+    for (path, origin, allow) in [
+        (
+            "/cors-1",
+            "https://www.foo.com",
+            Some("https://www.foo.com"),
+        ),
+        (
+            "/cors-1",
+            "https://www.bar.com",
+            Some("https://www.bar.com"),
+        ),
+        ("/cors-1", "https://foobar.com", None),
+        (
+            "/cors-wildcard-origin",
+            "https://foobar.com:12345",
+            Some("*"),
+        ),
+        (
+            "/cors-wildcard-methods-headers",
+            "https://other.foo.com",
+            Some("https://other.foo.com"),
+        ),
+    ] {
+        let answer = suite
+            .get(&format!("http://echo{path}"), &[("Origin", origin)])
+            .await;
+        assert_eq!(
+            (answer.status, answer.pod()),
+            (200, "echo-v1"),
+            "{answer:?}"
+        );
+        assert_eq!(
+            answer.header("access-control-allow-origin"),
+            allow,
+            "{path} from {origin}"
+        );
+    }
+    let credentialed = suite
+        .get(
+            "http://echo/cors-wildcard-methods-headers",
+            &[
+                ("Origin", "https://other.foo.com"),
+                ("Authorization", "Bearer test"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        credentialed.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(
+        credentialed
+            .echoed
+            .as_ref()
+            .unwrap()
+            .header("authorization"),
+        Some("Bearer test")
+    );
+}

@@ -105,6 +105,11 @@ impl Suite {
     pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Answer {
         from(&self.v1, "GET", url, headers).await
     }
+
+    /// `method url` from the `echo-v1` pod, with `headers`.
+    pub async fn get_with(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
+        from(&self.v1, method, url, headers).await
+    }
 }
 
 /// `method url` from `pod`'s application, through its sidecar.

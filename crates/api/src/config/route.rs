@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Dur;
-use crate::gateway::{HeaderModifier, HttpRouteMatch, PathMatchType, RequestRedirect, UrlRewrite};
+use crate::gateway::{
+    Cors, HeaderModifier, HttpRouteMatch, PathMatchType, RequestRedirect, UrlRewrite,
+};
 use crate::validate::Problems;
 
 /// The largest weight the Gateway API allows.
@@ -65,6 +67,9 @@ pub enum Filter {
     },
     /// Answers with a redirect; no backend is asked.
     RequestRedirect(RequestRedirect),
+    /// Answers preflights, and marks the answers to actual requests.
+    #[serde(rename = "CORS")]
+    Cors(Cors),
 }
 
 fn hundred() -> u32 {
@@ -215,6 +220,7 @@ fn validate_filters(
             }
             Filter::UrlRewrite(r) => r.validate(&at, prefix_only, problems),
             Filter::RequestRedirect(r) => r.validate(&at, prefix_only, problems),
+            Filter::Cors(c) => c.validate(&at, problems),
             Filter::RequestMirror {
                 backend,
                 numerator,

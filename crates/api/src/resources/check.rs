@@ -381,14 +381,15 @@ fn check_filters(
             "RequestMirror" if place == Filters::Rule => {
                 ("requestMirror", f.request_mirror.is_some())
             }
-            "URLRewrite" | "RequestRedirect" if grpc => {
+            "CORS" if !grpc && place == Filters::Rule => ("cors", f.cors.is_some()),
+            "URLRewrite" | "RequestRedirect" | "CORS" if grpc => {
                 problems.add(
                     format!("{at}.type"),
                     format!("a GRPCRoute has no {} filter", f.kind),
                 );
                 continue;
             }
-            "URLRewrite" | "RequestRedirect" | "RequestMirror" => {
+            "URLRewrite" | "RequestRedirect" | "RequestMirror" | "CORS" => {
                 problems.add(
                     format!("{at}.type"),
                     format!(
@@ -428,6 +429,7 @@ fn check_filters(
             f.url_rewrite.is_some(),
             f.request_mirror.is_some(),
             f.request_redirect.is_some(),
+            f.cors.is_some(),
         ];
         if set.iter().filter(|s| **s).count() > 1 {
             problems.add(at.clone(), "sets more than the one field its type names");
@@ -443,6 +445,9 @@ fn check_filters(
         }
         if let Some(r) = &f.request_redirect {
             r.validate(&format!("{at}.requestRedirect"), prefix_only, problems);
+        }
+        if let Some(c) = &f.cors {
+            c.validate(&format!("{at}.cors"), problems);
         }
         if let Some(m) = &f.request_mirror {
             check_backend_ref(
@@ -914,6 +919,18 @@ spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
             (
                 "    - retry: {attempts: 0}\n",
                 "test.yaml:1:spec.rules[0].retry.attempts: must be at least 1",
+            ),
+            (
+                "    - filters: [{type: CORS, cors: {allowOrigins: ['*', 'https://a.org']}}]\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].cors.allowOrigins: `*` must be the only entry",
+            ),
+            (
+                "    - filters: [{type: CORS, cors: {allowOrigins: ['ftp://a.org']}}]\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].cors.allowOrigins[0]: \"ftp://a.org\" is not an origin",
+            ),
+            (
+                "    - filters: [{type: CORS, cors: {allowCredentials: true, exposeHeaders: ['*']}}]\n      backendRefs: [{name: reviews, port: 9080}]\n",
+                "test.yaml:1:spec.rules[0].filters[0].cors.exposeHeaders: `*` is not allowed with allowCredentials",
             ),
             (
                 "    - filters: [{type: ExternalAuth}]\n",

@@ -7,7 +7,7 @@ use super::meta::ObjectMeta;
 use crate::config::route::Timeouts;
 use crate::duration::Dur;
 use crate::gateway::{
-    HeaderMatch, HeaderModifier, HttpRouteMatch, MatchType, RequestRedirect, UrlRewrite,
+    Cors, HeaderMatch, HeaderModifier, HttpRouteMatch, MatchType, RequestRedirect, UrlRewrite,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +87,8 @@ pub struct FilterSpec {
     pub request_mirror: Option<MirrorSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_redirect: Option<RequestRedirect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

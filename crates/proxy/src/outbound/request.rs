@@ -118,6 +118,11 @@ impl Http {
                     }
                 },
             };
+            if let Some(answer) = rule.cors.as_ref().and_then(|c| c.preflight(&req)) {
+                let answer = answer.map(|()| Body::empty());
+                return self.finish(start, &rule.route, &NO_ROUTE, Ok(answer), grpc, &method);
+            }
+            let cors = rule.cors.as_ref().and_then(|c| c.for_actual(&req));
             if let Some(redirect) = &rule.redirect {
                 let result = redirect_response(&req, redirect, prefix.as_deref(), dest.port);
                 return self.finish(start, &rule.route, &NO_ROUTE, result, grpc, &method);
@@ -141,7 +146,10 @@ impl Http {
             let result = self
                 .exchange(req, &rule, index, &backend, prefix.as_deref(), grpc, start)
                 .await;
-            let resp = self.shared.respond(DIRECTION, result, grpc);
+            let mut resp = self.shared.respond(DIRECTION, result, grpc);
+            if let Some(cors) = cors {
+                crate::cors::mark(resp.headers_mut(), cors);
+            }
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();
             match rule.stats(index, &self.shared.metrics) {
