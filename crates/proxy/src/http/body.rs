@@ -54,7 +54,7 @@ pub struct DeadlineBody {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the request timeout passed while the response body was streaming")]
+#[error("a timeout of the route passed while the response body was streaming")]
 pub struct BodyTimeout;
 
 impl Body {

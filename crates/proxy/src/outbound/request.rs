@@ -327,15 +327,7 @@ impl Http {
             for m in response_headers.into_iter().flatten() {
                 m.apply(resp.headers_mut());
             }
-            if let Some(deadline) = deadline {
-                resp = resp.map(|inner| {
-                    Body::Deadline(Box::new(DeadlineBody {
-                        inner,
-                        sleep: Box::pin(tokio::time::sleep_until(deadline)),
-                    }))
-                });
-            }
-            Ok(resp)
+            Ok(with_deadline(resp, deadline))
         }
     }
 
@@ -435,17 +427,27 @@ impl Http {
                 }
                 drop(picked);
 
+                // The answer the client gets: the per-try timeout bounds its body as well (the
+                // Gateway API's backendRequest runs until the whole response has arrived).
+                let answer = |result: Result<Response<Body>, ProxyError>| {
+                    let deadline = rule.backend_timeout.map(|t| sent_at + t);
+                    result.map(|resp| with_deadline(resp, deadline))
+                };
                 let reason = retry::reason(attempt, rule.retry.as_ref(), &safety.borrow());
                 if reason.is_none() || retries >= max_retries {
-                    return result;
+                    return answer(result);
                 }
                 // The next attempt sends the request as it was, if it never left, or again from its
                 // head and recorded body.
                 let again = unsent.or_else(|| replay?.again());
-                let Some(again) = again else { return result };
+                let Some(again) = again else {
+                    return answer(result);
+                };
                 if !backend.try_retry(Instant::now()) {
                     self.shared.metrics.budget_exhausted(&backend.name);
-                    return result.or(Err(ProxyError::BudgetExhausted(backend.name.0.clone())));
+                    return answer(
+                        result.or(Err(ProxyError::BudgetExhausted(backend.name.0.clone()))),
+                    );
                 }
                 let reason = reason.map_or("unknown", retry::Reason::as_str);
                 self.shared
@@ -593,6 +595,19 @@ impl Http {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
             );
         }
+    }
+}
+
+/// A response whose body fails if it has not ended by `deadline`.
+fn with_deadline(resp: Response<Body>, deadline: Option<Instant>) -> Response<Body> {
+    match deadline {
+        None => resp,
+        Some(deadline) => resp.map(|inner| {
+            Body::Deadline(Box::new(DeadlineBody {
+                inner,
+                sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            }))
+        }),
     }
 }
 
