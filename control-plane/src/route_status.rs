@@ -71,6 +71,16 @@ fn blame(error: &ManifestError) -> Blame {
     Blame::Route
 }
 
+/// The errors `pick` keeps, as a condition's message says them.
+fn said(blamed: &[(Blame, &ManifestError)], pick: &dyn Fn(Blame) -> bool) -> String {
+    blamed
+        .iter()
+        .filter(|(b, _)| pick(*b))
+        .map(|(_, e)| format!("{}: {}", e.path, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn is_ours(parent_status: &Value) -> bool {
     parent_status.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
 }
@@ -101,14 +111,8 @@ pub fn entries(
 ) -> Vec<Value> {
     let blamed: Vec<(Blame, &ManifestError)> = errors.iter().map(|e| (blame(e), *e)).collect();
     let missing: Vec<(Blame, &ManifestError)> = unresolved.iter().map(|e| (blame(e), *e)).collect();
-    let shown = |pick: &dyn Fn(Blame) -> bool| -> String {
-        blamed
-            .iter()
-            .filter(|(b, _)| pick(*b))
-            .map(|(_, e)| format!("{}: {}", e.path, e.message))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let shown = |pick: &dyn Fn(Blame) -> bool| said(&blamed, pick);
+    let shown_missing = |pick: &dyn Fn(Blame) -> bool| said(&missing, pick);
     let consequence = if serving {
         "the last accepted version keeps serving"
     } else {
@@ -152,14 +156,6 @@ pub fn entries(
             "observedGeneration": route.generation.unwrap_or(0),
             "lastTransitionTime": since,
         })
-    };
-    let shown_missing = |pick: &dyn Fn(Blame) -> bool| -> String {
-        missing
-            .iter()
-            .filter(|(b, _)| pick(*b))
-            .map(|(_, e)| format!("{}: {}", e.path, e.message))
-            .collect::<Vec<_>>()
-            .join("; ")
     };
     let resolved = match backend {
         Some((b, _)) => (

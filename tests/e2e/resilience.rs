@@ -357,10 +357,13 @@ async fn the_per_try_timeout_bounds_the_response_body_too() {
     use http_body_util::BodyExt;
     let backend = app("drip").await;
     let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: reviews-timeouts, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: reviews, port: 9080}]\n  rules:\n    - matches: [{headers: [{name: x-case, value: per-try}]}]\n      backendRefs: [{name: reviews, port: 9080}]\n      timeouts: {backendRequest: 300ms}\n    - backendRefs: [{name: reviews, port: 9080}]\n";
-    let manifests = Manifests::new()
-        .example("workloads")
-        .doc(route)
-        .pod("shop", "drip", REVIEWS, backend.addr, false);
+    let manifests = Manifests::new().example("workloads").doc(route).pod(
+        "shop",
+        "drip",
+        REVIEWS,
+        backend.addr,
+        false,
+    );
     let client = client_for(&manifests).await;
     // 100 KiB at 1 KiB every 20 ms: two seconds of body.
     for (case, whole) in [("per-try", false), ("none", true)] {
@@ -373,7 +376,10 @@ async fn the_per_try_timeout_bounds_the_response_body_too() {
         assert_eq!(resp.status(), 200, "{case}: the head came in time");
         let body = resp.into_body().collect().await;
         let took = started.elapsed();
-        eprintln!("{case}: body {} after {took:?}", if body.is_ok() { "whole" } else { "cut" });
+        eprintln!(
+            "{case}: body {} after {took:?}",
+            if body.is_ok() { "whole" } else { "cut" }
+        );
         assert_eq!(body.is_ok(), whole, "{case} after {took:?}");
         if let Ok(body) = body {
             assert_eq!(body.to_bytes().len(), 100 * 1024);

@@ -164,19 +164,7 @@ async fn grpc_route_mirrors_a_fraction_and_modifies_responses() {
         assert_eq!(answer.header("x-route"), Some("grpc"));
     }
     // Half are copied: 200 ± 60 is six standard deviations. The copies finish on their own.
-    let mirrored = weft_tests::eventually(
-        "the mirrored calls",
-        std::time::Duration::from_secs(10),
-        || async {
-            let got = suite
-                .v2
-                .app
-                .requests
-                .load(std::sync::atomic::Ordering::SeqCst);
-            (got >= 140).then_some(got)
-        },
-    )
-    .await;
+    let mirrored = super::copies_at(&suite.v2, 140).await;
     eprintln!("{mirrored} of {n} calls mirrored at one in two");
     assert!(mirrored <= 260, "{mirrored} of {n} mirrored");
 }

@@ -906,19 +906,7 @@ async fn a_mirror_copies_its_percentage_or_fraction() {
         Case::ok("/", "echo-v1").check("mirror", &suite.get("http://echo/", &[]).await);
     }
     // 200 ± 75 is six standard deviations.
-    let mirrored = weft_tests::eventually(
-        "the mirrored requests",
-        std::time::Duration::from_secs(10),
-        || async {
-            let got = suite
-                .v2
-                .app
-                .requests
-                .load(std::sync::atomic::Ordering::SeqCst);
-            (got >= 125).then_some(got)
-        },
-    )
-    .await;
+    let mirrored = super::copies_at(&suite.v2, 125).await;
     eprintln!("{mirrored} of {n} requests mirrored at 25%");
     assert!(mirrored <= 275, "{mirrored} of {n} mirrored");
 }

@@ -112,6 +112,20 @@ impl Suite {
     }
 }
 
+/// The requests `pod`'s application has had once at least `lower` have (mirrored copies
+/// arrive on their own after the requests they copy).
+pub async fn copies_at(pod: &Pod, lower: usize) -> usize {
+    weft_tests::eventually(
+        "the mirrored copies",
+        std::time::Duration::from_secs(10),
+        || async {
+            let got = pod.app.requests.load(std::sync::atomic::Ordering::SeqCst);
+            (got >= lower).then_some(got)
+        },
+    )
+    .await
+}
+
 /// `method url` from `pod`'s application, through its sidecar.
 pub async fn from(pod: &Pod, method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
     echo::http(pod.proxy.outbound, method, url, headers)
