@@ -180,8 +180,9 @@ impl Cors {
     }
 
     /// The headers the answer to an actual request from an allowed origin gets; `None` when
-    /// the request has no allowed Origin.
-    pub fn for_actual<B>(&self, req: &Request<B>) -> Option<HeaderMap> {
+    /// the request has no allowed Origin. Boxed: it waits in the request's future while the
+    /// request is in flight.
+    pub fn for_actual<B>(&self, req: &Request<B>) -> Option<Box<HeaderMap>> {
         let origin = self.allowed(req)?;
         let mut h = HeaderMap::new();
         h.insert(
@@ -189,7 +190,7 @@ impl Cors {
             self.allow_origin(origin),
         );
         self.common(&mut h);
-        Some(h)
+        Some(Box::new(h))
     }
 
     fn common(&self, h: &mut HeaderMap) {
@@ -209,9 +210,9 @@ impl Cors {
 
 /// Copies CORS headers into an answer, replacing any the upstream set (its `Vary` is kept,
 /// and `Origin` added to it).
-pub fn mark(resp: &mut HeaderMap, cors: HeaderMap) {
+pub fn mark(resp: &mut HeaderMap, cors: Box<HeaderMap>) {
     let mut last: Option<HeaderName> = None;
-    for (name, value) in cors {
+    for (name, value) in *cors {
         if let Some(name) = name {
             if name != header::VARY {
                 resp.remove(&name);
