@@ -210,9 +210,9 @@ impl Cors {
 
 /// Copies CORS headers into an answer, replacing any the upstream set (its `Vary` is kept,
 /// and `Origin` added to it).
-pub fn mark(resp: &mut HeaderMap, cors: Box<HeaderMap>) {
+pub fn mark(resp: &mut HeaderMap, cors: HeaderMap) {
     let mut last: Option<HeaderName> = None;
-    for (name, value) in *cors {
+    for (name, value) in cors {
         if let Some(name) = name {
             if name != header::VARY {
                 resp.remove(&name);

@@ -148,7 +148,7 @@ impl Http {
                 .await;
             let mut resp = self.shared.respond(DIRECTION, result, grpc);
             if let Some(cors) = cors {
-                crate::cors::mark(resp.headers_mut(), cors);
+                crate::cors::mark(resp.headers_mut(), *cors);
             }
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();
@@ -190,6 +190,11 @@ impl Http {
             .trim_end_matches(']');
         let ip: std::net::IpAddr = host.parse().ok()?;
         let addr = SocketAddr::new(ip, authority.port_u16().unwrap_or(80));
+        // The proxy's own outbound listener would take the request again, and again: a loop.
+        let own = self.shared.settings.outbound_addr;
+        if addr == own || (own.ip().is_unspecified() && addr.port() == own.port()) {
+            return None;
+        }
         Some(
             self.shared
                 .state
