@@ -837,10 +837,22 @@ async fn mesh_frontend() {
     assert!(inbound >= 1.0, "the pod's sidecar carried it: {inbound}");
     // An address outside the mesh is reached straight; the proxy's own outbound listener is
     // refused, or the request would come back to it without end.
-    let outside = suite.get(&format!("http://{}:8080/", suite.consumer.ip), &[]).await;
-    assert_eq!((outside.status, outside.pod()), (200, "echo-v1"), "{outside:?}");
-    let own = suite.get(&format!("http://{}/", suite.v1.proxy.outbound), &[]).await;
-    assert_eq!((own.status, own.header("x-weft-error")), (503, Some("no-route")), "{own:?}");
+    let outside = suite
+        .get(&format!("http://{}:8080/", suite.consumer.ip), &[])
+        .await;
+    assert_eq!(
+        (outside.status, outside.pod()),
+        (200, "echo-v1"),
+        "{outside:?}"
+    );
+    let own = suite
+        .get(&format!("http://{}/", suite.v1.proxy.outbound), &[])
+        .await;
+    assert_eq!(
+        (own.status, own.header("x-weft-error")),
+        (503, Some("no-route")),
+        "{own:?}"
+    );
 }
 
 /// Where the request goes decides its route, not the Host header: in HTTP proxy mode the
