@@ -168,3 +168,55 @@ async fn grpc_route_mirrors_a_fraction_and_modifies_responses() {
     eprintln!("{mirrored} of {n} calls mirrored at one in two");
     assert!(mirrored <= 260, "{mirrored} of {n} mirrored");
 }
+
+#[tokio::test]
+async fn mesh_grpc_route_request_mirror() {
+    let mirror = "{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 7070}}}";
+    let modify = "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Header-Set, value: set-overwrites-values}], add: [{name: X-Header-Add, value: header-val-1}, {name: X-Header-Add-Append, value: header-val-2}], remove: [X-Header-Remove]}}";
+    let rules = format!(
+        "  - matches: [{{headers: [{{name: x-mirror-only, value: 'true'}}]}}]\n    filters: [{mirror}]\n    backendRefs: [{{name: echo-v1, port: 7070}}]\n  - matches: [{{headers: [{{name: x-mirror-and-modify, value: 'true'}}]}}]\n    filters: [{modify}, {mirror}]\n    backendRefs: [{{name: echo-v1, port: 7070}}]\n"
+    );
+    let suite = Suite::start(&grpc_route("mesh-grpc-request-mirror", &rules)).await;
+    let cases: [(&[(&str, &str)], &[(&str, &str)], &[&str]); 2] = [
+        (&[("x-mirror-only", "true")], &[], &[]),
+        (
+            &[
+                ("x-mirror-and-modify", "true"),
+                ("x-header-remove", "remove-val"),
+                ("x-header-add-append", "append-val-1"),
+            ],
+            &[
+                ("x-header-set", "set-overwrites-values"),
+                ("x-header-add", "header-val-1"),
+                ("x-header-add-append", "append-val-1,header-val-2"),
+            ],
+            &["x-header-remove"],
+        ),
+    ];
+    for (sent, sees, absent) in cases {
+        let before = suite
+            .v2
+            .app
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let answer = echo::grpc(suite.v1.proxy.outbound, "echo:7070", sent)
+            .await
+            .unwrap();
+        let at = format!("MeshGRPCRouteRequestMirror {sent:?}");
+        assert_eq!(answer.grpc_status.as_deref(), Some("0"), "{at}: {answer:?}");
+        let echoed = answer.echoed.as_ref().expect("a pod answers");
+        assert_eq!(
+            (echoed.namespace.as_str(), echoed.pod.as_str()),
+            (NS, "echo-v1"),
+            "{at}"
+        );
+        for (name, value) in sees {
+            assert_eq!(echoed.header(name), Some(*value), "{at}: {name}");
+        }
+        for name in absent {
+            assert_eq!(echoed.header(name), None, "{at}: {name}");
+        }
+        // The copy reached echo-v2.
+        super::copies_at(&suite.v2, before + 1).await;
+    }
+}
