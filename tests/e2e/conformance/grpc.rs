@@ -177,7 +177,9 @@ async fn mesh_grpc_route_request_mirror() {
         "  - matches: [{{headers: [{{name: x-mirror-only, value: 'true'}}]}}]\n    filters: [{mirror}]\n    backendRefs: [{{name: echo-v1, port: 7070}}]\n  - matches: [{{headers: [{{name: x-mirror-and-modify, value: 'true'}}]}}]\n    filters: [{modify}, {mirror}]\n    backendRefs: [{{name: echo-v1, port: 7070}}]\n"
     );
     let suite = Suite::start(&grpc_route("mesh-grpc-request-mirror", &rules)).await;
-    let cases: [(&[(&str, &str)], &[(&str, &str)], &[&str]); 2] = [
+    type Headers = &'static [(&'static str, &'static str)];
+    // (metadata sent, what echo-v1 sees, what it must not)
+    let cases: [(Headers, Headers, &[&str]); 2] = [
         (&[("x-mirror-only", "true")], &[], &[]),
         (
             &[
