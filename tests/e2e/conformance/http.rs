@@ -968,7 +968,7 @@ async fn http_route_cors() {
         let suite = &suite;
         async move {
             suite
-                .get_with("OPTIONS", &format!("http://echo{path}"), &h)
+                .request("OPTIONS", &format!("http://echo{path}"), &h)
                 .await
         }
     };

@@ -107,7 +107,7 @@ impl Suite {
     }
 
     /// `method url` from the `echo-v1` pod, with `headers`.
-    pub async fn get_with(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
+    pub async fn request(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
         from(&self.v1, method, url, headers).await
     }
 }

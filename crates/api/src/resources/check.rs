@@ -9,7 +9,8 @@ use std::net::IpAddr;
 
 use super::core::{IntOrString, SERVICE_NAME_LABEL, Service};
 use super::routes::{
-    BackendRef, FilterSpec, GrpcRouteManifest, HttpRouteManifest, ParentRef, grpc_annotations,
+    BackendRef, FilterSpec, GrpcRouteManifest, HttpRouteManifest, ParentRef, core_group,
+    grpc_annotations,
 };
 use super::{Manifest, ManifestError, ObjectMeta, Resource, Subject};
 use crate::config::route::{MAX_WEIGHT, Retry, Timeouts, default_backoff};
@@ -123,11 +124,7 @@ pub fn resolve_backend<'a>(
     route_ns: &str,
     service: impl Fn(&str, &str) -> Option<&'a Service>,
 ) -> Result<&'a Service, Unresolved> {
-    let group_ok = r
-        .group
-        .as_deref()
-        .is_none_or(|g| g.is_empty() || g == "core");
-    if !group_ok || r.kind.as_deref().is_some_and(|k| k != "Service") {
+    if !r.names_a_service() {
         return Err(Unresolved {
             reason: "InvalidKind",
             field: "kind",
@@ -304,11 +301,7 @@ fn check_parent_refs(refs: &[ParentRef], problems: &mut Problems) {
         problems.add("spec.parentRefs", "must name at least one Service");
     }
     for (i, r) in refs.iter().enumerate() {
-        let group_ok = r
-            .group
-            .as_deref()
-            .is_none_or(|g| g.is_empty() || g == "core");
-        if !group_ok || r.kind.as_deref() != Some("Service") {
+        if !core_group(r.group.as_deref()) || r.kind.as_deref() != Some("Service") {
             problems.add(
                 format!("spec.parentRefs[{i}].kind"),
                 "weft is a mesh: routes attach to Services (group \"\", kind Service), not Gateways",
@@ -325,12 +318,7 @@ fn check_parent_refs(refs: &[ParentRef], problems: &mut Problems) {
 
 /// The fields of a backend reference; what it names is resolved later ([`resolve_backend`]).
 fn check_backend_ref(r: &BackendRef, at: &str, problems: &mut Problems) {
-    let service = r
-        .group
-        .as_deref()
-        .is_none_or(|g| g.is_empty() || g == "core")
-        && r.kind.as_deref().is_none_or(|k| k == "Service");
-    if service && r.port.is_none() {
+    if r.names_a_service() && r.port.is_none() {
         problems.add(format!("{at}.port"), "is required for a Service backend");
     }
     if r.port == Some(0) {

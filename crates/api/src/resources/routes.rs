@@ -144,6 +144,18 @@ pub struct BackendRef {
     pub filters: Vec<FilterSpec>,
 }
 
+/// The core API group, as a reference may write it.
+pub fn core_group(group: Option<&str>) -> bool {
+    group.is_none_or(|g| g.is_empty() || g == "core")
+}
+
+impl BackendRef {
+    /// Whether the reference is to a Service (the default kind), the one kind weft sends to.
+    pub fn names_a_service(&self) -> bool {
+        core_group(self.group.as_deref()) && self.kind.as_deref().is_none_or(|k| k == "Service")
+    }
+}
+
 /// HTTPRoute `retry` (GEP-1731).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -131,8 +131,7 @@ impl Http {
                 &rule.weights,
                 fastrand::u64(..weighted::total(&rule.weights).max(1)),
             );
-            let Some((index, backend)) =
-                picked.and_then(|i| Some((i, rule.backends.get(i)?.clone())))
+            let Some((index, backend)) = picked.and_then(|i| Some((i, rule.backends.get(i)?)))
             else {
                 return self.finish(
                     start,
@@ -144,7 +143,7 @@ impl Http {
                 );
             };
             let result = self
-                .exchange(req, &rule, index, &backend, prefix.as_deref(), grpc, start)
+                .exchange(req, &rule, index, prefix.as_deref(), grpc, start)
                 .await;
             let mut resp = self.shared.respond(DIRECTION, result, grpc);
             if let Some(cors) = cors {
@@ -171,11 +170,14 @@ impl Http {
     /// destination's, when it was a cluster IP, else the authority's.
     fn destination(&self, req: &Request<Body>) -> (Option<Arc<Destination>>, bool) {
         let snapshot = self.shared.state.load();
-        let named = headers::authority_of(req).and_then(|a| snapshot.by_authority(a));
+        let named = || headers::authority_of(req).and_then(|a| snapshot.by_authority(a));
         if let Some(d) = self.orig.and_then(|o| snapshot.by_vip(o)) {
-            let by_authority = named.is_some_and(|n| Arc::ptr_eq(n, d));
+            // Only a CONNECT asks whether its authority named the Service too.
+            let by_authority =
+                req.method() == Method::CONNECT && named().is_some_and(|n| Arc::ptr_eq(n, d));
             return (Some(d.clone()), by_authority);
         }
+        let named = named();
         (named.cloned(), named.is_some())
     }
 
@@ -235,21 +237,20 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see the module docs"
     )]
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "each is a borrow or a copy from the request's own state, which it outlives"
-    )]
+    /// Sends the request to the rule's backend at `index`.
     fn exchange(
         &self,
         mut req: BoxedRequest,
         rule: &Rule,
         index: usize,
-        backend: &Arc<Backend>,
         prefix: Option<&str>,
         grpc: bool,
         start: Instant,
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
         async move {
+            let Some(backend) = rule.backends.get(index) else {
+                return Err(ProxyError::NoBackend);
+            };
             let backend_filters = rule.backend_filters.get(index);
             // The rule's modifiers, then the chosen backend's.
             let request_headers = [
@@ -332,7 +333,8 @@ impl Http {
             for m in response_headers.into_iter().flatten() {
                 m.apply(resp.headers_mut());
             }
-            Ok(with_deadline(resp, deadline))
+            // The attempts have put the body's deadline on it.
+            Ok(resp)
         }
     }
 
@@ -432,10 +434,17 @@ impl Http {
                 }
                 drop(picked);
 
-                // The answer the client gets: the per-try timeout bounds its body as well (the
-                // Gateway API's backendRequest runs until the whole response has arrived).
+                // The answer the client gets: its body must end by the earlier of the request
+                // timeout and this attempt's (the Gateway API's backendRequest runs until the
+                // whole response has arrived), one deadline for both.
                 let answer = |result: Result<Response<Body>, ProxyError>| {
-                    let deadline = rule.backend_timeout.map(|t| sent_at + t);
+                    let deadline = [
+                        rule.request_timeout.map(|t| now + t),
+                        rule.backend_timeout.map(|t| sent_at + t),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min();
                     result.map(|resp| with_deadline(resp, deadline))
                 };
                 let reason = retry::reason(attempt, rule.retry.as_ref(), &safety.borrow());
