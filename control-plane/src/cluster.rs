@@ -1,7 +1,7 @@
 //! `weft control --kubernetes`: the cluster's API as the manifest source.
 //!
-//! One watcher per kind (Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes and weft's
-//! policy kinds) feeds the same [`Store`] that local mode fills from files: each object is a
+//! One watcher per kind (Services, EndpointSlices, Pods, Namespaces, HTTPRoutes, GRPCRoutes
+//! and weft's policy kinds) feeds the same [`Store`] that local mode fills from files: each object is a
 //! "file" named `Kind/namespace/name`, so validation, last good versions and errors work the
 //! same way in both modes. The watchers' relists (at start, and whenever a watch expires
 //! with 410 Gone) replace a kind's whole set, so deletions missed while a watch was down
@@ -56,7 +56,7 @@ pub struct WatchedKind {
 
 /// The kinds `weft control --kubernetes` watches.
 pub fn watched_kinds() -> Vec<WatchedKind> {
-    use k8s_openapi::api::core::v1::{Pod, Service};
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let custom = |group: &str, version: &str, kind: &str, route: bool| WatchedKind {
         resource: ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind)),
@@ -77,6 +77,12 @@ pub fn watched_kinds() -> Vec<WatchedKind> {
         WatchedKind {
             resource: ApiResource::erase::<Pod>(&()),
             keep_status: true,
+            route: false,
+        },
+        // For their annotation: the outbound traffic policy of their pods.
+        WatchedKind {
+            resource: ApiResource::erase::<Namespace>(&()),
+            keep_status: false,
             route: false,
         },
         custom("gateway.networking.k8s.io", "v1", "HTTPRoute", true),
@@ -341,8 +347,16 @@ impl Mirror {
     }
 }
 
-/// `Kind/namespace/name`: the object's name in the store (and in its errors).
+/// `Kind/namespace/name`, or `Kind/name` for a kind of no namespace: the object's name in the
+/// store (and in its errors), as [`weft_api::resources::ResourceKey`] writes it.
 fn object_name(resource: &ApiResource, object: &DynamicObject) -> String {
+    if weft_api::resources::is_cluster_scoped(&resource.kind) {
+        return format!(
+            "{}/{}",
+            resource.kind,
+            object.metadata.name.as_deref().unwrap_or_default()
+        );
+    }
     format!(
         "{}/{}/{}",
         resource.kind,

@@ -17,7 +17,10 @@ use weft_api::config::route::{
     Filter, HttpRoute, RouteRule, Timeouts, WeightedBackend, default_backoff,
 };
 use weft_api::config::server::ServerPolicySpec;
-use weft_api::config::{self, DEFAULT_INBOUND_PORT, MeshPeer, MtlsMode, ProxyConfig, ServerPolicy};
+use weft_api::config::{
+    self, DEFAULT_INBOUND_PORT, MeshPeer, MtlsMode, OutboundTrafficPolicy, ProxyConfig,
+    ServerPolicy,
+};
 use weft_api::gateway::{HttpRouteMatch, MatchType, PathMatch, PathMatchType};
 use weft_api::identity::SpiffeId;
 use weft_api::resources::check::{self, grpc_route_extras};
@@ -63,6 +66,8 @@ impl Target {
 pub struct MeshSettings {
     pub cluster_domain: String,
     pub trust_domain: String,
+    /// For the pods of namespaces whose annotation sets none.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 impl Default for MeshSettings {
@@ -70,6 +75,7 @@ impl Default for MeshSettings {
         MeshSettings {
             cluster_domain: config::DEFAULT_CLUSTER_DOMAIN.into(),
             trust_domain: "cluster.local".into(),
+            outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
         }
     }
 }
@@ -85,6 +91,8 @@ pub struct Index<'a> {
     policies: HashMap<(&'a str, &'a str), (&'a str, &'a config::BackendPolicySpec)>,
     /// By namespace and name.
     server_policies: BTreeMap<(&'a str, &'a str), &'a ServerPolicySpec>,
+    /// The namespaces whose annotation sets their pods' outbound traffic policy.
+    outbound_policies: HashMap<&'a str, OutboundTrafficPolicy>,
 }
 
 impl<'a> Index<'a> {
@@ -97,6 +105,7 @@ impl<'a> Index<'a> {
             grpc_routes: Vec::new(),
             policies: HashMap::new(),
             server_policies: BTreeMap::new(),
+            outbound_policies: HashMap::new(),
         };
         for m in manifests {
             match &m.resource {
@@ -121,6 +130,11 @@ impl<'a> Index<'a> {
                     index
                         .server_policies
                         .insert((p.metadata.namespace(), &p.metadata.name), &p.spec);
+                }
+                Resource::Namespace(n) => {
+                    if let Some(policy) = n.outbound_traffic_policy() {
+                        index.outbound_policies.insert(&n.metadata.name, policy);
+                    }
                 }
                 Resource::BackendPolicy(p) => {
                     for t in &p.spec.target_refs {
@@ -202,6 +216,11 @@ impl<'a> Index<'a> {
             cluster_domain: mesh.cluster_domain.clone(),
             ..ProxyConfig::default()
         };
+        config.outbound.traffic_policy = self
+            .outbound_policies
+            .get(namespace)
+            .copied()
+            .unwrap_or(mesh.outbound_traffic_policy);
         for ((ns, name), svc) in &self.services {
             let mut ports = Vec::new();
             for port in &svc.spec.ports {
@@ -698,6 +717,36 @@ spec:
             .compile(&Target::namespace(client_ns), &MeshSettings::default());
         config.validate().unwrap_or_else(|e| panic!("{e:?}"));
         config
+    }
+
+    /// The mesh's outbound traffic policy, unless the proxy's Namespace annotates its own;
+    /// the default is left out of the config, so that its version is as it was before.
+    #[test]
+    fn a_namespace_annotation_overrides_the_mesh_outbound_policy() {
+        use OutboundTrafficPolicy::{AllowAny, RegistryOnly};
+        let namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: web, annotations: {weft.dev/outbound-traffic-policy: ALLOW_ANY}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+        let (manifests, errors) = parse_file("mesh.yaml", &format!("{MESH}---\n{namespaces}"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let checked = check(manifests);
+        assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+        let index = Index::new(&checked.accepted);
+        let registry_only = MeshSettings {
+            outbound_traffic_policy: RegistryOnly,
+            ..MeshSettings::default()
+        };
+        let policy = |ns: &str, mesh: &MeshSettings| {
+            index
+                .compile(&Target::namespace(ns), mesh)
+                .outbound
+                .traffic_policy
+        };
+        assert_eq!(policy("shop", &registry_only), RegistryOnly);
+        assert_eq!(policy("web", &registry_only), AllowAny);
+        assert_eq!(policy("shop", &MeshSettings::default()), AllowAny);
+        let default = index.compile(&Target::namespace("shop"), &MeshSettings::default());
+        assert_eq!(default.version, compiled("shop").version);
+        let json = serde_json::to_string(&default).unwrap();
+        assert!(!json.contains("outbound"), "{json}");
     }
 
     #[test]

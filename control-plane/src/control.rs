@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
+use weft_api::config::OutboundTrafficPolicy;
 use weft_api::identity::SpiffeId;
 
 use crate::ca::{Ca, ProvidedCa};
@@ -64,6 +65,15 @@ pub struct ControlArgs {
     pub cluster_domain: String,
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// Where workloads may connect besides the mesh's Services: ALLOW_ANY, or REGISTRY_ONLY
+    /// (only Services, their endpoints and meshed pods). A Namespace's annotation
+    /// `weft.dev/outbound-traffic-policy` overrides it for its pods.
+    #[arg(
+        long,
+        env = "WEFT_OUTBOUND_TRAFFIC_POLICY",
+        default_value = "ALLOW_ANY"
+    )]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// How long workload certificates last.
@@ -134,6 +144,7 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
     let mesh = MeshSettings {
         cluster_domain: args.cluster_domain.clone(),
         trust_domain: args.trust_domain.clone(),
+        outbound_traffic_policy: args.outbound_traffic_policy,
     };
     let hub = Hub::new(mesh, ControlMetrics::new());
 

@@ -38,6 +38,9 @@ enum Command {
         /// The proxy's pod (in NAMESPACE): the ServerPolicies selecting it are compiled in.
         #[arg(long)]
         pod: Option<String>,
+        /// The mesh-wide outbound traffic policy, as `weft control` takes it.
+        #[arg(long, default_value = "ALLOW_ANY")]
+        outbound_traffic_policy: weft_api::config::OutboundTrafficPolicy,
         #[arg(short = 'o', long, value_enum, default_value = "yaml")]
         output: Output,
     },
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             paths,
             namespace,
             pod,
+            outbound_traffic_policy,
             output,
         } => compile_command(
             &paths,
@@ -96,6 +100,10 @@ fn main() -> ExitCode {
                 namespace,
                 pod_name: pod,
                 pod_ip: None,
+            },
+            &MeshSettings {
+                outbound_traffic_policy,
+                ..MeshSettings::default()
             },
             output,
         ),
@@ -152,7 +160,12 @@ fn check_command(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn compile_command(paths: &[PathBuf], target: &Target, output: Output) -> anyhow::Result<ExitCode> {
+fn compile_command(
+    paths: &[PathBuf],
+    target: &Target,
+    mesh: &MeshSettings,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
     let (manifests, mut errors) = load(paths);
     let checked = check(manifests);
     errors.extend(checked.errors);
@@ -165,7 +178,7 @@ fn compile_command(paths: &[PathBuf], target: &Target, output: Output) -> anyhow
     for e in &checked.unresolved {
         eprintln!("warning: {e} (accepted; {})", UNRESOLVED);
     }
-    let config = Index::new(&checked.accepted).compile(target, &MeshSettings::default());
+    let config = Index::new(&checked.accepted).compile(target, mesh);
     let text = match output {
         Output::Json => serde_json::to_string_pretty(&config)?,
         Output::Yaml => serde_saphyr::to_string(&config)?,

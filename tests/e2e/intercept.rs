@@ -450,3 +450,123 @@ fn the_cluster_ip_not_the_host_picks_the_route() {
     drop(children);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The outbound traffic policy REGISTRY_ONLY, set by the client's Namespace annotation,
+/// under iptables: Services and the hosts of their endpoints are reached as ever, on any of
+/// their ports; an address outside the registry is refused, an HTTP request with 503
+/// `no-route` whatever its Host header names, any other connection by closing it.
+#[test]
+fn registry_only_refuses_addresses_outside_the_registry() {
+    if !root_tests_enabled("registry_only_refuses_addresses_outside_the_registry") {
+        return;
+    }
+    let dir = scratch_dir("registry-only");
+    let mut lan = Lan::new();
+    let client = lan.add_pod("client", "10.80.0.1/24", "fd80::1/64");
+    let known = lan.add_pod("known", "10.80.0.2/24", "fd80::2/64");
+    let outside = lan.add_pod("outside", "10.80.0.3/24", "fd80::3/64");
+    let (client, known, outside) = (&lan.pods[client], &lan.pods[known], &lan.pods[outside]);
+    let mut children = Vec::new();
+    for (pod, ip, name) in [
+        (known, "10.80.0.2", "known"),
+        (outside, "10.80.0.3", "outside"),
+    ] {
+        children.push(
+            pod.spawn(
+                pod.command(TESTBED).args([
+                    "http",
+                    "--listen",
+                    &format!("{ip}:8080"),
+                    "--name",
+                    name,
+                ]),
+                &dir.join(format!("{name}-http.log")),
+            ),
+        );
+        children.push(
+            pod.spawn(
+                pod.command(TESTBED)
+                    .args(["greet", "--listen", &format!("{ip}:2525")]),
+                &dir.join(format!("{name}-greet.log")),
+            ),
+        );
+    }
+    let manifests = weft_tests::manifests::Manifests::new()
+        .doc("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations: {weft.dev/outbound-traffic-policy: REGISTRY_ONLY}\n")
+        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: known, namespace: shop}\nspec:\n  clusterIP: 10.96.0.40\n  selector: {app: known}\n  ports: [{port: 80, targetPort: 8080}]\n")
+        .pod("shop", "known", &[("app", "known")], "10.80.0.2:8080".parse().unwrap(), false);
+    let config = manifests.compile("shop");
+    assert_eq!(
+        config.outbound.traffic_policy,
+        weft_api::config::OutboundTrafficPolicy::RegistryOnly
+    );
+    let config_path = dir.join("client.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    // Detection gives up on a silent refused connection after 1 s.
+    let _proxy = start_sidecar(client, &config_path, &dir.join("client-proxy.log"), "1s");
+    wait_ready(client, "the client pod's proxy");
+
+    let status_and_server = |url: &str, host: &str| {
+        let resp = testbed(client, &["get", url, "--host", host])
+            .unwrap_or_else(|e| panic!("GET {url} (Host {host}): {e}"));
+        (
+            resp["status"].as_u64().unwrap_or_default(),
+            resp["headers"]["x-served-by"]
+                .as_str()
+                .or(resp["headers"]["x-weft-error"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let cases = [
+        // The Service, by its cluster IP.
+        ("http://10.96.0.40/", "known", 200, "known"),
+        // Its endpoint's host, on the endpoint's port and on another.
+        ("http://10.80.0.2:8080/", "10.80.0.2:8080", 200, "known"),
+        // Outside the registry, whatever the Host header names.
+        ("http://10.80.0.3:8080/", "10.80.0.3:8080", 503, "no-route"),
+        ("http://10.80.0.3:8080/", "known.shop", 503, "no-route"),
+    ];
+    for (url, host, status, by) in cases {
+        assert_eq!(
+            status_and_server(url, host),
+            (status, by.to_owned()),
+            "{url} (Host {host})"
+        );
+    }
+    let known_tcp = testbed(
+        client,
+        &["tcp", "10.80.0.2:2525", "--banner", "--send", "EHLO"],
+    )
+    .expect("a registry host's other port passes through");
+    assert_eq!(known_tcp["banner"], "220 weft-testbed ready\r\n");
+    assert_eq!(known_tcp["echo"], "EHLO");
+    let refused = testbed(
+        client,
+        &["tcp", "10.80.0.3:2525", "--banner", "--send", "EHLO"],
+    );
+    // Closed before a byte either way: an error, or an empty exchange.
+    let got_through = refused
+        .as_ref()
+        .is_ok_and(|r| r["banner"] != "" || r["echo"] != "");
+    assert!(
+        !got_through,
+        "a server-first protocol outside the registry is closed: {refused:?}"
+    );
+
+    let m = metrics(client);
+    for (sample, want) in [
+        (
+            r#"weft_proxy_errors_total{direction="outbound",reason="no-route"}"#,
+            3.0,
+        ),
+        (
+            r#"weft_connections_total{direction="outbound",protocol="passthrough"}"#,
+            2.0,
+        ),
+    ] {
+        assert_eq!(metric_value(&m, sample), want, "{sample} in\n{m}");
+    }
+    drop(children);
+    let _ = std::fs::remove_dir_all(dir);
+}

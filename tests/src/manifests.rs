@@ -109,19 +109,25 @@ impl Manifests {
 
     /// The config a proxy in `namespace` gets, by `weft compile`.
     pub fn compile(&self, namespace: &str) -> ProxyConfig {
-        self.compile_for(namespace, None)
+        self.compile_for(namespace, None, &[])
     }
 
     /// The config of the proxy of pod `<namespace>/<pod>` (its ServerPolicies included).
     pub fn compile_pod(&self, namespace: &str, pod: &str) -> ProxyConfig {
-        self.compile_for(namespace, Some(pod))
+        self.compile_for(namespace, Some(pod), &[])
     }
 
-    fn compile_for(&self, namespace: &str, pod: Option<&str>) -> ProxyConfig {
+    /// As [`Manifests::compile_pod`], with more arguments for `weft compile`.
+    pub fn compile_pod_with(&self, namespace: &str, pod: &str, args: &[&str]) -> ProxyConfig {
+        self.compile_for(namespace, Some(pod), args)
+    }
+
+    fn compile_for(&self, namespace: &str, pod: Option<&str>, args: &[&str]) -> ProxyConfig {
         let dir = self.write();
         let out = Command::new(bin_path("weft"))
             .args(["compile", "-o", "json", "--namespace", namespace])
             .args(pod.map(|p| ["--pod", p]).into_iter().flatten())
+            .args(args)
             .arg("-f")
             .arg(&dir)
             .output()

@@ -413,6 +413,72 @@ async fn a_route_whose_status_write_lost_a_race_is_written_again() {
     shutdown.cancel();
 }
 
+/// A Namespace's annotation sets its pods' outbound traffic policy, over the mesh's default,
+/// and an edit of the annotation reaches the configs.
+#[tokio::test]
+async fn a_namespace_annotation_sets_its_pods_outbound_traffic_policy() {
+    use weft_api::config::OutboundTrafficPolicy::{AllowAny, RegistryOnly};
+    let namespaces = collection("v1", "namespaces");
+    let namespace = |name: &str, policy: Option<&str>| {
+        let mut ns = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        if let Some(p) = policy {
+            ns["metadata"]["annotations"] = json!({"weft.dev/outbound-traffic-policy": p});
+        }
+        ns
+    };
+    let fake = FakeApi::default();
+    fake.put(&services(), service("reviews", None), false);
+    fake.put(&namespaces, namespace("shop", Some("REGISTRY_ONLY")), false);
+    fake.put(&namespaces, namespace("web", None), false);
+    let hub = Hub::new(MeshSettings::default(), ControlMetrics::new());
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(fake.client(), hub.clone(), synced_tx, shutdown.clone()));
+    tokio::time::timeout(WAIT, synced).await.unwrap().unwrap();
+    let policy = |ns: &str| {
+        hub.current()
+            .for_target(&Target::namespace(ns))
+            .config
+            .outbound
+            .traffic_policy
+    };
+    assert!(
+        hub.current().errors.is_empty(),
+        "{:?}",
+        hub.current().errors
+    );
+    assert_eq!(policy("shop"), RegistryOnly);
+    assert_eq!(policy("web"), AllowAny, "no annotation: the mesh's default");
+
+    eventually(WAIT, "the namespace watch", || {
+        (fake.watching(&namespaces) > 0).then_some(())
+    })
+    .await;
+    fake.put(&namespaces, namespace("shop", None), true);
+    eventually(WAIT, "the annotation's removal", || {
+        (policy("shop") == AllowAny).then_some(())
+    })
+    .await;
+    // A value that is neither is an error named after the Namespace, and changes nothing.
+    fake.put(&namespaces, namespace("web", Some("DENY")), true);
+    let error = eventually(WAIT, "the bad annotation's error", || {
+        hub.current().errors.first().map(|e| e.to_string())
+    })
+    .await;
+    assert!(error.contains("Namespace/web"), "{error}");
+    assert!(
+        error.contains("neither ALLOW_ANY nor REGISTRY_ONLY"),
+        "{error}"
+    );
+    assert_eq!(policy("web"), AllowAny);
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn service_account_tokens_are_checked_by_token_review() {
     let fake = FakeApi::default();

@@ -47,6 +47,10 @@ pub struct ProxyConfig {
     /// How the proxy treats traffic arriving for its own workload.
     #[serde(default)]
     pub inbound: Inbound,
+    /// How the proxy treats its workload's traffic to addresses that are no Service's. Left
+    /// out when it is the default, so that configs and their versions are as before it.
+    #[serde(default, skip_serializing_if = "Outbound::is_default")]
+    pub outbound: Outbound,
 }
 
 fn default_cluster_domain() -> String {
@@ -61,6 +65,7 @@ impl Default for ProxyConfig {
             services: Vec::new(),
             backends: Vec::new(),
             inbound: Inbound::default(),
+            outbound: Outbound::default(),
         }
     }
 }
@@ -182,6 +187,58 @@ pub struct Inbound {
     /// names it applies, else the first that names no port. No policy: PERMISSIVE, allow all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<ServerPolicy>,
+}
+
+/// The proxy's own workload's outbound traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Outbound {
+    #[serde(default)]
+    pub traffic_policy: OutboundTrafficPolicy,
+}
+
+impl Outbound {
+    pub fn is_default(&self) -> bool {
+        *self == Outbound::default()
+    }
+}
+
+/// Where the workload may connect besides the mesh's Services (Istio's
+/// `outboundTrafficPolicy`): the default for the whole mesh is a flag of `weft control`, and a
+/// Namespace's annotation [`OUTBOUND_TRAFFIC_POLICY_ANNOTATION`] overrides it for its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    /// Any address: one outside the mesh is reached directly, as without a mesh.
+    #[default]
+    AllowAny,
+    /// Only the registry: Services, their endpoints and meshed pods. Anything else is refused,
+    /// an HTTP request with 503 `no-route`.
+    RegistryOnly,
+}
+
+/// The Namespace annotation that sets its pods' [`OutboundTrafficPolicy`].
+pub const OUTBOUND_TRAFFIC_POLICY_ANNOTATION: &str = "weft.dev/outbound-traffic-policy";
+
+impl OutboundTrafficPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundTrafficPolicy::AllowAny => "ALLOW_ANY",
+            OutboundTrafficPolicy::RegistryOnly => "REGISTRY_ONLY",
+        }
+    }
+}
+
+impl std::str::FromStr for OutboundTrafficPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ALLOW_ANY" => Ok(OutboundTrafficPolicy::AllowAny),
+            "REGISTRY_ONLY" => Ok(OutboundTrafficPolicy::RegistryOnly),
+            other => Err(format!("{other:?} is neither ALLOW_ANY nor REGISTRY_ONLY")),
+        }
+    }
 }
 
 /// Why a config file could not be used.

@@ -65,6 +65,7 @@ pub enum Resource {
     GrpcRoute(routes::GrpcRouteManifest),
     BackendPolicy(policy::BackendPolicy),
     ServerPolicy(policy::ServerPolicy),
+    Namespace(core::Namespace),
 }
 
 /// The kinds weft reads, with the API versions accepted for each.
@@ -88,7 +89,13 @@ pub const KINDS: &[(&str, &[&str])] = &[
     ),
     ("BackendPolicy", &["policy.weft.dev/v1alpha1"]),
     ("ServerPolicy", &["policy.weft.dev/v1alpha1"]),
+    ("Namespace", &["v1"]),
 ];
+
+/// Whether objects of the kind belong to no namespace: their key's namespace is empty.
+pub fn is_cluster_scoped(kind: &str) -> bool {
+    kind == "Namespace"
+}
 
 impl Resource {
     pub fn kind(&self) -> &'static str {
@@ -100,6 +107,7 @@ impl Resource {
             Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::BackendPolicy(_) => "BackendPolicy",
             Resource::ServerPolicy(_) => "ServerPolicy",
+            Resource::Namespace(_) => "Namespace",
         }
     }
 
@@ -112,6 +120,7 @@ impl Resource {
             Resource::GrpcRoute(r) => &r.metadata,
             Resource::BackendPolicy(r) => &r.metadata,
             Resource::ServerPolicy(r) => &r.metadata,
+            Resource::Namespace(r) => &r.metadata,
         }
     }
 
@@ -119,7 +128,11 @@ impl Resource {
     pub fn key(&self) -> ResourceKey {
         ResourceKey {
             kind: self.kind(),
-            namespace: self.meta().namespace().to_owned(),
+            namespace: if is_cluster_scoped(self.kind()) {
+                String::new()
+            } else {
+                self.meta().namespace().to_owned()
+            },
             name: self.meta().name.clone(),
         }
     }
@@ -134,7 +147,11 @@ pub struct ResourceKey {
 
 impl fmt::Display for ResourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
     }
 }
 
@@ -354,10 +371,13 @@ fn parse_value(value: serde_json::Value) -> Result<Option<Resource>, DocError> {
             Subject::Unidentified,
         ));
     };
-    let namespace = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(|n| n.as_str())
-        .unwrap_or("default");
+    let namespace = if is_cluster_scoped(kind) {
+        ""
+    } else {
+        meta.and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+    };
     let subject = Subject::Resource(ResourceKey {
         kind,
         namespace: namespace.to_owned(),
@@ -388,6 +408,7 @@ fn parse_value(value: serde_json::Value) -> Result<Option<Resource>, DocError> {
         "HTTPRoute" => Resource::HttpRoute(typed(value, &subject)?),
         "GRPCRoute" => Resource::GrpcRoute(typed(value, &subject)?),
         "BackendPolicy" => Resource::BackendPolicy(typed(value, &subject)?),
+        "Namespace" => Resource::Namespace(typed(value, &subject)?),
         _ => Resource::ServerPolicy(typed(value, &subject)?),
     };
     Ok(Some(resource))

@@ -137,6 +137,9 @@ pub enum Blame {
 pub enum ProxyError {
     #[error("no route for {0:?}")]
     NoRoute(String),
+    /// The outbound traffic policy REGISTRY_ONLY refuses an address no endpoint has.
+    #[error("{0} is outside the registry, and the outbound traffic policy is REGISTRY_ONLY")]
+    OutsideRegistry(SocketAddr),
     #[error("backend {0} has no endpoints")]
     NoEndpoints(Arc<str>),
     #[error("connecting to {addr}: {source}")]
@@ -205,7 +208,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn reason(&self) -> Reason {
         match self {
-            ProxyError::NoRoute(_) => Reason::NoRoute,
+            ProxyError::NoRoute(_) | ProxyError::OutsideRegistry(_) => Reason::NoRoute,
             ProxyError::NoEndpoints(_) => Reason::NoHealthyEndpoints,
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -234,6 +237,7 @@ impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::NoRoute(_)
+            | ProxyError::OutsideRegistry(_)
             | ProxyError::NoEndpoints(_)
             | ProxyError::RouteNotFound
             | ProxyError::NoBackend

@@ -5,7 +5,9 @@
 //! Where a connection goes:
 //! - redirected by iptables to an address that is no Service: opaque, without reading a byte
 //!   (an unknown server may speak first): through the pod's sidecar with mesh TLS when the
-//!   address is a meshed pod's, else straight to it (passthrough);
+//!   address is a meshed pod's, else straight to it (passthrough). Under the REGISTRY_ONLY
+//!   outbound traffic policy an address that is no endpoint's host is refused: HTTP requests
+//!   get 503 `no-route`, anything else is closed once detection gives up;
 //! - redirected to a Service's cluster IP and port: by protocol, HTTP requests are routed per
 //!   request, anything else goes to the Service's endpoints as opaque TCP;
 //! - not redirected (local mode: the application uses the proxy as its HTTP proxy): HTTP
@@ -15,8 +17,9 @@
 //! whatever the Host header says (the Gateway API's MeshClusterIPMatching: a mesh changes
 //! nothing of where a connection goes); otherwise the authority (absolute URI, `:authority`
 //! or `Host`) does. A request to an address that is no Service's goes to that address as it
-//! would without a mesh: through its sidecar when it is a meshed pod's, else straight to it.
-//! A name that is no Service's gets 503 `no-route`.
+//! would without a mesh: through its sidecar when it is a meshed pod's, else straight to it
+//! (or, under REGISTRY_ONLY, nowhere when it is no endpoint's host). A name that is no
+//! Service's gets 503 `no-route`, and so does a refused address.
 
 mod request;
 
@@ -46,18 +49,24 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
     let _open = shared.metrics.connection_opened(DIRECTION);
     let orig = original_dst(&stream);
     let dest = orig.and_then(|o| shared.state.load().by_vip(o).cloned());
-    if let (Some(orig), None) = (orig, &dest) {
-        // A meshed pod's own address goes through its sidecar, with mesh TLS; anything else
-        // as it is.
-        let (protocol, dial) = match shared.state.load().pod_dial(orig) {
-            Some(dial) => ("pod", dial),
-            None => ("passthrough", Dial::Direct(orig)),
-        };
-        shared.metrics.connection_protocol(DIRECTION, protocol);
-        tracing::debug!(%client, %orig, protocol, "no Service: opaque, without detection");
-        tcp::forward(&shared, DIRECTION, stream, dial).await;
-        return;
-    }
+    // An address that is no Service's: a meshed pod's through its sidecar, with mesh TLS;
+    // anything else as it is, unless REGISTRY_ONLY refuses it.
+    let refused = match (orig, &dest) {
+        (Some(orig), None) => match shared.state.load().address_dial(orig) {
+            Some(dial) => {
+                let protocol = match dial {
+                    Dial::Peer { .. } => "pod",
+                    Dial::Direct(_) => "passthrough",
+                };
+                shared.metrics.connection_protocol(DIRECTION, protocol);
+                tracing::debug!(%client, %orig, protocol, "no Service: opaque, without detection");
+                tcp::forward(&shared, DIRECTION, stream, dial).await;
+                return;
+            }
+            None => true,
+        },
+        _ => false,
+    };
     if let Some(d) = &dest
         && (d.protocol == ServiceProtocol::Opaque || shared.settings.opaque_ports.contains(&d.port))
     {
@@ -68,9 +77,11 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
 
     let mut buf = BytesMut::new();
     // A silent connection to a Service may be a server-first protocol: after the detection
-    // timeout it is forwarded as it is. With no destination there is nowhere to forward it.
+    // timeout it is forwarded as it is. With no destination there is nowhere to forward it,
+    // and a refused one waits no longer than detection either.
     let timeout = match dest {
         Some(_) => shared.settings.detect_timeout.0,
+        None if refused => shared.settings.detect_timeout.0,
         None => shared.settings.header_read_timeout.0,
     };
     let detected = match detect::read_and_classify(&mut stream, &mut buf, timeout).await {
@@ -92,6 +103,11 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         (Protocol::Http1, _) => serve_http(shared, stream, buf, false, orig, accepted).await,
         (Protocol::Http2, _) => serve_http(shared, stream, buf, true, orig, accepted).await,
         (_, Some(dest)) => to_destination(&shared, Rewind::new(buf.freeze(), stream), &dest).await,
+        (_, None) if refused => {
+            // HTTP is refused per request, with an answer; anything else by closing.
+            shared.metrics.proxy_error(DIRECTION, Reason::NoRoute);
+            tracing::debug!(%client, ?orig, "outside the registry: refused (REGISTRY_ONLY)");
+        }
         (Protocol::Opaque, None) if !buf.is_empty() => {
             // The client addressed us as an HTTP proxy and sent something else.
             shared.metrics.proxy_error(DIRECTION, Reason::BadRequest);

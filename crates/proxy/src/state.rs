@@ -34,13 +34,19 @@ pub struct Snapshot {
     by_host: FastMap<Box<str>, Vec<(u16, Arc<Destination>)>>,
     by_vip: FastMap<SocketAddr, Arc<Destination>>,
     backends: Vec<Arc<Backend>>,
-    /// The meshed pods the config knows (every endpoint with a sidecar), by address: their
-    /// sidecar's inbound port and identity.
-    pods: FastMap<IpAddr, (u16, Option<Arc<str>>)>,
+    /// The hosts of every endpoint the config knows, by address: for a meshed pod, its
+    /// sidecar.
+    hosts: FastMap<IpAddr, Option<Sidecar>>,
+    /// REGISTRY_ONLY: an address that is none of `hosts` (nor a Service's) is refused.
+    registry_only: bool,
     pub inbound_opaque_ports: BTreeSet<u16>,
     /// The ServerPolicies, in the config's order.
     inbound_policies: Vec<Arc<InboundPolicy>>,
 }
+
+/// A meshed pod's sidecar: its inbound port, and the identity it presents when it takes mesh
+/// TLS.
+type Sidecar = (u16, Option<Arc<str>>);
 
 /// One Service port: what a request for it means.
 pub struct Destination {
@@ -262,13 +268,20 @@ impl Snapshot {
                 }
             }
         }
-        let mut pods = FastMap::default();
+        let mut hosts = FastMap::default();
         for endpoint in config.backends.iter().flat_map(|b| &b.endpoints) {
-            if let Some(mesh) = &endpoint.mesh {
+            let mesh = endpoint.mesh.as_ref().map(|mesh| {
                 let identity = mesh.tls.then(|| mesh.identity.as_str().into());
-                pods.insert(endpoint.address.ip(), (mesh.inbound_port, identity));
+                (mesh.inbound_port, identity)
+            });
+            // A pod that is another Service's endpoint too keeps its sidecar.
+            let host = hosts.entry(endpoint.address.ip()).or_insert(None);
+            if mesh.is_some() {
+                *host = mesh;
             }
         }
+        let registry_only =
+            config.outbound.traffic_policy == config::OutboundTrafficPolicy::RegistryOnly;
         let inbound_policies = config
             .inbound
             .policies
@@ -289,19 +302,26 @@ impl Snapshot {
             by_host,
             by_vip,
             backends,
-            pods,
+            hosts,
+            registry_only,
         }
     }
 
-    /// How to reach `addr` when it is a meshed pod's address and port (no Service's): through
-    /// the pod's sidecar, with mesh TLS when it takes it, as a Service's endpoint would be.
-    pub fn pod_dial(&self, addr: SocketAddr) -> Option<Dial> {
-        let (inbound, identity) = self.pods.get(&addr.ip())?;
-        Some(Dial::Peer {
-            proxy: SocketAddr::new(addr.ip(), *inbound),
-            port: addr.port(),
-            identity: identity.clone(),
-        })
+    /// How to reach an address and port that is no Service's, as it would be reached without
+    /// a mesh: a meshed pod through its sidecar, with mesh TLS when it takes it, as a
+    /// Service's endpoint would be; anything else straight. `None` when REGISTRY_ONLY refuses
+    /// it: it is no endpoint's host.
+    pub fn address_dial(&self, addr: SocketAddr) -> Option<Dial> {
+        match self.hosts.get(&addr.ip()) {
+            Some(Some((inbound, identity))) => Some(Dial::Peer {
+                proxy: SocketAddr::new(addr.ip(), *inbound),
+                port: addr.port(),
+                identity: identity.clone(),
+            }),
+            Some(None) => Some(Dial::Direct(addr)),
+            None if self.registry_only => None,
+            None => Some(Dial::Direct(addr)),
+        }
     }
 
     /// The ServerPolicy for an application port of this workload, if any selects it.
@@ -515,6 +535,43 @@ mod tests {
             ratings.backend.endpoints[0].dial,
             Dial::Direct("127.0.10.2:8080".parse().unwrap())
         );
+    }
+
+    /// Addresses that are no Service's: the registry's hosts are reached as their endpoints
+    /// are, whatever the port; any other address straight, unless REGISTRY_ONLY refuses it.
+    #[test]
+    fn addresses_are_dialled_as_the_outbound_policy_says() {
+        let build = |policy| {
+            let mut config = serde_saphyr_free::parse();
+            config.outbound.traffic_policy = policy;
+            Snapshot::build(
+                config,
+                "shop",
+                &Registry::default(),
+                &RateBuckets::default(),
+            )
+        };
+        let pod = Dial::Peer {
+            proxy: "127.0.10.1:15143".parse().unwrap(),
+            port: 8000,
+            identity: Some("spiffe://cluster.local/ns/shop/sa/x".into()),
+        };
+        let endpoint = Dial::Direct("127.0.10.2:9999".parse().unwrap());
+        let outside = Dial::Direct("192.0.2.1:80".parse().unwrap());
+        for (policy, want_outside) in [
+            (config::OutboundTrafficPolicy::AllowAny, Some(outside)),
+            (config::OutboundTrafficPolicy::RegistryOnly, None),
+        ] {
+            let s = build(policy);
+            let dial = |a: &str| s.address_dial(a.parse().unwrap());
+            assert_eq!(dial("127.0.10.1:8000"), Some(pod.clone()), "{policy:?}");
+            assert_eq!(
+                dial("127.0.10.2:9999"),
+                Some(endpoint.clone()),
+                "{policy:?}"
+            );
+            assert_eq!(dial("192.0.2.1:80"), want_outside, "{policy:?}");
+        }
     }
 
     #[test]

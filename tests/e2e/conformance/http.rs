@@ -1,7 +1,7 @@
 //! The MESH-HTTP profile's tests, core and extended, and the HTTPRoute-extended ones the mesh
 //! suite runs (response headers, parent ports, 303/307/308 redirects).
 
-use super::{Case, NS, Suite, from, http_route, run};
+use super::{CONSUMER_NS, Case, NS, Suite, from, http_route, run};
 
 #[tokio::test]
 async fn mesh_basic() {
@@ -852,6 +852,55 @@ async fn mesh_frontend() {
         (own.status, own.header("x-weft-error")),
         (503, Some("no-route")),
         "{own:?}"
+    );
+}
+
+/// The outbound traffic policy REGISTRY_ONLY, mesh-wide, in HTTP proxy mode as under
+/// iptables (`intercept::registry_only_refuses_addresses_outside_the_registry`): Services and
+/// meshed pods are reached as ever, and an address outside the registry is refused with 503
+/// `no-route`. The consumer namespace's annotation sets ALLOW_ANY for its own pods.
+#[tokio::test]
+async fn registry_only_refuses_addresses_outside_the_registry() {
+    let allow_any = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {CONSUMER_NS}\n  annotations: {{weft.dev/outbound-traffic-policy: ALLOW_ANY}}\n"
+    );
+    let suite =
+        Suite::start_with(&allow_any, &["--outbound-traffic-policy", "REGISTRY_ONLY"]).await;
+    let to_service = suite.get("http://echo-v2", &[]).await;
+    assert_eq!((to_service.status, to_service.pod()), (200, "echo-v2"));
+    // A meshed pod that is a Service's endpoint is in the registry, on any port.
+    let to_pod = suite
+        .get(&format!("http://{}:8080", suite.v2.ip), &[])
+        .await;
+    assert_eq!(
+        (to_pod.status, to_pod.pod()),
+        (200, "echo-v2"),
+        "{to_pod:?}"
+    );
+    // The consumer namespace's pod is no Service's endpoint.
+    let outside_url = format!("http://{}:8080/", suite.consumer.ip);
+    let outside = suite.get(&outside_url, &[]).await;
+    assert_eq!(
+        (outside.status, outside.header("x-weft-error")),
+        (503, Some("no-route")),
+        "{outside:?}"
+    );
+    assert!(outside.echoed.is_none(), "the proxy answers: {outside:?}");
+    let refused = suite
+        .v1
+        .proxy
+        .metric(r#"weft_proxy_errors_total{direction="outbound",reason="no-route"}"#)
+        .await;
+    assert_eq!(refused, 1.0);
+    // Where the annotation says ALLOW_ANY, the same address is reached straight.
+    let allowed = from(&suite.consumer, "GET", &outside_url, &[]).await;
+    assert_eq!(
+        (
+            allowed.status,
+            allowed.echoed.as_ref().map(|e| e.namespace.as_str())
+        ),
+        (200, Some(CONSUMER_NS)),
+        "{allowed:?}"
     );
 }
 

@@ -57,6 +57,11 @@ pub struct Suite {
 
 impl Suite {
     pub async fn start(routes: &str) -> Suite {
+        Suite::start_with(routes, &[]).await
+    }
+
+    /// As [`Suite::start`], with more arguments for `weft compile` (the mesh's settings).
+    pub async fn start_with(routes: &str, compile_args: &[&str]) -> Suite {
         let pods = [
             (NS, "echo-v1", "v1"),
             (NS, "echo-v2", "v2"),
@@ -85,7 +90,7 @@ impl Suite {
         }
         let mut started = Vec::new();
         for (namespace, name, ip, app) in apps {
-            let config = manifests.compile_pod(namespace, name);
+            let config = manifests.compile_pod_with(namespace, name, compile_args);
             let proxy = Proxy::start(ip, &config, &["--namespace", namespace]).await;
             started.push(Pod {
                 name,

@@ -14,6 +14,7 @@ use super::routes::{
 };
 use super::{Manifest, ManifestError, ObjectMeta, Resource, Subject};
 use crate::config::route::{MAX_WEIGHT, Retry, Timeouts, default_backoff};
+use crate::config::{OUTBOUND_TRAFFIC_POLICY_ANNOTATION, OutboundTrafficPolicy};
 use crate::duration::Dur;
 use crate::gateway::MatchType;
 use crate::validate::{Problems, grpc_code, is_dns_label, is_dns_name};
@@ -247,6 +248,25 @@ fn check_one(resource: &Resource, problems: &mut Problems) {
         Resource::GrpcRoute(r) => check_grpc_route(r, problems),
         Resource::BackendPolicy(p) => p.spec.validate("spec", problems),
         Resource::ServerPolicy(p) => p.spec.validate("spec", problems),
+        Resource::Namespace(n) => {
+            if !is_dns_label(&n.metadata.name) {
+                problems.add(
+                    "metadata.name",
+                    format!("{:?} is not a DNS label", n.metadata.name),
+                );
+            }
+            if let Some(value) = n
+                .metadata
+                .annotations
+                .get(OUTBOUND_TRAFFIC_POLICY_ANNOTATION)
+                && let Err(e) = value.parse::<OutboundTrafficPolicy>()
+            {
+                problems.add(
+                    format!("metadata.annotations.{OUTBOUND_TRAFFIC_POLICY_ANNOTATION}"),
+                    e,
+                );
+            }
+        }
     }
 }
 
@@ -772,7 +792,8 @@ fn check_references(
         Resource::Service(_)
         | Resource::Pod(_)
         | Resource::EndpointSlice(_)
-        | Resource::ServerPolicy(_) => {}
+        | Resource::ServerPolicy(_)
+        | Resource::Namespace(_) => {}
     }
 }
 
@@ -976,6 +997,24 @@ spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080}]}
                 "want {want:?}\n got {got:#?}"
             );
         }
+    }
+
+    /// A Namespace is read for its outbound traffic policy: a value that is neither policy
+    /// is an error at the annotation; the kind has no namespace of its own.
+    #[test]
+    fn a_namespace_annotation_names_a_policy() {
+        let ns = |policy: &str| {
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations: {{weft.dev/outbound-traffic-policy: {policy}}}\nspec: {{finalizers: [kubernetes]}}\nstatus: {{phase: Active}}\n"
+            )
+        };
+        assert_eq!(errors_of(&ns("REGISTRY_ONLY")), Vec::<String>::new());
+        assert_eq!(
+            errors_of(&ns("registry_only")),
+            [
+                "test.yaml:1:metadata.annotations.weft.dev/outbound-traffic-policy: \"registry_only\" is neither ALLOW_ANY nor REGISTRY_ONLY"
+            ]
+        );
     }
 
     #[test]

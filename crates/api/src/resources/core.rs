@@ -53,6 +53,24 @@ pub enum IntOrString {
     String(String),
 }
 
+/// A namespace: weft reads only its annotations (its pods' outbound traffic policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
+
+impl Namespace {
+    /// The outbound traffic policy its annotation sets, if it sets one that is valid.
+    pub fn outbound_traffic_policy(&self) -> Option<crate::config::OutboundTrafficPolicy> {
+        self.metadata
+            .annotations
+            .get(crate::config::OUTBOUND_TRAFFIC_POLICY_ANNOTATION)?
+            .parse()
+            .ok()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {

@@ -77,19 +77,24 @@ impl Http {
             let method = req.method().clone();
             let (dest, by_authority) = self.destination(&req);
             let Some(dest) = dest else {
-                if let Some(dial) = self.to_address(&req) {
-                    let result = self.passthrough(req, dial).await;
-                    return self.finish(start, &NO_ROUTE_ID, &PASSTHROUGH, result, grpc, &method);
-                }
-                let authority = headers::authority_of(&req).unwrap_or_default().to_owned();
-                return self.finish(
-                    start,
-                    &NO_ROUTE_ID,
-                    &NO_ROUTE,
-                    Err(ProxyError::NoRoute(authority)),
-                    grpc,
-                    &method,
-                );
+                let result = match self.to_address(&req) {
+                    Some(Ok(dial)) => {
+                        let result = self.passthrough(req, dial).await;
+                        return self.finish(
+                            start,
+                            &NO_ROUTE_ID,
+                            &PASSTHROUGH,
+                            result,
+                            grpc,
+                            &method,
+                        );
+                    }
+                    Some(Err(addr)) => Err(ProxyError::OutsideRegistry(addr)),
+                    None => Err(ProxyError::NoRoute(
+                        headers::authority_of(&req).unwrap_or_default().to_owned(),
+                    )),
+                };
+                return self.finish(start, &NO_ROUTE_ID, &NO_ROUTE, result, grpc, &method);
             };
             if method == Method::CONNECT && by_authority {
                 let result = self.tunnel(req, &dest).await;
@@ -166,44 +171,50 @@ impl Http {
         }
     }
 
-    /// The Service the request is for, and whether its authority named it: the original
-    /// destination's, when it was a cluster IP, else the authority's.
+    /// The Service the request is for, and whether its authority named it. A redirected
+    /// connection's original destination decides, whatever the authority says: the Service
+    /// of a cluster IP, or none. Otherwise (HTTP proxy mode) the authority does.
     fn destination(&self, req: &Request<Body>) -> (Option<Arc<Destination>>, bool) {
         let snapshot = self.shared.state.load();
         let named = || headers::authority_of(req).and_then(|a| snapshot.by_authority(a));
-        if let Some(d) = self.orig.and_then(|o| snapshot.by_vip(o)) {
-            // Only a CONNECT asks whether its authority named the Service too.
-            let by_authority =
-                req.method() == Method::CONNECT && named().is_some_and(|n| Arc::ptr_eq(n, d));
-            return (Some(d.clone()), by_authority);
-        }
-        let named = named();
-        (named.cloned(), named.is_some())
+        let Some(orig) = self.orig else {
+            let named = named();
+            return (named.cloned(), named.is_some());
+        };
+        let Some(d) = snapshot.by_vip(orig) else {
+            return (None, false);
+        };
+        // Only a CONNECT asks whether its authority named the Service too.
+        let by_authority =
+            req.method() == Method::CONNECT && named().is_some_and(|n| Arc::ptr_eq(n, d));
+        (Some(d.clone()), by_authority)
     }
 
-    /// A request in HTTP proxy mode for an address that is no Service's: to a meshed pod
-    /// through its sidecar, anywhere else straight, once, as without a mesh. `None` when the
-    /// authority is not an address.
-    fn to_address(&self, req: &Request<Body>) -> Option<Dial> {
-        let authority: http::uri::Authority = headers::authority_of(req)?.parse().ok()?;
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let ip: std::net::IpAddr = host.parse().ok()?;
-        let addr = SocketAddr::new(ip, authority.port_u16().unwrap_or(80));
-        // The proxy's own outbound listener would take the request again, and again: a loop.
-        let own = self.shared.settings.outbound_addr;
-        if addr == own || (own.ip().is_unspecified() && addr.port() == own.port()) {
-            return None;
-        }
-        Some(
-            self.shared
-                .state
-                .load()
-                .pod_dial(addr)
-                .unwrap_or(Dial::Direct(addr)),
-        )
+    /// A request for an address that is no Service's (the redirected connection's original
+    /// destination, else the authority's): to a meshed pod through its sidecar, anywhere else
+    /// straight, once, as without a mesh. `None` when the authority is not an address, and
+    /// the address when REGISTRY_ONLY refuses it.
+    fn to_address(&self, req: &Request<Body>) -> Option<Result<Dial, SocketAddr>> {
+        let addr = match self.orig {
+            Some(orig) => orig,
+            None => {
+                let authority: http::uri::Authority = headers::authority_of(req)?.parse().ok()?;
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let ip: std::net::IpAddr = host.parse().ok()?;
+                let addr = SocketAddr::new(ip, authority.port_u16().unwrap_or(80));
+                // The proxy's own outbound listener would take the request again, and
+                // again: a loop.
+                let own = self.shared.settings.outbound_addr;
+                if addr == own || (own.ip().is_unspecified() && addr.port() == own.port()) {
+                    return None;
+                }
+                addr
+            }
+        };
+        Some(self.shared.state.load().address_dial(addr).ok_or(addr))
     }
 
     /// Sends a request to `dial` once: no route, no policy, no retry.
