@@ -36,6 +36,7 @@ const SPLIT: &str = include_str!("../../manifests/examples/traffic-split.yaml");
 const CANARY: &str = include_str!("../../manifests/examples/canary-by-header.yaml");
 const RESILIENCE: &str = include_str!("../../manifests/examples/resilience.yaml");
 const SERVER_POLICY: &str = include_str!("../../manifests/examples/server-policy.yaml");
+const REGISTRY_ONLY: &str = include_str!("../../manifests/examples/registry-only.yaml");
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -113,6 +114,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     identity(&mesh).await?;
     server_policy(&mesh).await?;
     bad_input(&mesh).await?;
+    registry_only(&mesh).await?;
     counters(&mesh).await?;
     drain(mesh).await?;
     println!("\nDone. README.md explains what you saw; manifests/examples/ holds the manifests.");
@@ -421,6 +423,26 @@ async fn bad_input(mesh: &Mesh) -> anyhow::Result<()> {
             println!("  productpage  {line}");
         }
     }
+    Ok(())
+}
+
+/// Scene 9: REGISTRY_ONLY on the shop namespace: an address outside the mesh is refused, the
+/// Services are not.
+async fn registry_only(mesh: &Mesh) -> anyhow::Result<()> {
+    heading(
+        "9. Egress: REGISTRY_ONLY keeps the shop's pods inside the registry (registry-only.yaml)",
+    );
+    let client = mesh.client();
+    // The control plane's admin address is no Service's endpoint: outside the registry.
+    let outside = format!("http://{}/ready", mesh.control.admin());
+    let (status, _) = get_once(client.outbound(), &outside).await?;
+    println!("  ALLOW_ANY (the default):  GET {outside} -> {status}");
+    mesh.apply("registry-only.yaml", REGISTRY_ONLY).await?;
+    let (status, error) = get_once(client.outbound(), &outside).await?;
+    println!("  REGISTRY_ONLY:            GET {outside} -> {status}, x-weft-error: {error}");
+    let (status, _) = get_once(client.outbound(), "http://reviews.shop:9080/reviews").await?;
+    println!("  REGISTRY_ONLY:            GET http://reviews.shop:9080/reviews -> {status}");
+    mesh.apply("registry-only.yaml", "").await?;
     Ok(())
 }
 

@@ -123,6 +123,14 @@ fn weft_demo_runs_every_scene_and_each_shows_what_it_says() {
                 "-> 431 Request Header Fields Too Large (x-weft-error: header-too-large)",
             ],
         ),
+        (
+            "9. Egress",
+            &[
+                "/ready -> 200",
+                "/ready -> 503, x-weft-error: no-route",
+                "/reviews -> 200",
+            ],
+        ),
         ("What the sidecars counted", &["weft_requests_total"]),
         ("Drain", &["exited (exit status: 0)"]),
     ];
