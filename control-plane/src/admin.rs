@@ -54,7 +54,16 @@ fn handle(hub: &Hub, _peer: SocketAddr, req: &Request<Incoming>) -> Response<Ful
                 )
             }
         }
-        (&Method::GET, "/metrics") => text(StatusCode::OK, hub.metrics.encode()),
+        (&Method::GET, "/metrics") => {
+            let mut resp = text(StatusCode::OK, hub.metrics.encode());
+            // prometheus-client writes OpenMetrics text: read as the Prometheus format, its
+            // counters' `_total` samples would lack their HELP and TYPE.
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(weft_api::OPENMETRICS_CONTENT_TYPE),
+            );
+            resp
+        }
         (&Method::GET, "/status") => {
             let body = serde_json::to_vec_pretty(&status(hub)).unwrap_or_default();
             let mut resp = Response::new(Full::new(Bytes::from(body)));

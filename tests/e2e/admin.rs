@@ -154,3 +154,138 @@ async fn a_taken_port_fails_the_start_loudly() {
         proxy.log()
     );
 }
+
+/// The families of an exposition, parsed by the Prometheus project's OpenMetrics parser, each
+/// checked to carry help text and a type. `None` when the parser is missing (skipped).
+fn openmetrics_families(test: &str, text: &str) -> Option<Vec<serde_json::Value>> {
+    let families = weft_tests::tools::parse_openmetrics(test, text)?
+        .unwrap_or_else(|e| panic!("not OpenMetrics: {e}\n{text}"));
+    let families = families.as_array().cloned().unwrap_or_default();
+    assert!(!families.is_empty(), "{text}");
+    for f in &families {
+        assert!(
+            f["help"].as_str().is_some_and(|h| !h.is_empty()),
+            "{} has no help text",
+            f["name"]
+        );
+        assert_ne!(f["type"], "unknown", "{} has no type", f["name"]);
+    }
+    Some(families)
+}
+
+/// The samples named `name` whose labels include every one of `labels`, as (labels, value).
+fn samples<'a>(
+    families: &'a [serde_json::Value],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(&'a serde_json::Value, f64)> {
+    families
+        .iter()
+        .flat_map(|f| f["samples"].as_array().into_iter().flatten())
+        .filter(|s| s["name"] == name)
+        .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .map(|s| (&s["labels"], s["value"].as_f64().unwrap_or(f64::NAN)))
+        .collect()
+}
+
+/// `/metrics` is OpenMetrics, labelled so, and a strict parser reads it: every family has
+/// help text, the request counts match the traffic sent, and the gauges read at the scrape
+/// cover every endpoint in force (breaker 0 for the healthy one, 1 for the ejected one) and
+/// every backend (in-flight and pending requests).
+#[tokio::test]
+async fn metrics_are_openmetrics_and_count_the_traffic_sent() {
+    const TEST: &str = "metrics_are_openmetrics_and_count_the_traffic_sent";
+    let good = HttpBackend::start(at(pod_ip(), 9080), "good").await;
+    let bad = HttpBackend::start(at(pod_ip(), 9080), "bad").await;
+    bad.fail_with(500);
+    let reviews = [("app", "reviews"), ("version", "v1")];
+    let manifests = weft_tests::manifests::Manifests::new()
+        .example("workloads")
+        .example("circuit-breaker")
+        .pod("shop", "good", &reviews, good.addr, false)
+        .pod("shop", "bad", &reviews, bad.addr, false);
+    let proxy = Proxy::start(
+        pod_ip(),
+        &manifests.compile("shop"),
+        &["--namespace", "shop"],
+    )
+    .await;
+    let sent = 40;
+    let mut by_status = std::collections::BTreeMap::new();
+    for _ in 0..sent {
+        let resp = client::get(proxy.outbound, "http://reviews:9080/")
+            .await
+            .unwrap();
+        *by_status.entry(resp.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        by_status.get(&500).copied(),
+        Some(3),
+        "the bad endpoint's three failures before its ejection: {by_status:?}"
+    );
+
+    let url = format!("http://{}/metrics", proxy.admin);
+    let resp = client::get(proxy.admin, &url).await.unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = String::from_utf8(resp.body().to_vec()).unwrap();
+    let Some(families) = openmetrics_families(TEST, &text) else {
+        return;
+    };
+    let backend = ("backend", "shop/reviews:9080");
+    let counted: Vec<(u16, f64)> = samples(&families, "weft_requests_total", &[backend])
+        .into_iter()
+        .map(|(labels, v)| (labels["status_code"].as_str().unwrap().parse().unwrap(), v))
+        .collect();
+    let want: Vec<(u16, f64)> = by_status.iter().map(|(s, n)| (*s, f64::from(*n))).collect();
+    let mut counted_sorted = counted.clone();
+    counted_sorted.sort_by_key(|(s, _)| *s);
+    assert_eq!(counted_sorted, want, "weft_requests_total by status");
+    let durations = samples(&families, "weft_request_duration_seconds_count", &[backend]);
+    assert_eq!(durations.len(), 1);
+    assert_eq!(durations[0].1, f64::from(sent));
+    let bounds: Vec<&str> = samples(
+        &families,
+        "weft_request_duration_seconds_bucket",
+        &[backend],
+    )
+    .iter()
+    .filter_map(|(labels, _)| labels["le"].as_str())
+    .collect();
+    for le in ["0.0001", "0.001", "1.0", "10.0", "+Inf"] {
+        assert!(bounds.contains(&le), "bucket {le} in {bounds:?}");
+    }
+    let breaker = |addr: std::net::SocketAddr| {
+        let endpoint = addr.to_string();
+        let got = samples(
+            &families,
+            "weft_breaker_state",
+            &[backend, ("endpoint", endpoint.as_str())],
+        );
+        assert_eq!(got.len(), 1, "one breaker series for {endpoint}");
+        got[0].1
+    };
+    assert_eq!(breaker(good.addr), 0.0, "healthy: closed");
+    assert_eq!(breaker(bad.addr), 1.0, "ejected: open");
+    for gauge in ["weft_in_flight_requests", "weft_pending_requests"] {
+        let got = samples(&families, gauge, &[backend]);
+        assert_eq!(got.len(), 1, "{gauge}");
+        assert_eq!(got[0].1, 0.0, "{gauge} once every request has its answer");
+    }
+}
+
+/// The control plane's `/metrics` is OpenMetrics too, labelled so, with help on every family.
+#[tokio::test]
+async fn the_control_planes_metrics_are_openmetrics() {
+    let cp = weft_tests::control::ControlPlane::start(pod_ip()).await;
+    let url = format!("http://{}/metrics", cp.admin);
+    let resp = client::get(cp.admin, &url).await.unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = String::from_utf8(resp.body().to_vec()).unwrap();
+    openmetrics_families("the_control_planes_metrics_are_openmetrics", &text);
+}

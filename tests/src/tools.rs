@@ -152,3 +152,59 @@ pub fn h2load(
         ok: count("status codes:", "2xx"),
     }
 }
+
+/// The Prometheus project's own OpenMetrics parser, from Debian's python3-prometheus-client,
+/// as Debian's interpreter runs it.
+const OPENMETRICS_PARSER: &str = r#"
+import json, math, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+families = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    samples = [{"name": s.name, "labels": s.labels,
+                "value": s.value if math.isfinite(s.value) else str(s.value)}
+               for s in f.samples]
+    families.append({"name": f.name, "type": f.type, "help": f.documentation,
+                     "samples": samples})
+print(json.dumps(families))
+"#;
+
+/// Parses an OpenMetrics exposition strictly (a malformed one is an error, its message the
+/// parser's) into its families: `[{name, type, help, samples: [{name, labels, value}]}]`.
+/// `None` when the parser is not installed: skipped loudly, unless `WEFT_REQUIRE_ROOT_TESTS=1`.
+pub fn parse_openmetrics(test: &str, text: &str) -> Option<Result<serde_json::Value, String>> {
+    let python = "/usr/bin/python3";
+    let installed = Command::new(python)
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        let required = std::env::var("WEFT_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{test} needs python3-prometheus-client; WEFT_REQUIRE_ROOT_TESTS=1 forbids skipping it"
+        );
+        eprintln!("\n!!!!! SKIPPED {test}: it needs python3-prometheus-client. !!!!!\n");
+        return None;
+    }
+    let mut child = Command::new(python)
+        .args(["-c", OPENMETRICS_PARSER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running the OpenMetrics parser");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(text.as_bytes())
+            .expect("writing the exposition");
+    }
+    let out = child.wait_with_output().expect("the OpenMetrics parser");
+    if !out.status.success() {
+        return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    Some(serde_json::from_slice(&out.stdout).map_err(|e| e.to_string()))
+}

@@ -39,3 +39,7 @@ pub mod proto;
 pub mod resources;
 pub mod sync;
 pub mod validate;
+
+/// The content type of both binaries' `/metrics`: prometheus-client writes OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -65,12 +65,16 @@ impl Admin {
             (Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (Method::GET, "/ready") => self.ready(),
             (Method::GET, "/metrics") => {
-                let mut resp = Response::new(Body::full(self.shared.metrics.encode()));
+                let snapshot = self.shared.state.load();
+                let now = tokio::time::Instant::now();
+                let text = self
+                    .shared
+                    .metrics
+                    .encode_with(snapshot.backends().iter().map(|b| b.gauges(now)));
+                let mut resp = Response::new(Body::full(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    HeaderValue::from_static(weft_api::OPENMETRICS_CONTENT_TYPE),
                 );
                 resp
             }

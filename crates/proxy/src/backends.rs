@@ -21,7 +21,7 @@ use weft_api::config::policy::{
 use weft_api::config::{self};
 use weft_api::sync::lock;
 
-use crate::metrics::{Metrics, Name};
+use crate::metrics::{BackendGauges, Metrics, Name};
 use crate::policy::balance::{self, Candidate, PeakEwma, Ring};
 use crate::policy::breaker::{self, Admit, Breaker, Outcome, State};
 use crate::policy::budget::Budget;
@@ -285,7 +285,6 @@ impl Backend {
             (trip, closed)
         };
         if closed {
-            metrics.breaker_state(&self.name, endpoint.address, 0);
             tracing::info!(backend = &*self.name.0, endpoint = %endpoint.address, "breaker closed: the probe succeeded");
         }
         let Some(trip) = trip else { return };
@@ -306,7 +305,6 @@ impl Backend {
                 .eject(now, &self.policy.breaker, fastrand::f64());
             drop(inner);
             metrics.ejection(&self.name, trip.as_str());
-            metrics.breaker_state(&self.name, endpoint.address, 1);
             tracing::info!(
                 backend = &*self.name.0,
                 endpoint = %endpoint.address,
@@ -348,6 +346,27 @@ impl Backend {
 
     pub fn conn_limiter(&self) -> Option<Arc<ConnLimiter>> {
         lock(&self.shared.connections).clone()
+    }
+
+    /// The gauges a scrape reads: in-flight and pending requests, each endpoint's breaker.
+    pub fn gauges(&self, now: Instant) -> BackendGauges<'_> {
+        BackendGauges {
+            backend: &self.name,
+            in_flight: self.shared.in_flight.load(Ordering::Acquire),
+            pending: self.conn_limiter().map_or(0, |l| l.pending()),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let state = match lock(&e.state.inner).breaker.state(now) {
+                        State::Closed => 0,
+                        State::Open { .. } => 1,
+                        State::HalfOpen { .. } => 2,
+                    };
+                    (e.address, state)
+                })
+                .collect(),
+        }
     }
 
     /// `/clusters`: the endpoints with their state.

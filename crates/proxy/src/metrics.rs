@@ -4,7 +4,8 @@
 //! the config snapshot, so recording a request allocates nothing.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{
@@ -165,10 +166,25 @@ struct BytesLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Buckets from 100 µs (a proxy's own share of a fast request) to 10 s, and 30 s for the
+/// slowest requests.
 fn latency_histogram() -> Histogram {
     Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0,
     ])
+}
+
+/// One backend's state as a scrape reads it: gauges that are read from the config in force,
+/// not recorded as things happen.
+pub struct BackendGauges<'a> {
+    pub backend: &'a Name,
+    /// Requests sent and not yet answered (what `maxRequests` bounds).
+    pub in_flight: usize,
+    /// Requests waiting for an upstream connection under `maxConnections`.
+    pub pending: usize,
+    /// Each endpoint's breaker: 0 closed, 1 open, 2 half-open.
+    pub endpoints: Vec<(SocketAddr, i64)>,
 }
 
 /// Every metric the proxy records.
@@ -189,6 +205,10 @@ pub struct Metrics {
     budget_exhausted: Family<BackendLabels, Counter>,
     ejections: Family<EjectionLabels, Counter>,
     breaker_state: Family<EndpointLabels, Gauge>,
+    in_flight: Family<BackendLabels, Gauge>,
+    pending: Family<BackendLabels, Gauge>,
+    /// Held while the read gauges are set and encoded, so that two scrapes never mix.
+    scrape: Mutex<()>,
     mirrors: Family<MirrorLabels, Counter>,
     identity_expiry: Gauge,
     identity_renewals: Family<ResultLabels, Counter>,
@@ -298,8 +318,20 @@ impl Metrics {
         let breaker_state = Family::default();
         registry.register(
             "breaker_state",
-            "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
+            "Circuit breaker state of every endpoint in force: 0 closed, 1 open (ejected), 2 half-open",
             breaker_state.clone(),
+        );
+        let in_flight = Family::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests sent to the backend and not yet answered",
+            in_flight.clone(),
+        );
+        let pending = Family::default();
+        registry.register(
+            "pending_requests",
+            "Requests waiting for an upstream connection under the backend's maxConnections",
+            pending.clone(),
         );
         let mirrors = Family::default();
         registry.register(
@@ -348,6 +380,9 @@ impl Metrics {
             budget_exhausted,
             ejections,
             breaker_state,
+            in_flight,
+            pending,
+            scrape: Mutex::new(()),
             mirrors,
             identity_expiry,
             identity_renewals,
@@ -507,15 +542,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn breaker_state(&self, backend: &Name, endpoint: std::net::SocketAddr, state: i64) {
-        self.breaker_state
-            .get_or_create(&EndpointLabels {
-                backend: backend.clone(),
-                endpoint: endpoint.to_string(),
-            })
-            .set(state);
-    }
-
     pub fn mirror(&self, backend: &Name, result: &'static str) {
         self.mirrors
             .get_or_create(&MirrorLabels {
@@ -568,6 +594,36 @@ impl Metrics {
 
     pub fn set_draining(&self) {
         self.draining.set(1);
+    }
+
+    /// The exposition, with the read gauges set from `backends` (those of the config in
+    /// force) first: every endpoint has its breaker state, 0 when healthy, and an endpoint or
+    /// backend the config dropped has no series left.
+    pub fn encode_with<'a>(&self, backends: impl IntoIterator<Item = BackendGauges<'a>>) -> String {
+        let _one = weft_api::sync::lock(&self.scrape);
+        self.breaker_state.clear();
+        self.in_flight.clear();
+        self.pending.clear();
+        for b in backends {
+            let labels = BackendLabels {
+                backend: b.backend.clone(),
+            };
+            self.in_flight
+                .get_or_create(&labels)
+                .set(i64::try_from(b.in_flight).unwrap_or(i64::MAX));
+            self.pending
+                .get_or_create(&labels)
+                .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+            for (endpoint, state) in b.endpoints {
+                self.breaker_state
+                    .get_or_create(&EndpointLabels {
+                        backend: b.backend.clone(),
+                        endpoint: endpoint.to_string(),
+                    })
+                    .set(state);
+            }
+        }
+        self.encode()
     }
 
     /// The OpenMetrics text exposition.
