@@ -30,6 +30,7 @@ mod rapid_reset;
 mod resilience;
 mod routes;
 mod tcp;
+mod traces;
 mod upstream_close;
 mod websocket;
 

@@ -17,7 +17,9 @@
 //! - [`workloads`]: the applications behind the proxies; [`echo`], the Gateway API
 //!   conformance tests' echo application and its client.
 //! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
-//! - [`tools`]: third-party tools as users have them: nginx as an upstream, h2load.
+//! - [`tools`]: third-party tools as users have them: nginx as an upstream, h2load, the
+//!   Prometheus project's OpenMetrics parser.
+//! - [`otlp`]: an OTLP trace receiver, the collector end of the proxies' spans.
 //!
 //! # Layers
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
@@ -26,7 +28,7 @@
 //! 1. the processes under test: [`proxy`], [`control`], [`fake_control`], [`manifests`],
 //!    [`mesh`]
 //! 2. what talks to them: [`legit`], [`client`], [`h2raw`], [`workloads`], [`echo`], [`tools`],
-//!    [`kube_api`], [`netns`]
+//!    [`kube_api`], [`netns`], [`otlp`]
 //! 3. foundations: [`paths`], [`pods`]
 
 #![allow(
@@ -44,6 +46,7 @@ pub mod legit;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
 pub mod paths;
 pub mod pods;
 pub mod proxy;

@@ -23,6 +23,7 @@ use crate::identity::{Identity, Issuer};
 use crate::metrics::{Direction, Metrics};
 use crate::shared::Shared;
 use crate::state::Snapshot;
+use crate::traces::Tracer;
 use crate::upstream::Connector;
 use crate::{inbound, outbound, telemetry};
 use weft_api::identity::SpiffeId;
@@ -127,6 +128,30 @@ async fn serve(
         max_header_bytes: settings.max_header_bytes,
         timer: Default::default(),
     };
+    let tracer = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let resource = vec![
+                opentelemetry::KeyValue::new("service.name", "weft-proxy"),
+                opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+                opentelemetry::KeyValue::new("k8s.namespace.name", settings.namespace.clone()),
+                opentelemetry::KeyValue::new(
+                    "k8s.pod.name",
+                    settings.pod_name.clone().unwrap_or_default(),
+                ),
+            ];
+            let (tracer, export) =
+                Tracer::new(endpoint, args.trace_sampling, resource, metrics.clone())
+                    .map_err(anyhow::Error::msg)?;
+            tokio::spawn(export);
+            tracing::info!(
+                endpoint,
+                sampling = args.trace_sampling,
+                "exporting traces over OTLP"
+            );
+            Some(tracer)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         settings,
         http_limits,
@@ -141,6 +166,7 @@ async fn serve(
         mirrors_in_flight: Default::default(),
         identity,
         issuer,
+        tracer,
     });
     if let (Some(identity), Some(issuer)) = (&shared.identity, &shared.issuer) {
         tokio::spawn(crate::identity::run(

@@ -107,6 +107,15 @@ pub struct RunArgs {
     /// Log one line per request.
     #[arg(long, env = "WEFT_ACCESS_LOG")]
     pub access_log: bool,
+    /// Export traces over OTLP/gRPC to this collector (`http://collector:4317`): a SERVER
+    /// span per inbound request and a CLIENT span per outbound one, with W3C `traceparent`
+    /// propagation. Without it no span is made and trace headers pass untouched.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of requests without a `traceparent` that start a sampled trace (0 to 1). A
+    /// request with one is sampled as its sampled flag says.
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
     /// The most downstream connections (inbound and outbound together) held open at once;
     /// beyond, a new connection is reset at once and counted in
     /// `weft_refused_connections_total`.
@@ -138,6 +147,12 @@ impl RunArgs {
         s.upstream_idle_timeout = self.upstream_idle_timeout;
         s.drain_grace = self.drain_grace;
         s.access_log = self.access_log;
+        if !(0.0..=1.0).contains(&self.trace_sampling) {
+            return Err(format!(
+                "--trace-sampling {} is not between 0 and 1",
+                self.trace_sampling
+            ));
+        }
         s.max_connections = self.max_connections;
         s.max_config_bytes = self.max_config_bytes;
         s.validate()?;

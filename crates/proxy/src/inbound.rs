@@ -31,8 +31,10 @@ use crate::orig_dst::{canonical, original_dst};
 use crate::policy::retry::Unsent;
 use crate::shared::Shared;
 use crate::tcp;
+use crate::traces;
 use crate::transport_header::{self, Header};
 use crate::upstream::Dial;
+use opentelemetry::trace::SpanKind;
 
 const DIRECTION: Direction = Direction::Inbound;
 
@@ -335,6 +337,23 @@ impl Http {
                 Some(id) => headers.insert(PEER_IDENTITY_HEADER.clone(), id.clone()),
                 None => headers.remove(&PEER_IDENTITY_HEADER),
             };
+            // The span's traceparent goes to the application, so that its spans nest under
+            // this one.
+            let span = self.shared.tracer.as_ref().and_then(|t| {
+                t.start(
+                    SpanKind::Server,
+                    traces::span_name(req.method()),
+                    req.headers_mut(),
+                )
+            });
+            if let Some(span) = &span {
+                traces::on_request(span, &req, DIRECTION);
+                traces::on_route(span, &INBOUND_ROUTE, &self.backend);
+                span.set("weft.mtls", self.peer.tls);
+                if let Some(identity) = &self.peer.identity {
+                    span.set("weft.peer.identity", identity.to_string());
+                }
+            }
             let result = match self.authorize(&mut req) {
                 Ok(()) => {
                     let resent = |unsent: Unsent| {
@@ -372,6 +391,10 @@ impl Http {
                         resp.headers_mut().remove(&UNSENT_HEADER);
                     }
                 }
+            }
+            if let (Some(span), Some(tracer)) = (span, &self.shared.tracer) {
+                traces::on_response(&span, &resp, true);
+                tracer.end(span);
             }
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();

@@ -5,7 +5,7 @@
 //! and [`inbound`] decide where each connection goes ([`orig_dst`], [`detect`],
 //! [`transport_header`], [`state`]); HTTP is served and forwarded by [`http`] over pooled
 //! connections that [`upstream`] opens (mutual TLS in [`mesh_tls`]); anything else is spliced
-//! by [`tcp`]. [`admin`] serves the admin API, [`metrics`] and [`telemetry`] observe.
+//! by [`tcp`]. [`admin`] serves the admin API, [`metrics`], [`telemetry`] and [`traces`] observe.
 //!
 //! # Layers
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
@@ -20,7 +20,7 @@
 //! 6. connections: [`upstream`], [`mesh_tls`], [`detect`], [`transport_header`], [`orig_dst`]
 //! 7. identity: [`identity`], [`grpc`]
 //! 8. foundations: [`io`], [`errors`], [`metrics`], [`policy`], [`map`], [`count`],
-//!    [`settings`], [`telemetry`]
+//!    [`settings`], [`telemetry`], [`traces`]
 //!
 //! Invariant: below layer 4 nothing knows the config; below layer 3 nothing holds the shared
 //! state; [`policy`] is pure decisions with time passed in, and does no I/O.
@@ -55,5 +55,6 @@ pub mod shared;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;
+pub mod traces;
 pub mod transport_header;
 pub mod upstream;

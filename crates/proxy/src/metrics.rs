@@ -210,6 +210,7 @@ pub struct Metrics {
     /// Held while the read gauges are set and encoded, so that two scrapes never mix.
     scrape: Mutex<()>,
     mirrors: Family<MirrorLabels, Counter>,
+    spans: Family<ResultLabels, Counter>,
     identity_expiry: Gauge,
     identity_renewals: Family<ResultLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
@@ -339,6 +340,12 @@ impl Metrics {
             "Mirrored request copies, by result",
             mirrors.clone(),
         );
+        let spans = Family::default();
+        registry.register(
+            "trace_spans",
+            "Spans ended, by what became of them: exported, failed (the collector refused or was unreachable) or dropped (the export queue was full)",
+            spans.clone(),
+        );
         let identity_expiry = Gauge::default();
         registry.register(
             "identity_expiry_timestamp_seconds",
@@ -384,6 +391,7 @@ impl Metrics {
             pending,
             scrape: Mutex::new(()),
             mirrors,
+            spans,
             identity_expiry,
             identity_renewals,
             handshakes,
@@ -540,6 +548,10 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    pub fn spans(&self, result: &'static str, n: u64) {
+        self.spans.get_or_create(&ResultLabels { result }).inc_by(n);
     }
 
     pub fn mirror(&self, backend: &Name, result: &'static str) {

@@ -18,6 +18,7 @@ use crate::identity::{Identity, Issuer};
 use crate::metrics::{Direction, Metrics};
 use crate::settings::Settings;
 use crate::state::State;
+use crate::traces::Tracer;
 
 pub struct Shared {
     pub settings: Settings,
@@ -42,6 +43,8 @@ pub struct Shared {
     pub identity: Option<Arc<Identity>>,
     /// Where certificates come from.
     pub issuer: Option<Issuer>,
+    /// With `--otlp-endpoint`: starts the requests' spans and exports them.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl Shared {
@@ -116,5 +119,6 @@ pub fn for_tests() -> Arc<Shared> {
         mirrors_in_flight: AtomicUsize::new(0),
         identity: None,
         issuer: None,
+        tracer: None,
     })
 }

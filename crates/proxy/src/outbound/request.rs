@@ -38,8 +38,10 @@ use crate::policy::retry::{self, Attempt, Safety, Unsent};
 use crate::policy::weighted;
 use crate::shared::Shared;
 use crate::state::{Destination, Rule};
+use crate::traces::{self, Span};
 use crate::transport_header;
 use crate::upstream::Dial;
+use opentelemetry::trace::SpanKind;
 
 const DIRECTION: Direction = Direction::Outbound;
 /// Retries of requests that never reached the application, when the route sets none.
@@ -52,6 +54,14 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const MAX_MIRRORS: usize = 64;
 /// How long a mirrored copy may take.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one request's handling carries from its start to its end.
+struct Call<'a> {
+    start: Instant,
+    grpc: bool,
+    method: Method,
+    span: Option<&'a Span>,
+}
 
 /// Routes the requests of one outbound HTTP connection.
 pub struct Http {
@@ -70,42 +80,62 @@ impl Http {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice: see the module docs"
     )]
-    pub fn handle(self: Arc<Self>, req: BoxedRequest) -> impl Future<Output = Response<Body>> {
+    pub fn handle(self: Arc<Self>, mut req: BoxedRequest) -> impl Future<Output = Response<Body>> {
         async move {
-            let start = Instant::now();
-            let grpc = errors::is_grpc(&req);
-            let method = req.method().clone();
+            let Some(tracer) = &self.shared.tracer else {
+                return self.route(req, None).await;
+            };
+            let span = tracer.start(
+                SpanKind::Client,
+                traces::span_name(req.method()),
+                req.headers_mut(),
+            );
+            if let Some(span) = &span {
+                traces::on_request(span, &req, DIRECTION);
+            }
+            let resp = self.route(req, span.as_deref()).await;
+            if let Some(span) = span {
+                traces::on_response(span.as_ref(), &resp, false);
+                tracer.end(span);
+            }
+            resp
+        }
+    }
+
+    /// Routes one request and sends it on; `span` records what happened.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the module docs"
+    )]
+    fn route(
+        self: &Arc<Self>,
+        req: BoxedRequest,
+        span: Option<&Span>,
+    ) -> impl Future<Output = Response<Body>> {
+        async move {
+            let call = Call {
+                start: Instant::now(),
+                grpc: errors::is_grpc(&req),
+                method: req.method().clone(),
+                span,
+            };
             let (dest, by_authority) = self.destination(&req);
             let Some(dest) = dest else {
                 let result = match self.to_address(&req) {
                     Some(Ok(dial)) => {
                         let result = self.passthrough(req, dial).await;
-                        return self.finish(
-                            start,
-                            &NO_ROUTE_ID,
-                            &PASSTHROUGH,
-                            result,
-                            grpc,
-                            &method,
-                        );
+                        return self.finish(&call, &NO_ROUTE_ID, &PASSTHROUGH, result);
                     }
                     Some(Err(addr)) => Err(ProxyError::OutsideRegistry(addr)),
                     None => Err(ProxyError::NoRoute(
                         headers::authority_of(&req).unwrap_or_default().to_owned(),
                     )),
                 };
-                return self.finish(start, &NO_ROUTE_ID, &NO_ROUTE, result, grpc, &method);
+                return self.finish(&call, &NO_ROUTE_ID, &NO_ROUTE, result);
             };
-            if method == Method::CONNECT && by_authority {
+            if call.method == Method::CONNECT && by_authority {
                 let result = self.tunnel(req, &dest).await;
-                return self.finish(
-                    start,
-                    &dest.default_rule.route,
-                    &dest.backend.name,
-                    result,
-                    grpc,
-                    &method,
-                );
+                return self.finish(&call, &dest.default_rule.route, &dest.backend.name, result);
             }
             let (rule, prefix) = match &dest.router {
                 None => (dest.default_rule.clone(), None),
@@ -113,24 +143,22 @@ impl Http {
                     Some(m) => (m.action.clone(), m.prefix.map(str::to_owned)),
                     None => {
                         return self.finish(
-                            start,
+                            &call,
                             &NO_ROUTE_ID,
                             &dest.backend.name,
                             Err(ProxyError::RouteNotFound),
-                            grpc,
-                            &method,
                         );
                     }
                 },
             };
             if let Some(answer) = rule.cors.as_ref().and_then(|c| c.preflight(&req)) {
                 let answer = answer.map(|()| Body::empty());
-                return self.finish(start, &rule.route, &NO_ROUTE, Ok(answer), grpc, &method);
+                return self.finish(&call, &rule.route, &NO_ROUTE, Ok(answer));
             }
             let cors = rule.cors.as_ref().and_then(|c| c.for_actual(&req));
             if let Some(redirect) = &rule.redirect {
                 let result = redirect_response(&req, redirect, prefix.as_deref(), dest.port);
-                return self.finish(start, &rule.route, &NO_ROUTE, result, grpc, &method);
+                return self.finish(&call, &rule.route, &NO_ROUTE, result);
             }
             let picked = weighted::pick(
                 &rule.weights,
@@ -138,24 +166,17 @@ impl Http {
             );
             let Some((index, backend)) = picked.and_then(|i| Some((i, rule.backends.get(i)?)))
             else {
-                return self.finish(
-                    start,
-                    &rule.route,
-                    &NO_ROUTE,
-                    Err(ProxyError::NoBackend),
-                    grpc,
-                    &method,
-                );
+                return self.finish(&call, &rule.route, &NO_ROUTE, Err(ProxyError::NoBackend));
             };
             let result = self
-                .exchange(req, &rule, index, prefix.as_deref(), grpc, start)
+                .exchange(req, &rule, index, prefix.as_deref(), &call)
                 .await;
-            let mut resp = self.shared.respond(DIRECTION, result, grpc);
+            let mut resp = self.shared.respond(DIRECTION, result, call.grpc);
             if let Some(cors) = cors {
                 crate::cors::mark(resp.headers_mut(), *cors);
             }
             let status = resp.status().as_u16();
-            let elapsed = start.elapsed();
+            let elapsed = call.start.elapsed();
             match rule.stats(index, &self.shared.metrics) {
                 Some(stats) => stats.record(&self.shared.metrics, status, elapsed),
                 None => self.shared.metrics.request(
@@ -166,7 +187,7 @@ impl Http {
                     elapsed,
                 ),
             }
-            self.access_log(&method, &rule.route, &backend.name, status, elapsed);
+            self.access_log(&call, &rule.route, &backend.name, status, elapsed);
             resp
         }
     }
@@ -255,10 +276,10 @@ impl Http {
         rule: &Rule,
         index: usize,
         prefix: Option<&str>,
-        grpc: bool,
-        start: Instant,
+        call: &Call<'_>,
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
         async move {
+            let (grpc, start, span) = (call.grpc, call.start, call.span);
             let Some(backend) = rule.backends.get(index) else {
                 return Err(ProxyError::NoBackend);
             };
@@ -328,6 +349,7 @@ impl Http {
                 &safety,
                 upgrade,
                 now,
+                span,
             ));
             let attempts = within(deadline, attempts).await;
             // `None`: the deadline passed, so there was a request timeout.
@@ -367,6 +389,7 @@ impl Http {
         safety: &OwnedSafety,
         upgrade: bool,
         now: Instant,
+        span: Option<&Span>,
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
         async move {
             let (max_retries, base_backoff) = rule
@@ -429,6 +452,19 @@ impl Http {
                     safety.grpc,
                     matches!(picked.endpoint.dial, Dial::Peer { .. }),
                 );
+                if let Some(span) = span {
+                    let identity = match &picked.endpoint.dial {
+                        Dial::Peer { identity, .. } => identity.as_deref(),
+                        Dial::Direct(_) => None,
+                    };
+                    traces::on_attempt(
+                        span,
+                        i64::from(retries) + 1,
+                        picked.endpoint.address,
+                        &attempt,
+                        identity,
+                    );
+                }
                 let ended_at = Instant::now();
                 let latency = match attempt {
                     Attempt::Response { .. } | Attempt::TimedOut => Some(ended_at - sent_at),
@@ -478,6 +514,9 @@ impl Http {
                 self.shared
                     .metrics
                     .retry(DIRECTION, &rule.route, &backend.name, reason);
+                if let Some(span) = span {
+                    traces::on_retry(span, reason);
+                }
                 tracing::debug!(
                     backend = &*backend.name.0,
                     reason,
@@ -583,31 +622,33 @@ impl Http {
     /// its access log line.
     fn finish(
         &self,
-        start: Instant,
+        call: &Call<'_>,
         route: &RouteId,
         backend: &Name,
         result: Result<Response<Body>, ProxyError>,
-        grpc: bool,
-        method: &Method,
     ) -> Response<Body> {
-        let resp = self.shared.respond(DIRECTION, result, grpc);
+        let resp = self.shared.respond(DIRECTION, result, call.grpc);
         let status = resp.status().as_u16();
-        let elapsed = start.elapsed();
+        let elapsed = call.start.elapsed();
         self.shared
             .metrics
             .request(DIRECTION, route, backend, status, elapsed);
-        self.access_log(method, route, backend, status, elapsed);
+        self.access_log(call, route, backend, status, elapsed);
         resp
     }
 
     fn access_log(
         &self,
-        method: &Method,
+        call: &Call<'_>,
         route: &RouteId,
         backend: &Name,
         status: u16,
         elapsed: Duration,
     ) {
+        if let Some(span) = call.span {
+            traces::on_route(span, route, backend);
+        }
+        let method = &call.method;
         if self.shared.settings.access_log {
             tracing::info!(
                 target: "weft::access",
