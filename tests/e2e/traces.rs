@@ -288,3 +288,120 @@ async fn a_hung_collector_costs_only_the_dropped_spans() {
     );
     held.abort();
 }
+
+/// The proxy's access log lines: its log's JSON lines that are a request's.
+fn access_lines(proxy: &Proxy) -> Vec<serde_json::Value> {
+    proxy
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("duration_ms").is_some())
+        .collect()
+}
+
+/// `--access-log --log-format json`: one JSON line per request on each side, with the request
+/// id the client's sidecar generated carried to the server's, and the caller's trace id.
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request_on_each_side() {
+    let log = ["--access-log", "--log-format", "json"];
+    let cp = ControlPlane::start(pod_ip()).await;
+    let server_ip = pod_ip();
+    let app = HttpBackend::start(at(server_ip, 8080), "reviews").await;
+    let server = Proxy::joined(server_ip, &cp, "shop", "reviews", &log).await;
+    let manifests = Manifests::new()
+        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec:\n  selector: {app: reviews}\n  ports: [{port: 9080, targetPort: 8080}]\n")
+        .pod("shop", "reviews", &[("app", "reviews")], app.addr, true);
+    cp.write("mesh.yaml", &manifests.yaml());
+    let client = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &log).await;
+    all_acked(&cp, &manifests, &[(&client, None), (&server, None)]).await;
+
+    let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let (status, seen) = head_seen(
+        client.outbound,
+        "http://reviews.shop:9080/head",
+        &[("traceparent", &caller)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let request_id = seen["headers"]["x-request-id"].as_str().unwrap().to_owned();
+    let (status, _) = head_seen(
+        client.outbound,
+        "http://reviews.shop:9080/head",
+        &[("x-request-id", "mine-1")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = head_seen(client.outbound, "http://nowhere.example/", &[]).await;
+    assert_eq!(status, 503);
+
+    let out = eventually("three outbound lines", Duration::from_secs(10), || async {
+        let lines = access_lines(&client);
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await;
+    assert_eq!(out.len(), 3, "{out:#?}");
+    let inb = eventually("two inbound lines", Duration::from_secs(10), || async {
+        let lines = access_lines(&server);
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(inb.len(), 2, "{inb:#?}");
+
+    let first = &out[0];
+    for (key, want) in [
+        ("direction", serde_json::json!("outbound")),
+        ("method", "GET".into()),
+        ("authority", "reviews.shop:9080".into()),
+        ("path", "/head".into()),
+        ("protocol", "1.1".into()),
+        ("status", 200.into()),
+        ("upstream", app.addr.to_string().into()),
+        ("route", "default".into()),
+        ("backend", "shop/reviews:9080".into()),
+        ("attempts", 1.into()),
+        ("peer", "spiffe://cluster.local/ns/shop/sa/reviews".into()),
+        ("mtls", true.into()),
+        ("error", serde_json::Value::Null),
+        ("trace_id", TRACE.into()),
+        ("request_id", request_id.clone().into()),
+    ] {
+        assert_eq!(first[key], want, "{key} in {first}");
+    }
+    assert!(
+        first["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "{first}"
+    );
+    assert!(
+        first["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
+    // The server's side of the same request: the same request id, the caller's identity.
+    let served = &inb[0];
+    for (key, want) in [
+        ("direction", serde_json::json!("inbound")),
+        ("status", 200.into()),
+        (
+            "peer",
+            "spiffe://cluster.local/ns/shop/sa/productpage".into(),
+        ),
+        ("mtls", true.into()),
+        ("upstream", app.addr.to_string().into()),
+        ("trace_id", TRACE.into()),
+        ("request_id", request_id.into()),
+    ] {
+        assert_eq!(served[key], want, "{key} in {served}");
+    }
+    assert_eq!(out[1]["request_id"], "mine-1", "a request id is kept");
+    assert_eq!(inb[1]["request_id"], "mine-1");
+    assert_eq!(
+        out[1]["trace_id"],
+        serde_json::Value::Null,
+        "no trace without one"
+    );
+    let refused = &out[2];
+    assert_eq!(
+        (refused["status"].as_u64(), refused["error"].as_str()),
+        (Some(503), Some("no-route")),
+        "{refused}"
+    );
+}

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_api::config::ProxyConfig;
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::authz::RateBuckets;
 use crate::backends::Registry;
@@ -23,7 +24,7 @@ use crate::identity::{Identity, Issuer};
 use crate::metrics::{Direction, Metrics};
 use crate::shared::Shared;
 use crate::state::Snapshot;
-use crate::traces::Tracer;
+use crate::traces::Observer;
 use crate::upstream::Connector;
 use crate::{inbound, outbound, telemetry};
 use weft_api::identity::SpiffeId;
@@ -128,30 +129,33 @@ async fn serve(
         max_header_bytes: settings.max_header_bytes,
         timer: Default::default(),
     };
-    let tracer = match &args.otlp_endpoint {
-        Some(endpoint) => {
-            let resource = vec![
-                opentelemetry::KeyValue::new("service.name", "weft-proxy"),
-                opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-                opentelemetry::KeyValue::new("k8s.namespace.name", settings.namespace.clone()),
-                opentelemetry::KeyValue::new(
-                    "k8s.pod.name",
-                    settings.pod_name.clone().unwrap_or_default(),
-                ),
-            ];
-            let (tracer, export) =
-                Tracer::new(endpoint, args.trace_sampling, resource, metrics.clone())
-                    .map_err(anyhow::Error::msg)?;
-            tokio::spawn(export);
-            tracing::info!(
-                endpoint,
-                sampling = args.trace_sampling,
-                "exporting traces over OTLP"
-            );
-            Some(tracer)
-        }
-        None => None,
-    };
+    let mut observer = Observer::new(metrics.clone());
+    if let Some(endpoint) = &args.otlp_endpoint {
+        let resource = vec![
+            opentelemetry::KeyValue::new("service.name", "weft-proxy"),
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new("k8s.namespace.name", settings.namespace.clone()),
+            opentelemetry::KeyValue::new(
+                "k8s.pod.name",
+                settings.pod_name.clone().unwrap_or_default(),
+            ),
+        ];
+        let export = observer
+            .export_to(endpoint, args.trace_sampling, resource)
+            .map_err(anyhow::Error::msg)?;
+        tokio::spawn(export);
+        tracing::info!(
+            endpoint,
+            sampling = args.trace_sampling,
+            "exporting traces over OTLP"
+        );
+    }
+    if settings.access_log {
+        observer
+            .log_to(AccessLog::stdout(args.log_format).context("starting the access log writer")?);
+    }
+    let observer =
+        (args.otlp_endpoint.is_some() || settings.access_log).then(|| Arc::new(observer));
     let shared = Arc::new(Shared {
         settings,
         http_limits,
@@ -166,7 +170,7 @@ async fn serve(
         mirrors_in_flight: Default::default(),
         identity,
         issuer,
-        tracer,
+        observer,
     });
     if let (Some(identity), Some(issuer)) = (&shared.identity, &shared.issuer) {
         tokio::spawn(crate::identity::run(

@@ -104,7 +104,9 @@ pub struct RunArgs {
     pub log_level: String,
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Log one line per request.
+    /// Write one line per request on standard output, JSON with `--log-format json`: time,
+    /// direction, method, authority, path, status, duration, upstream endpoint, route,
+    /// backend, attempts, peer identity, `x-weft-error`, trace id and request id.
     #[arg(long, env = "WEFT_ACCESS_LOG")]
     pub access_log: bool,
     /// Export traces over OTLP/gRPC to this collector (`http://collector:4317`): a SERVER

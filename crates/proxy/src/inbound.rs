@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
@@ -326,7 +326,6 @@ impl Http {
         async move {
             let start = Instant::now();
             let grpc = errors::is_grpc(&req);
-            let method: Method = req.method().clone();
             if self.from_proxy {
                 restore_orig_proto(&mut req);
             }
@@ -339,7 +338,7 @@ impl Http {
             };
             // The span's traceparent goes to the application, so that its spans nest under
             // this one.
-            let span = self.shared.tracer.as_ref().and_then(|t| {
+            let span = self.shared.observer.as_ref().and_then(|t| {
                 t.start(
                     SpanKind::Server,
                     traces::span_name(req.method()),
@@ -349,6 +348,7 @@ impl Http {
             if let Some(span) = &span {
                 traces::on_request(span, &req, DIRECTION);
                 traces::on_route(span, &INBOUND_ROUTE, &self.backend);
+                span.set("weft.endpoint", self.app.to_string());
                 span.set("weft.mtls", self.peer.tls);
                 if let Some(identity) = &self.peer.identity {
                     span.set("weft.peer.identity", identity.to_string());
@@ -392,24 +392,13 @@ impl Http {
                     }
                 }
             }
-            if let (Some(span), Some(tracer)) = (span, &self.shared.tracer) {
+            if let (Some(span), Some(observer)) = (span, &self.shared.observer) {
                 traces::on_response(&span, &resp, true);
-                tracer.end(span);
+                observer.end(span);
             }
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();
             self.stats.record(&self.shared.metrics, status, elapsed);
-            if self.shared.settings.access_log {
-                tracing::info!(
-                    target: "weft::access",
-                    direction = "inbound",
-                    %method,
-                    app = %self.app,
-                    peer = self.peer.identity.as_deref().unwrap_or("-"),
-                    status,
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                );
-            }
             resp
         }
     }

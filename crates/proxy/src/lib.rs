@@ -5,7 +5,7 @@
 //! and [`inbound`] decide where each connection goes ([`orig_dst`], [`detect`],
 //! [`transport_header`], [`state`]); HTTP is served and forwarded by [`http`] over pooled
 //! connections that [`upstream`] opens (mutual TLS in [`mesh_tls`]); anything else is spliced
-//! by [`tcp`]. [`admin`] serves the admin API, [`metrics`], [`telemetry`] and [`traces`] observe.
+//! by [`tcp`]. [`admin`] serves the admin API, [`metrics`], [`telemetry`], [`traces`] and [`access_log`] observe.
 //!
 //! # Layers
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
@@ -20,11 +20,12 @@
 //! 6. connections: [`upstream`], [`mesh_tls`], [`detect`], [`transport_header`], [`orig_dst`]
 //! 7. identity: [`identity`], [`grpc`]
 //! 8. foundations: [`io`], [`errors`], [`metrics`], [`policy`], [`map`], [`count`],
-//!    [`settings`], [`telemetry`], [`traces`]
+//!    [`settings`], [`telemetry`], [`traces`], [`access_log`]
 //!
 //! Invariant: below layer 4 nothing knows the config; below layer 3 nothing holds the shared
 //! state; [`policy`] is pure decisions with time passed in, and does no I/O.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod authz;

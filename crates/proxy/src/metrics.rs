@@ -211,6 +211,7 @@ pub struct Metrics {
     scrape: Mutex<()>,
     mirrors: Family<MirrorLabels, Counter>,
     spans: Family<ResultLabels, Counter>,
+    access_log_dropped: Counter,
     identity_expiry: Gauge,
     identity_renewals: Family<ResultLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
@@ -346,6 +347,12 @@ impl Metrics {
             "Spans ended, by what became of them: exported, failed (the collector refused or was unreachable) or dropped (the export queue was full)",
             spans.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer's queue was full (a slow reader of standard output)",
+            access_log_dropped.clone(),
+        );
         let identity_expiry = Gauge::default();
         registry.register(
             "identity_expiry_timestamp_seconds",
@@ -392,6 +399,7 @@ impl Metrics {
             scrape: Mutex::new(()),
             mirrors,
             spans,
+            access_log_dropped,
             identity_expiry,
             identity_renewals,
             handshakes,
@@ -552,6 +560,10 @@ impl Metrics {
 
     pub fn spans(&self, result: &'static str, n: u64) {
         self.spans.get_or_create(&ResultLabels { result }).inc_by(n);
+    }
+
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
     }
 
     pub fn mirror(&self, backend: &Name, result: &'static str) {

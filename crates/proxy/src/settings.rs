@@ -43,7 +43,7 @@ pub struct Settings {
     pub upstream_idle_timeout: Dur,
     /// How long in-flight work may run after a drain begins.
     pub drain_grace: Dur,
-    /// Log one line per request at target `weft::access`.
+    /// Write one line per request on standard output (the access log).
     pub access_log: bool,
     /// The most connections the inbound and outbound listeners hold open together; beyond,
     /// a new one is closed at once (reset) and counted.

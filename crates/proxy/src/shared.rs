@@ -18,7 +18,7 @@ use crate::identity::{Identity, Issuer};
 use crate::metrics::{Direction, Metrics};
 use crate::settings::Settings;
 use crate::state::State;
-use crate::traces::Tracer;
+use crate::traces::Observer;
 
 pub struct Shared {
     pub settings: Settings,
@@ -43,8 +43,9 @@ pub struct Shared {
     pub identity: Option<Arc<Identity>>,
     /// Where certificates come from.
     pub issuer: Option<Issuer>,
-    /// With `--otlp-endpoint`: starts the requests' spans and exports them.
-    pub tracer: Option<Arc<Tracer>>,
+    /// With `--otlp-endpoint` or `--access-log`: records requests, exports their spans and
+    /// writes their access log lines.
+    pub observer: Option<Arc<Observer>>,
 }
 
 impl Shared {
@@ -119,6 +120,6 @@ pub fn for_tests() -> Arc<Shared> {
         mirrors_in_flight: AtomicUsize::new(0),
         identity: None,
         issuer: None,
-        tracer: None,
+        observer: None,
     })
 }

@@ -29,10 +29,12 @@ use tokio::sync::mpsc;
 
 use std::net::SocketAddr;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::metrics::{Direction, Metrics, Name, RouteId};
 use crate::policy::retry::Attempt;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Spans waiting for the exporter; beyond, new ones are dropped.
 const QUEUE: usize = 2048;
@@ -94,13 +96,18 @@ impl TraceContext {
     }
 }
 
-/// One request's span while it runs: everything the export needs but the end time.
+/// One request's record while it runs: everything its span and its access log line need but
+/// the end. Only a sampled one is exported; with the access log on, every request has one.
 pub struct Span {
     kind: SpanKind,
     name: &'static str,
-    context: TraceContext,
+    /// A sampled span's own context; otherwise the caller's, if it sent one (its trace id is
+    /// logged).
+    context: Option<TraceContext>,
     parent: Option<u64>,
+    sampled: bool,
     start: SystemTime,
+    started: std::time::Instant,
     recorded: Mutex<Recorded>,
 }
 
@@ -143,30 +150,55 @@ impl Span {
         weft_api::sync::lock(&self.recorded).error = Some(description.into());
     }
 
-    pub fn context(&self) -> TraceContext {
+    pub fn context(&self) -> Option<TraceContext> {
         self.context
+    }
+
+    /// An attribute's value as text, if it is set.
+    fn get(&self, recorded: &Recorded, key: &str) -> Option<String> {
+        let _ = self;
+        recorded
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
     }
 }
 
-/// Starts spans and hands the ended ones to the exporter.
-pub struct Tracer {
+/// What watches requests: the trace exporter, the access log, either or both. A proxy with
+/// neither has no observer, and its requests pay nothing.
+pub struct Observer {
+    export: Option<Export>,
+    access_log: Option<AccessLog>,
+    metrics: Arc<Metrics>,
+}
+
+/// The trace exporter's end of the queue, and how requests are sampled.
+struct Export {
     /// A request without a parent is sampled when a random `u64` is below this.
     threshold: u64,
     queue: mpsc::Sender<SpanData>,
-    metrics: Arc<Metrics>,
     scope: InstrumentationScope,
 }
 
-impl Tracer {
-    /// A tracer exporting to `endpoint` (`http://collector:4317`) with the resource's
-    /// attributes, and the task that exports (to be spawned on the runtime). `ratio` is the
-    /// share of requests without a parent that are sampled, 0 to 1.
-    pub fn new(
+impl Observer {
+    pub fn new(metrics: Arc<Metrics>) -> Observer {
+        Observer {
+            export: None,
+            access_log: None,
+            metrics,
+        }
+    }
+
+    /// Exports spans to `endpoint` (`http://collector:4317`) with the resource's attributes;
+    /// `ratio` is the share of requests without a parent that are sampled, 0 to 1. Returns
+    /// the task that exports, to be spawned on the runtime.
+    pub fn export_to(
+        &mut self,
         endpoint: &str,
         ratio: f64,
         resource: Vec<KeyValue>,
-        metrics: Arc<Metrics>,
-    ) -> Result<(Arc<Tracer>, impl Future<Output = ()> + Send + 'static), String> {
+    ) -> Result<impl Future<Output = ()> + Send + 'static, String> {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
@@ -175,54 +207,109 @@ impl Tracer {
             .map_err(|e| format!("the OTLP exporter for {endpoint:?}: {e}"))?;
         exporter.set_resource(&Resource::builder_empty().with_attributes(resource).build());
         let (queue, rx) = mpsc::channel(QUEUE);
-        let tracer = Arc::new(Tracer {
+        self.export = Some(Export {
             threshold: threshold(ratio),
             queue,
-            metrics: metrics.clone(),
             scope: InstrumentationScope::builder("weft-proxy")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         });
-        Ok((tracer, export(rx, exporter, metrics)))
+        Ok(export(rx, exporter, self.metrics.clone()))
     }
 
-    /// Starts the span of a request whose headers are `headers`, or `None` when it is not
-    /// sampled. A sampled request's `traceparent` is replaced by the new span's.
+    /// Writes a line per request.
+    pub fn log_to(&mut self, access_log: AccessLog) {
+        self.access_log = Some(access_log);
+    }
+
+    /// Starts the record of a request whose headers are `headers`: `None` when it is neither
+    /// sampled nor logged. A request without `x-request-id` gets one. A sampled request's
+    /// `traceparent` is replaced by the new span's.
     pub fn start(
         &self,
         kind: SpanKind,
         name: &'static str,
         headers: &mut HeaderMap,
     ) -> Option<Box<Span>> {
+        if !headers.contains_key(&REQUEST_ID) {
+            headers.insert(REQUEST_ID.clone(), request_id());
+        }
         let parent = headers
             .get(&TRACEPARENT)
             .and_then(|v| TraceContext::parse(v.as_bytes()));
-        let sampled = match parent {
+        let sampled = self.export.as_ref().is_some_and(|e| match parent {
             Some(p) => p.sampled,
-            None => self.threshold != 0 && fastrand::u64(..) < self.threshold,
-        };
-        if !sampled {
+            None => e.threshold != 0 && fastrand::u64(..) < e.threshold,
+        });
+        if !sampled && self.access_log.is_none() {
             return None;
         }
-        let context = TraceContext {
-            trace_id: parent.map_or_else(nonzero_u128, |p| p.trace_id),
-            span_id: nonzero_u64(),
-            sampled: true,
+        let context = if sampled {
+            let own = TraceContext {
+                trace_id: parent.map_or_else(nonzero_u128, |p| p.trace_id),
+                span_id: nonzero_u64(),
+                sampled: true,
+            };
+            headers.insert(TRACEPARENT.clone(), own.header());
+            Some(own)
+        } else {
+            parent
         };
-        headers.insert(TRACEPARENT.clone(), context.header());
         Some(Box::new(Span {
             kind,
             name,
             context,
             parent: parent.map(|p| p.span_id),
+            sampled,
             start: SystemTime::now(),
+            started: std::time::Instant::now(),
             recorded: Mutex::new(Recorded::default()),
         }))
     }
 
-    /// Ends a span now and queues it for export; with the queue full it is dropped and
-    /// counted.
+    /// Ends a request's record now: its access log line, and for a sampled one its span,
+    /// queued for export (dropped and counted when the queue is full).
     pub fn end(&self, span: Box<Span>) {
+        if let Some(log) = &self.access_log {
+            let recorded = weft_api::sync::lock(&span.recorded);
+            let get = |key| span.get(&recorded, key);
+            let entry = Entry {
+                time: span.start,
+                direction: get("weft.direction"),
+                method: get("http.request.method"),
+                authority: get("server.address").map(|host| match get("server.port") {
+                    Some(port) if port != "80" => format!("{host}:{port}"),
+                    _ => host,
+                }),
+                path: get("url.path"),
+                protocol: get("network.protocol.version"),
+                status: get("http.response.status_code").and_then(|s| s.parse().ok()),
+                duration: span.started.elapsed(),
+                upstream: get("weft.endpoint"),
+                route: get("weft.route"),
+                rule: get("weft.rule"),
+                backend: get("weft.backend"),
+                attempts: recorded.attempts,
+                retry_reasons: recorded.retry_reasons.clone(),
+                peer: get("weft.peer.identity"),
+                mtls: get("weft.mtls").map(|m| m == "true"),
+                error: get("weft.error"),
+                trace_id: span.context.map(|c| format!("{:032x}", c.trace_id)),
+                span_id: span
+                    .context
+                    .filter(|_| span.sampled)
+                    .map(|c| format!("{:016x}", c.span_id)),
+                request_id: get("weft.request_id"),
+            };
+            drop(recorded);
+            if !log.write(&entry) {
+                self.metrics.access_log_dropped();
+            }
+        }
+        let Some(export) = &self.export else { return };
+        if !span.sampled {
+            return;
+        }
         let Span {
             kind,
             name,
@@ -230,7 +317,9 @@ impl Tracer {
             parent,
             start,
             recorded,
+            ..
         } = *span;
+        let Some(context) = context else { return };
         let mut recorded = recorded.into_inner().unwrap_or_else(|e| e.into_inner());
         if recorded.attempts > 0 {
             recorded
@@ -269,12 +358,27 @@ impl Tracer {
                 Some(description) => Status::error(description),
                 None => Status::Unset,
             },
-            instrumentation_scope: self.scope.clone(),
+            instrumentation_scope: export.scope.clone(),
         };
-        if self.queue.try_send(data).is_err() {
+        if export.queue.try_send(data).is_err() {
             self.metrics.spans("dropped", 1);
         }
     }
+}
+
+/// A random version 4 UUID, as Envoy's request ids are.
+fn request_id() -> HeaderValue {
+    let bits = (fastrand::u128(..) & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    let text = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The span name the HTTP semantic conventions give a request without a route template: its
@@ -355,7 +459,9 @@ pub fn on_response<B>(span: &Span, resp: &http::Response<B>, server: bool) {
 
 /// The route, rule and backend that took the request.
 pub fn on_route(span: &Span, route: &RouteId, backend: &Name) {
-    span.set("weft.route", route.route.0.to_string());
+    if !route.route.0.is_empty() {
+        span.set("weft.route", route.route.0.to_string());
+    }
     if let Some(rule) = &route.rule {
         span.set("weft.rule", rule.0.to_string());
     }
@@ -500,15 +606,15 @@ mod tests {
         assert_eq!(TraceContext::parse(later).map(|c| c.sampled), Some(false));
     }
 
-    fn tracer(ratio: f64) -> (Tracer, mpsc::Receiver<SpanData>) {
+    fn tracer(ratio: f64) -> (Observer, mpsc::Receiver<SpanData>) {
         let (queue, rx) = mpsc::channel(4);
-        let tracer = Tracer {
+        let mut observer = Observer::new(Metrics::new());
+        observer.export = Some(Export {
             threshold: threshold(ratio),
             queue,
-            metrics: Metrics::new(),
             scope: InstrumentationScope::builder("test").build(),
-        };
-        (tracer, rx)
+        });
+        (observer, rx)
     }
 
     #[test]
@@ -517,6 +623,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             let value = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
             headers.insert(&TRACEPARENT, HeaderValue::from_str(&value).unwrap());
+            headers.insert(&REQUEST_ID, HeaderValue::from_static("r-1"));
             headers
         };
         let (never, _) = tracer(0.0);
@@ -526,20 +633,27 @@ mod tests {
         let span = never.start(SpanKind::Server, "t", &mut headers).unwrap();
         let sent = TraceContext::parse(headers[&TRACEPARENT].as_bytes()).unwrap();
         assert_eq!(sent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        assert_eq!(sent, span.context());
+        assert_eq!(Some(sent), span.context());
         assert_ne!(sent.span_id, 0x00f067aa0ba902b7);
         assert_eq!(span.parent, Some(0x00f067aa0ba902b7));
+        assert_eq!(headers[&REQUEST_ID], "r-1", "a request id is kept");
         // An unsampled parent is followed too, and its header left as it came.
         let (always, mut rx) = tracer(1.0);
         let mut headers = parent("00");
         assert!(always.start(SpanKind::Server, "t", &mut headers).is_none());
         assert_eq!(headers, parent("00"));
-        // Without a parent, the ratio decides, and a sampled request starts a trace.
+        // Without a parent, the ratio decides, and a sampled request starts a trace. A
+        // request without an id gets one, a version 4 UUID.
         let mut headers = HeaderMap::new();
         assert!(never.start(SpanKind::Client, "t", &mut headers).is_none());
-        assert!(headers.is_empty());
+        let id = headers[&REQUEST_ID].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!((&id[14..15], &id[8..9]), ("4", "-"), "{id}");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        let mut headers = HeaderMap::new();
         let span = always.start(SpanKind::Client, "t", &mut headers).unwrap();
         assert_eq!(span.parent, None);
+        assert_ne!(headers[&REQUEST_ID], id, "each request its own id");
         span.set("http.response.status_code", 200_i64);
         always.end(span);
         let exported = rx.try_recv().unwrap();

@@ -82,10 +82,10 @@ impl Http {
     )]
     pub fn handle(self: Arc<Self>, mut req: BoxedRequest) -> impl Future<Output = Response<Body>> {
         async move {
-            let Some(tracer) = &self.shared.tracer else {
+            let Some(observer) = &self.shared.observer else {
                 return self.route(req, None).await;
             };
-            let span = tracer.start(
+            let span = observer.start(
                 SpanKind::Client,
                 traces::span_name(req.method()),
                 req.headers_mut(),
@@ -96,7 +96,7 @@ impl Http {
             let resp = self.route(req, span.as_deref()).await;
             if let Some(span) = span {
                 traces::on_response(span.as_ref(), &resp, false);
-                tracer.end(span);
+                observer.end(span);
             }
             resp
         }
@@ -187,7 +187,7 @@ impl Http {
                     elapsed,
                 ),
             }
-            self.access_log(&call, &rule.route, &backend.name, status, elapsed);
+            self.record_route(&call, &rule.route, &backend.name);
             resp
         }
     }
@@ -633,33 +633,15 @@ impl Http {
         self.shared
             .metrics
             .request(DIRECTION, route, backend, status, elapsed);
-        self.access_log(call, route, backend, status, elapsed);
+        self.record_route(call, route, backend);
         resp
     }
 
-    fn access_log(
-        &self,
-        call: &Call<'_>,
-        route: &RouteId,
-        backend: &Name,
-        status: u16,
-        elapsed: Duration,
-    ) {
+    /// Records the route and backend that took the request on its record, for its span and
+    /// access log line.
+    fn record_route(&self, call: &Call<'_>, route: &RouteId, backend: &Name) {
         if let Some(span) = call.span {
             traces::on_route(span, route, backend);
-        }
-        let method = &call.method;
-        if self.shared.settings.access_log {
-            tracing::info!(
-                target: "weft::access",
-                direction = "outbound",
-                %method,
-                route = &*route.route.0,
-                rule = route.rule.as_ref().map(|r| &*r.0),
-                backend = &*backend.0,
-                status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-            );
         }
     }
 }
