@@ -24,6 +24,13 @@ pub struct ControlMetrics {
     replies: Family<ResultLabels, Counter>,
     ack_latency: Histogram,
     certificates: Family<ResultLabels, Counter>,
+    nacks: Family<ReasonLabels, Counter>,
+    reconcile: Histogram,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 impl ControlMetrics {
@@ -79,6 +86,21 @@ impl ControlMetrics {
             "Certificate requests, by result",
             certificates.clone(),
         );
+        let nacks = Family::default();
+        registry.register(
+            "nacks",
+            "Configs proxies refused, by the kind of reason (too-large, unreadable, version-mismatch, invalid; unknown from older proxies)",
+            nacks.clone(),
+        );
+        let reconcile = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to rebuild the accepted manifests after a change: parse, validate, index",
+            reconcile.clone(),
+        );
         Arc::new(ControlMetrics {
             registry,
             proxies,
@@ -89,6 +111,8 @@ impl ControlMetrics {
             replies,
             ack_latency,
             certificates,
+            nacks,
+            reconcile,
         })
     }
 
@@ -124,6 +148,24 @@ impl ControlMetrics {
         if let Some(l) = latency {
             self.ack_latency.observe(l.as_secs_f64());
         }
+    }
+
+    /// A NACK, by its kind: only the kinds proxies send are labels, so a proxy cannot grow
+    /// the family.
+    pub fn nack(&self, kind: &str) {
+        let reason = match kind {
+            "too-large" | "unreadable" | "version-mismatch" | "invalid" => kind,
+            _ => "unknown",
+        };
+        self.nacks
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn reconciled(&self, took: std::time::Duration) {
+        self.reconcile.observe(took.as_secs_f64());
     }
 
     pub fn certificate(&self, issued: bool) {

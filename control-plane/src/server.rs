@@ -195,6 +195,7 @@ async fn serve_proxy(
                 }
                 Ok(Some(ProxyMessage { message: Some(Message::Nack(nack)) })) => {
                     hub.metrics.reply(false, None);
+                    hub.metrics.nack(&nack.kind);
                     tracing::warn!(id, version = %nack.version, reason = %nack.reason, "proxy refused a config");
                     hub.update(id, |r| r.nacked = Some((nack.version, nack.reason)));
                 }

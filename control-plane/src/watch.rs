@@ -71,6 +71,7 @@ pub(crate) fn publish(store: &mut Store, hub: &Hub, changed: bool) {
     if !changed {
         return;
     }
+    let started = std::time::Instant::now();
     let summary = store.rebuild();
     tracing::info!(
         generation = summary.generation,
@@ -90,6 +91,7 @@ pub(crate) fn publish(store: &mut Store, hub: &Hub, changed: bool) {
         store.errors(),
         store.unresolved(),
     );
+    hub.metrics.reconciled(started.elapsed());
 }
 
 fn is_manifest(path: &Path) -> bool {

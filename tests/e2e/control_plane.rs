@@ -474,6 +474,7 @@ async fn a_snapshot_the_proxy_refuses_is_nacked_and_the_old_config_keeps_serving
     match next_reply(replies).await {
         Message::Nack(n) => {
             assert_eq!(n.version, "bad-2");
+            assert_eq!(n.kind, "invalid");
             assert!(
                 n.reason
                     .contains("services[0].ports[0].backend: no backend named \"nowhere\""),
@@ -615,6 +616,18 @@ async fn a_config_over_a_proxys_cap_is_nacked_through_the_real_control_plane() {
         weft_tests::proxy::metric_value(&metrics, r#"weft_control_replies_total{result="nack"}"#)
             >= 1.0,
         "{metrics}"
+    );
+    assert!(
+        weft_tests::proxy::metric_value(
+            &metrics,
+            r#"weft_control_nacks_total{reason="too-large"}"#
+        ) >= 1.0,
+        "the NACK by its kind: {metrics}"
+    );
+    assert!(
+        weft_tests::proxy::metric_value(&metrics, "weft_control_reconcile_duration_seconds_count")
+            >= 2.0,
+        "each rebuild timed: {metrics}"
     );
     let (_, dump) = proxy.admin_get("/config_dump").await.unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();

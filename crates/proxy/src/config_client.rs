@@ -130,12 +130,13 @@ async fn session(
             Ok(()) => Message::Ack(Ack {
                 version: snapshot.version,
             }),
-            Err(reason) => {
-                tracing::warn!(version = %snapshot.version, %reason, "config refused; keeping the one in force");
+            Err((kind, reason)) => {
+                tracing::warn!(version = %snapshot.version, kind, %reason, "config refused; keeping the one in force");
                 shared.metrics.config_rejected();
                 Message::Nack(Nack {
                     version: snapshot.version,
                     reason,
+                    kind: kind.to_owned(),
                 })
             }
         };
@@ -152,29 +153,36 @@ async fn session(
     Err(SessionError::Closed)
 }
 
-/// Validates and swaps in a snapshot.
-fn apply(shared: &Shared, snapshot: &Snapshot) -> Result<(), String> {
+/// Validates and swaps in a snapshot; a refusal says its kind (the NACK's label) and why.
+fn apply(shared: &Shared, snapshot: &Snapshot) -> Result<(), (&'static str, String)> {
     let max = shared.settings.max_config_bytes;
     if snapshot.config.len() > max {
-        return Err(format!(
-            "the config is {} bytes, over this proxy's --max-config-bytes {max}",
-            snapshot.config.len()
+        return Err((
+            "too-large",
+            format!(
+                "the config is {} bytes, over this proxy's --max-config-bytes {max}",
+                snapshot.config.len()
+            ),
         ));
     }
-    let config: ProxyConfig =
-        serde_json::from_slice(&snapshot.config).map_err(|e| format!("unreadable config: {e}"))?;
+    let config: ProxyConfig = serde_json::from_slice(&snapshot.config)
+        .map_err(|e| ("unreadable", format!("unreadable config: {e}")))?;
     if config.version != snapshot.version {
-        return Err(format!(
-            "the config says version {:?}, the snapshot {:?}",
-            config.version, snapshot.version
+        return Err((
+            "version-mismatch",
+            format!(
+                "the config says version {:?}, the snapshot {:?}",
+                config.version, snapshot.version
+            ),
         ));
     }
     config.validate().map_err(|errors| {
-        errors
+        let reason = errors
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        ("invalid", reason)
     })?;
     let version = config.version.clone();
     let compiled = state::Snapshot::build(
