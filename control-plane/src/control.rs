@@ -20,6 +20,7 @@ use crate::hub::Hub;
 use crate::metrics::ControlMetrics;
 use crate::server::{Signer, TokenCheck};
 use crate::store::Store;
+use crate::telemetry::{self, LogFormat};
 use crate::tls::{self, ServerCredentials};
 use crate::token::Tokens;
 use crate::{admin, server, watch};
@@ -76,6 +77,12 @@ pub struct ControlArgs {
     pub outbound_traffic_policy: OutboundTrafficPolicy,
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Export the control plane's traces (each config push, from its send to the proxy's
+    /// reply; each certificate request) over OTLP/gRPC to this collector.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// How long workload certificates last.
     #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h")]
     pub cert_lifetime: weft_api::duration::Dur,
@@ -102,17 +109,23 @@ pub struct ControlArgs {
 }
 
 pub fn run(args: &ControlArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("--log-level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(serve(args))
+        .build()?;
+    // The exporter's channel is made on the runtime; its guard is dropped (flushing the
+    // spans) outside `block_on`, while the runtime's workers still run.
+    let telemetry = runtime.block_on(async {
+        telemetry::init(
+            &args.log_level,
+            args.log_format,
+            args.otlp_endpoint.as_deref(),
+            &args.namespace,
+        )
+    })?;
+    let result = runtime.block_on(serve(args));
+    drop(telemetry);
+    result
 }
 
 async fn serve(args: &ControlArgs) -> anyhow::Result<()> {

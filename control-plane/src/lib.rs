@@ -22,7 +22,7 @@
 //! 3. manifest sources: [`cluster`], [`watch`], [`load`]
 //! 4. manifests and configs: [`hub`], [`store`], [`compile`], [`route_status`]
 //! 5. identity: [`ca`], [`token`]
-//! 6. foundations: [`metrics`]
+//! 6. foundations: [`metrics`], [`telemetry`]
 //!
 //! Invariant: `weft-control` never depends on `weft-proxy`. The two share only `weft-api`;
 //! `weft demo` starts proxies as processes, as a cluster would.
@@ -42,6 +42,7 @@ pub mod route_status;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod watch;

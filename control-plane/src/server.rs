@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 use weft_api::identity::{SpiffeId, spiffe_id_of};
 use weft_api::proto::config_service_server::{ConfigService, ConfigServiceServer};
 use weft_api::proto::identity::identity_service_server::{IdentityService, IdentityServiceServer};
@@ -72,6 +73,27 @@ pub struct Signer {
 #[tonic::async_trait]
 impl IdentityService for Signer {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let span = tracing::info_span!(
+            parent: None,
+            "certificate",
+            identity = tracing::field::Empty,
+            result = tracing::field::Empty,
+        );
+        let answer = self
+            .sign_traced(request, &span)
+            .instrument(span.clone())
+            .await;
+        span.record("result", if answer.is_ok() { "issued" } else { "refused" });
+        answer
+    }
+}
+
+impl Signer {
+    async fn sign_traced(
+        &self,
+        request: Request<SignRequest>,
+        span: &tracing::Span,
+    ) -> Result<Response<SignResponse>, Status> {
         let req = request.into_inner();
         let (namespace, service_account) = self.tokens.verify(&req.token).await.map_err(|e| {
             tracing::warn!(error = %e, "certificate refused: bad token");
@@ -79,6 +101,7 @@ impl IdentityService for Signer {
             Status::unauthenticated(format!("token refused: {e}"))
         })?;
         let identity = SpiffeId::new(&self.trust_domain, &namespace, &service_account);
+        span.record("identity", identity.to_string());
         let issued = self.ca.sign_csr(&req.csr, &identity).map_err(|e| {
             tracing::warn!(%identity, error = %e, "certificate refused");
             self.hub.metrics.certificate(false);
@@ -159,6 +182,8 @@ async fn serve_proxy(
     // What the proxy runs; after a reconnect that may already be the current version.
     let mut has = Some(hello.version).filter(|v| !v.is_empty());
     let mut sent_at = None;
+    // The span of the push in flight: from the send to the proxy's reply.
+    let mut pushing: Option<tracing::Span> = None;
     loop {
         let generation = generations.borrow_and_update().clone();
         let compiled = generation.for_target(&target);
@@ -174,9 +199,29 @@ async fn serve_proxy(
                 version: compiled.version.clone(),
                 config: compiled.json.clone(),
             };
-            if tx.send(Ok(snapshot)).await.is_err() {
+            let span = tracing::info_span!(
+                parent: None,
+                "push",
+                proxy.namespace = %hello.namespace,
+                proxy.pod = %hello.pod_name,
+                proxy.pod_ip = %hello.pod_ip,
+                version = %compiled.version,
+                bytes = compiled.json.len(),
+                result = tracing::field::Empty,
+                reason = tracing::field::Empty,
+            );
+            if let Some(superseded) = pushing.take() {
+                superseded.record("result", "superseded");
+            }
+            if tx
+                .send(Ok(snapshot))
+                .instrument(span.clone())
+                .await
+                .is_err()
+            {
                 return;
             }
+            pushing = Some(span);
             hub.metrics.snapshot_sent();
             has = Some(compiled.version.clone());
             sent_at = Some(generation.since);
@@ -191,11 +236,18 @@ async fn serve_proxy(
             message = inbound.message() => match message {
                 Ok(Some(ProxyMessage { message: Some(Message::Ack(ack)) })) => {
                     hub.metrics.reply(true, sent_at.take().map(|t| t.elapsed()));
+                    if let Some(span) = pushing.take() {
+                        span.record("result", "ack");
+                    }
                     hub.update(id, |r| r.acked = Some(ack.version));
                 }
                 Ok(Some(ProxyMessage { message: Some(Message::Nack(nack)) })) => {
                     hub.metrics.reply(false, None);
                     hub.metrics.nack(&nack.kind);
+                    if let Some(span) = pushing.take() {
+                        span.record("result", "nack");
+                        span.record("reason", nack.reason.as_str());
+                    }
                     tracing::warn!(id, version = %nack.version, reason = %nack.reason, "proxy refused a config");
                     hub.update(id, |r| r.nacked = Some((nack.version, nack.reason)));
                 }

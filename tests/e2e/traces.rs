@@ -405,3 +405,53 @@ async fn the_access_log_has_one_json_line_per_request_on_each_side() {
         "{refused}"
     );
 }
+
+/// `weft control --otlp-endpoint --log-format json`: a proxy's certificate request and each config push (from
+/// its send to the proxy's ACK) are spans of the control plane's.
+#[tokio::test]
+async fn the_control_plane_traces_certificates_and_pushes() {
+    let receiver = OtlpReceiver::start(pod_ip()).await;
+    let cp = ControlPlane::start_with(
+        pod_ip(),
+        &[
+            "--otlp-endpoint".to_owned(),
+            receiver.endpoint(),
+            "--log-format".to_owned(),
+            "json".to_owned(),
+        ],
+    )
+    .await;
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
+    let of_control = |name: &str| {
+        receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.resource.get("service.name").map(String::as_str) == Some("weft-control"))
+            .find(|s| s.name == name)
+    };
+    let certificate = eventually("the certificate span", Duration::from_secs(20), || async {
+        of_control("certificate")
+    })
+    .await;
+    assert_eq!(
+        certificate.attributes["identity"],
+        "spiffe://cluster.local/ns/shop/sa/productpage"
+    );
+    assert_eq!(certificate.attributes["result"], "issued");
+    let push = eventually("the push span", Duration::from_secs(20), || async {
+        of_control("push").filter(|s| s.attributes.contains_key("result"))
+    })
+    .await;
+    assert_eq!(push.attributes["result"], "ack", "{push:#?}");
+    assert_eq!(push.attributes["proxy.namespace"], "shop");
+    assert_eq!(push.attributes["proxy.pod_ip"], proxy.pod_ip.to_string());
+    assert_eq!(push.parent_span_id, "", "each push is a trace of its own");
+    // `--log-format json`: every line of its log is a JSON object.
+    let log = cp.log();
+    assert!(log.lines().count() > 2, "{log}");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value["level"].is_string(), "{line}");
+    }
+}
