@@ -89,6 +89,7 @@ pub fn status(hub: &Hub) -> serde_json::Value {
             let mut v = serde_json::to_value(&p).unwrap_or_default();
             v["current"] = json!(current);
             v["upToDate"] = json!(up_to_date);
+            v["certificate"] = json!(hub.certificate_of(&p));
             v
         })
         .collect();

@@ -145,9 +145,23 @@ fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::
     )
 }
 
+/// The last certificate issued to a pod's proxy.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRecord {
+    pub identity: String,
+    pub serial: String,
+    #[serde(serialize_with = "unix_seconds")]
+    pub not_after: SystemTime,
+    #[serde(serialize_with = "unix_seconds")]
+    pub issued_at: SystemTime,
+}
+
 pub struct Hub {
     current: watch::Sender<Arc<Generation>>,
     proxies: Mutex<BTreeMap<u64, ProxyRecord>>,
+    /// By the pod's namespace and IP, as the proxy named itself when it asked.
+    certificates: Mutex<HashMap<(String, String), CertificateRecord>>,
     next_id: AtomicU64,
     pub metrics: Arc<ControlMetrics>,
     pub mesh: MeshSettings,
@@ -165,6 +179,7 @@ impl Hub {
         Arc::new(Hub {
             current: watch::Sender::new(Arc::new(empty)),
             proxies: Mutex::new(BTreeMap::new()),
+            certificates: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             metrics,
             mesh,
@@ -218,5 +233,25 @@ impl Hub {
 
     pub fn proxies(&self) -> Vec<ProxyRecord> {
         lock(&self.proxies).values().cloned().collect()
+    }
+
+    /// Records a certificate issued to the proxy of the pod at `pod_ip` in `namespace`.
+    pub fn certified(&self, namespace: &str, pod_ip: &str, record: CertificateRecord) {
+        if pod_ip.is_empty() {
+            return;
+        }
+        let mut certificates = lock(&self.certificates);
+        // Bounded by the pods that ask: a pod that is gone is forgotten once its certificate
+        // has expired.
+        let now = SystemTime::now();
+        certificates.retain(|_, c| c.not_after > now);
+        certificates.insert((namespace.to_owned(), pod_ip.to_owned()), record);
+    }
+
+    /// The last certificate issued to a proxy, if it named its pod when it asked.
+    pub fn certificate_of(&self, proxy: &ProxyRecord) -> Option<CertificateRecord> {
+        lock(&self.certificates)
+            .get(&(proxy.namespace.clone(), proxy.pod_ip.clone()))
+            .cloned()
     }
 }

@@ -33,7 +33,7 @@ use weft_api::validate::is_dns_label;
 use crate::ca::Ca;
 use crate::cluster::TokenReviewer;
 use crate::compile::Target;
-use crate::hub::{Hub, ProxyRecord};
+use crate::hub::{CertificateRecord, Hub, ProxyRecord};
 use crate::token::Tokens;
 
 /// How a Sign request's token is checked.
@@ -108,6 +108,16 @@ impl Signer {
             Status::permission_denied(e.to_string())
         })?;
         self.hub.metrics.certificate(true);
+        self.hub.certified(
+            &namespace,
+            &req.pod_ip,
+            CertificateRecord {
+                identity: identity.to_string(),
+                serial: issued.serial.clone(),
+                not_after: issued.not_after.into(),
+                issued_at: SystemTime::now(),
+            },
+        );
         Ok(Response::new(SignResponse {
             certificate_chain: issued.chain_pem,
             trust_anchors: self.ca.anchors_pem().to_owned(),

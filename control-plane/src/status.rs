@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -16,17 +17,51 @@ pub struct StatusArgs {
     /// The control plane's admin API.
     #[arg(long, env = "WEFT_CONTROL_ADMIN", default_value = "127.0.0.1:15192")]
     pub control_plane: SocketAddr,
-    /// Print the raw JSON.
+    /// `table`, or `json`: the control plane's `/status` (with `POD`, the proxy's record and
+    /// its `/config_dump`).
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: Output,
+    /// The same as `-o json`.
     #[arg(long)]
     pub json: bool,
+    /// One proxy, by `POD` or `NAMESPACE/POD`: its versions, its certificate, and a summary of
+    /// its `/config_dump`, read from its admin API (as `istioctl proxy-status POD` and
+    /// `proxy-config` do).
+    pub pod: Option<String>,
+    /// The proxies' admin port, for `weft status POD`.
+    #[arg(long, default_value_t = 15191)]
+    pub proxy_admin_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
 }
 
 pub fn run(args: &StatusArgs) -> anyhow::Result<bool> {
-    let status = tokio::runtime::Builder::new_current_thread()
+    let json = args.json || args.output == Output::Json;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(fetch(args.control_plane))?;
-    if args.json {
+        .build()?;
+    let status = runtime.block_on(fetch(args.control_plane, "/status"))?;
+    if let Some(pod) = &args.pod {
+        let proxy = find(&status, pod)?;
+        let admin = format!("{}:{}", s(&proxy["podIp"]), args.proxy_admin_port);
+        let dump = match admin.parse() {
+            Ok(addr) => runtime.block_on(fetch(addr, "/config_dump")),
+            Err(e) => Err(anyhow::anyhow!("the proxy's admin address {admin}: {e}")),
+        };
+        if json {
+            let mut both = proxy.clone();
+            both["configDump"] = dump.unwrap_or_else(|e| json_error(&e));
+            println!("{}", serde_json::to_string_pretty(&both)?);
+        } else {
+            print!("{}", render_proxy(&proxy, dump.as_ref(), SystemTime::now()));
+        }
+        return Ok(proxy["upToDate"] == true);
+    }
+    if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print!("{}", render(&status));
@@ -43,27 +78,174 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<bool> {
     Ok(healthy)
 }
 
-async fn fetch(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+/// `GET path` on an admin API, as JSON.
+async fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     let stream = TcpStream::connect(addr)
         .await
-        .with_context(|| format!("connecting to the control plane's admin API at {addr}"))?;
+        .with_context(|| format!("connecting to the admin API at {addr}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let resp = sender
         .send_request(
-            Request::get("/status")
+            Request::get(path)
                 .header("host", addr.to_string())
                 .body(Empty::<Bytes>::new())?,
         )
         .await?;
     let body = resp.into_body().collect().await?.to_bytes();
-    serde_json::from_slice(&body).context("reading /status")
+    serde_json::from_slice(&body).with_context(|| format!("reading {path} from {addr}"))
+}
+
+fn json_error(e: &anyhow::Error) -> serde_json::Value {
+    serde_json::json!({ "error": format!("{e:#}") })
+}
+
+fn s(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or("").to_owned()
+}
+
+/// The proxy of `pod` (`POD` or `NAMESPACE/POD`) among the connected ones.
+fn find(status: &serde_json::Value, pod: &str) -> anyhow::Result<serde_json::Value> {
+    let (namespace, name) = match pod.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, pod),
+    };
+    let proxies = status["proxies"].as_array().cloned().unwrap_or_default();
+    let found: Vec<&serde_json::Value> = proxies
+        .iter()
+        .filter(|p| p["podName"] == name && namespace.is_none_or(|ns| p["namespace"] == ns))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => anyhow::bail!("no connected proxy is pod {pod:?}"),
+        _ => anyhow::bail!(
+            "{} proxies are pod {pod:?}: name its namespace too (NAMESPACE/POD)",
+            found.len()
+        ),
+    }
+}
+
+/// How long until `unix` (seconds), as `23h59m`, or `expired`.
+fn remaining(unix: &serde_json::Value, now: SystemTime) -> String {
+    let Some(at) = unix.as_u64() else {
+        return "-".into();
+    };
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if at <= now {
+        return "expired".into();
+    }
+    let left = at - now;
+    match left {
+        0..60 => format!("{left}s"),
+        60..3600 => format!("{}m", left / 60),
+        _ => format!("{}h{:02}m", left / 3600, left % 3600 / 60),
+    }
+}
+
+/// One proxy: its record and the summary of its `/config_dump`.
+pub fn render_proxy(
+    proxy: &serde_json::Value,
+    dump: Result<&serde_json::Value, &anyhow::Error>,
+    now: SystemTime,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}/{} ({})",
+        s(&proxy["namespace"]),
+        s(&proxy["podName"]),
+        s(&proxy["podIp"])
+    );
+    let _ = writeln!(out, "  service account  {}", s(&proxy["serviceAccount"]));
+    let _ = writeln!(out, "  proxy version    {}", s(&proxy["proxyVersion"]));
+    let _ = writeln!(
+        out,
+        "  acked            {}",
+        proxy["acked"].as_str().unwrap_or("-")
+    );
+    let _ = writeln!(out, "  current          {}", s(&proxy["current"]));
+    if let serde_json::Value::Array(n) = &proxy["nacked"]
+        && n.len() == 2
+    {
+        let _ = writeln!(out, "  refused          {}: {}", s(&n[0]), s(&n[1]));
+    }
+    let cert = &proxy["certificate"];
+    if cert.is_object() {
+        let _ = writeln!(
+            out,
+            "  certificate      {} (serial {}), expires in {}",
+            s(&cert["identity"]),
+            s(&cert["serial"]),
+            remaining(&cert["notAfter"], now)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  certificate      - (none issued by this control plane that names the pod)"
+        );
+    }
+    match dump {
+        Err(e) => {
+            let _ = writeln!(out, "\nCONFIG: unavailable ({e:#})");
+        }
+        Ok(dump) => {
+            let config = &dump["config"];
+            let services = config["services"].as_array().cloned().unwrap_or_default();
+            let backends = config["backends"].as_array().cloned().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "\nCONFIG {} in force: {} Services, {} backends",
+                dump["version"].as_str().unwrap_or("-"),
+                services.len(),
+                backends.len()
+            );
+            let _ = writeln!(out, "{:<40} {:<8} ROUTES", "SERVICE", "PORT");
+            for svc in &services {
+                for port in svc["ports"].as_array().into_iter().flatten() {
+                    let routes: Vec<String> = port["routes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| s(&r["name"]))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "{:<40} {:<8} {}",
+                        format!("{}/{}", s(&svc["namespace"]), s(&svc["name"])),
+                        port["port"],
+                        if routes.is_empty() {
+                            "-".into()
+                        } else {
+                            routes.join(", ")
+                        }
+                    );
+                }
+            }
+            let _ = writeln!(out, "\n{:<40} ENDPOINTS", "BACKEND");
+            for b in &backends {
+                let endpoints = b["endpoints"].as_array().map_or(0, Vec::len);
+                let meshed = b["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["mesh"].is_object())
+                    .count();
+                let _ = writeln!(out, "{:<40} {endpoints} ({meshed} meshed)", s(&b["name"]));
+            }
+        }
+    }
+    out
 }
 
 /// The status as a table.
 pub fn render(status: &serde_json::Value) -> String {
+    render_at(status, SystemTime::now())
+}
+
+fn render_at(status: &serde_json::Value, now: SystemTime) -> String {
     let mut out = String::new();
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
     let short = |v: &serde_json::Value| {
         v.as_str()
             .map_or("-".to_owned(), |v| v.chars().take(12).collect())
@@ -77,8 +259,8 @@ pub fn render(status: &serde_json::Value) -> String {
     let _ = writeln!(out, "\nPROXIES ({})", proxies.len());
     let _ = writeln!(
         out,
-        "{:<32} {:<16} {:<14} {:<14} STATE",
-        "NAMESPACE/POD", "POD IP", "ACKED", "CURRENT"
+        "{:<32} {:<16} {:<14} {:<14} {:<12} STATE",
+        "NAMESPACE/POD", "POD IP", "ACKED", "CURRENT", "CERT EXPIRES"
     );
     for p in &proxies {
         let pod = format!("{}/{}", s(&p["namespace"]), s(&p["podName"]));
@@ -91,10 +273,11 @@ pub fn render(status: &serde_json::Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{pod:<32} {:<16} {:<14} {:<14} {state}",
+            "{pod:<32} {:<16} {:<14} {:<14} {:<12} {state}",
             s(&p["podIp"]),
             short(&p["acked"]),
-            short(&p["current"])
+            short(&p["current"]),
+            remaining(&p["certificate"]["notAfter"], now)
         );
     }
     let errors = status["manifests"]["errors"]

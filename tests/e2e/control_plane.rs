@@ -654,3 +654,93 @@ async fn a_config_over_a_proxys_cap_is_nacked_through_the_real_control_plane() {
     cp.remove("more.yaml");
     acked(&cp, 1, &good).await;
 }
+
+/// `weft status` shows each proxy's certificate expiry; `weft status POD` shows one proxy's
+/// versions, certificate and config, the config read from the proxy's own admin API.
+#[tokio::test]
+async fn weft_status_shows_certificates_and_one_proxys_config() {
+    let cp = ControlPlane::start(pod_ip()).await;
+    let server = ServerPod::joined("reviews", &cp, "reviews").await;
+    let manifests = Manifests::new()
+        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec:\n  selector: {app: reviews}\n  ports: [{port: 9080, targetPort: 8080}]\n")
+        .pod("shop", "reviews", &[("app", "reviews")], server.app.addr, true);
+    cp.write("mesh.yaml", &manifests.yaml());
+    let proxy = Proxy::joined(
+        pod_ip(),
+        &cp,
+        "shop",
+        "productpage",
+        &["--pod-name", "productpage-1"],
+    )
+    .await;
+    acked(&cp, 2, &version_of(&manifests)).await;
+    let status = |args: &[&str]| {
+        let out = std::process::Command::new(bin_path("weft"))
+            .args(["status", "--control-plane", &cp.admin.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, table, _) = status(&[]);
+    assert_eq!(code, Some(0), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("shop/productpage-1"))
+        .unwrap_or_else(|| panic!("{table}"));
+    // The default lifetime is 24 hours.
+    assert!(row.contains(" 24h00m ") || row.contains(" 23h5"), "{table}");
+    let (_, json, _) = status(&["-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let record = json["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podName"] == "productpage-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        record["certificate"]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/productpage"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = record["certificate"]["notAfter"].as_u64().unwrap() - now;
+    assert!(
+        (23 * 3600..=24 * 3600 + 60).contains(&left),
+        "{left} s left"
+    );
+
+    let (code, one, _) = status(&["productpage-1"]);
+    assert_eq!(code, Some(0), "{one}");
+    for want in [
+        &format!("shop/productpage-1 ({})", proxy.pod_ip),
+        "certificate      spiffe://cluster.local/ns/shop/sa/productpage",
+        "), expires in 2",
+        &format!(
+            "CONFIG {} in force: 1 Services, 1 backends",
+            version_of(&manifests)
+        ),
+        "shop/reviews",
+        "shop/reviews:9080",
+        "1 (1 meshed)",
+    ] {
+        assert!(one.contains(want), "{want:?} in\n{one}");
+    }
+    let (_, json, _) = status(&["shop/productpage-1", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["configDump"]["version"], json["acked"]);
+    let (code, _, err) = status(&["nobody"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("no connected proxy is pod \"nobody\""),
+        "{err}"
+    );
+}

@@ -85,6 +85,8 @@ async fn serve(
                 control_plane: control_plane.clone(),
                 control_plane_identity,
                 token_file: token_file.clone(),
+                pod_name: settings.pod_name.clone().unwrap_or_default(),
+                pod_ip: settings.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             };
             (Some(identity), Some(issuer))
         }

@@ -245,6 +245,9 @@ pub struct Issuer {
     pub control_plane_identity: String,
     /// A file holding the token; read again at every request, so it can rotate.
     pub token_file: PathBuf,
+    /// The proxy's pod, named in each request.
+    pub pod_name: String,
+    pub pod_ip: String,
 }
 
 /// A TLS connection to the control plane, with this proxy's certificate once it has one.
@@ -296,6 +299,8 @@ async fn request(
         .sign(SignRequest {
             csr,
             token: token.trim().to_owned(),
+            pod_name: issuer.pod_name.clone(),
+            pod_ip: issuer.pod_ip.clone(),
         })
         .await?
         .into_inner();
