@@ -289,3 +289,94 @@ async fn the_control_planes_metrics_are_openmetrics() {
     let text = String::from_utf8(resp.body().to_vec()).unwrap();
     openmetrics_families("the_control_planes_metrics_are_openmetrics", &text);
 }
+
+/// The admin page in headless Chromium: it shows the routes by name with their matches, the
+/// endpoints' state and the certificate, and an endpoint made to fail shows as ejected
+/// without a reload. The screenshot is kept in the target directory's `tmp/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_shows_routes_endpoints_and_the_certificate_live() {
+    let Some(mut browser) = weft_tests::tools::Browser::start(
+        "the_admin_page_shows_routes_endpoints_and_the_certificate_live",
+    ) else {
+        return;
+    };
+    let good = HttpBackend::start(at(pod_ip(), 9080), "good").await;
+    let bad = HttpBackend::start(at(pod_ip(), 9080), "bad").await;
+    let reviews = [("app", "reviews"), ("version", "v1")];
+    let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: reviews-routes, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: reviews, port: 9080}]\n  rules:\n  - name: canary\n    matches: [{headers: [{name: x-canary, value: \"true\"}]}]\n    backendRefs: [{name: reviews, port: 9080}]\n  - backendRefs: [{name: reviews, port: 9080}]\n";
+    let manifests = weft_tests::manifests::Manifests::new()
+        .example("workloads")
+        .example("circuit-breaker")
+        .doc(routes)
+        .pod("shop", "good", &reviews, good.addr, false)
+        .pod("shop", "bad", &reviews, bad.addr, false);
+    let cp = weft_tests::control::ControlPlane::start(pod_ip()).await;
+    cp.write("mesh.yaml", &manifests.yaml());
+    let proxy = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &[]).await;
+    crate::identity::all_acked(&cp, &manifests, &[(&proxy, None)]).await;
+
+    browser.navigate(&format!("http://{}/", proxy.admin));
+    let endpoint = |addr: std::net::SocketAddr, cell: &str| {
+        format!(
+            r#"(document.querySelector('#endpoints tr[data-endpoint="{addr}"] td.{cell}') || {{}}).textContent"#
+        )
+    };
+    let ready = weft_tests::eventually("the page's first refresh", Duration::from_secs(20), || {
+        let value = browser.eval(&endpoint(bad.addr, "breaker"));
+        async move { (value == "closed").then_some(()) }
+    });
+    ready.await;
+    let rows = browser.eval("[...document.querySelectorAll('#routes tbody tr')].map(r => [...r.cells].map(c => c.textContent).join(' | '))");
+    let rows: Vec<String> = serde_json::from_value(rows).unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r
+                .contains("shop/reviews-routes | canary | PathPrefix /, header x-canary = true")),
+        "{rows:#?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("shop/reviews-routes | #1 | PathPrefix /")),
+        "{rows:#?}"
+    );
+    assert_eq!(browser.eval(&endpoint(good.addr, "health")), "healthy");
+    let identity = browser.eval("document.getElementById('identity').textContent");
+    let identity = identity.as_str().unwrap_or_default();
+    assert!(
+        identity.starts_with("spiffe://cluster.local/ns/shop/sa/productpage, expires 20"),
+        "{identity}"
+    );
+    // A mark on the page: a reload would lose it.
+    browser.eval("window.weftMark = 'unchanged'");
+    let refreshes: u64 = browser
+        .eval("Number(document.getElementById('refreshes').textContent)")
+        .as_u64()
+        .unwrap_or_default();
+
+    bad.fail_with(500);
+    for _ in 0..10 {
+        let _ = client::get(proxy.outbound, "http://reviews.shop:9080/").await;
+    }
+    let ejected =
+        weft_tests::eventually("the ejection on the page", Duration::from_secs(20), || {
+            let state = (
+                browser.eval(&endpoint(bad.addr, "breaker")),
+                browser.eval(&endpoint(bad.addr, "health")),
+            );
+            async move { (state.0 == "open" && state.1 == "ejected").then_some(()) }
+        });
+    ejected.await;
+    assert_eq!(browser.eval("window.weftMark"), "unchanged", "no reload");
+    let later = browser
+        .eval("Number(document.getElementById('refreshes').textContent)")
+        .as_u64()
+        .unwrap_or_default();
+    assert!(later > refreshes, "{later} refreshes after {refreshes}");
+    assert_eq!(browser.eval(&endpoint(good.addr, "breaker")), "closed");
+
+    let png = browser.screenshot();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("the admin page: {} ({} bytes)", path.display(), png.len());
+}

@@ -16,6 +16,12 @@ pub fn tools_present(test: &str, tools: &[(&str, &str)]) -> bool {
         .filter(|(command, _)| !has_command(command))
         .map(|(command, package)| format!("{command} ({package})"))
         .collect();
+    none_missing(test, missing)
+}
+
+/// True when nothing is missing; otherwise a loud skip, or a failure under
+/// `WEFT_REQUIRE_ROOT_TESTS=1`.
+fn none_missing(test: &str, missing: Vec<String>) -> bool {
     if missing.is_empty() {
         return true;
     }
@@ -172,23 +178,16 @@ print(json.dumps(families))
 /// parser's) into its families: `[{name, type, help, samples: [{name, labels, value}]}]`.
 /// `None` when the parser is not installed: skipped loudly, unless `WEFT_REQUIRE_ROOT_TESTS=1`.
 pub fn parse_openmetrics(test: &str, text: &str) -> Option<Result<serde_json::Value, String>> {
-    let python = "/usr/bin/python3";
-    let installed = Command::new(python)
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        let required = std::env::var("WEFT_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "{test} needs python3-prometheus-client; WEFT_REQUIRE_ROOT_TESTS=1 forbids skipping it"
-        );
-        eprintln!("\n!!!!! SKIPPED {test}: it needs python3-prometheus-client. !!!!!\n");
+    if !none_missing(
+        test,
+        (!python_module("prometheus_client.openmetrics.parser"))
+            .then(|| "the OpenMetrics parser (python3-prometheus-client)".to_owned())
+            .into_iter()
+            .collect(),
+    ) {
         return None;
     }
-    let mut child = Command::new(python)
+    let mut child = Command::new("/usr/bin/python3")
         .args(["-c", OPENMETRICS_PARSER])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -207,4 +206,166 @@ pub fn parse_openmetrics(test: &str, text: &str) -> Option<Result<serde_json::Va
         return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
     Some(serde_json::from_slice(&out.stdout).map_err(|e| e.to_string()))
+}
+
+/// Drives a headless Chromium (Debian's `chromium`) over the DevTools protocol, through a
+/// small Python client (Debian's `python3-websocket`): one JSON command per line in, its
+/// answer per line out.
+const DEVTOOLS_DRIVER: &str = r#"
+import json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import websocket
+profile = tempfile.mkdtemp(prefix="weft-chromium-")
+browser = subprocess.Popen(
+    ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+     "--no-first-run", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+     "--remote-allow-origins=*", "--user-data-dir=" + profile, "--window-size=1280,1100",
+     "about:blank"],
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    port_file = os.path.join(profile, "DevToolsActivePort")
+    deadline = time.time() + 60
+    while not (os.path.exists(port_file) and "\n" in open(port_file).read()):
+        if time.time() > deadline or browser.poll() is not None:
+            raise SystemExit("chromium did not start")
+        time.sleep(0.05)
+    port = int(open(port_file).read().split("\n")[0])
+    targets = json.load(urllib.request.urlopen("http://127.0.0.1:%d/json/list" % port))
+    page = next(t for t in targets if t["type"] == "page")
+    ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+    print(json.dumps({"ready": True}), flush=True)
+    n = 0
+    for line in sys.stdin:
+        command = json.loads(line)
+        n += 1
+        ws.send(json.dumps({"id": n, "method": command["method"], "params": command.get("params", {})}))
+        while True:
+            message = json.loads(ws.recv())
+            if message.get("id") == n:
+                break
+        print(json.dumps(message), flush=True)
+finally:
+    browser.kill()
+    browser.wait()
+    shutil.rmtree(profile, ignore_errors=True)
+"#;
+
+/// A headless Chromium page. Closing its driver's input (on drop) ends the browser.
+pub struct Browser {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Browser {
+    /// `None` when Chromium or the driver's module is missing: skipped loudly, unless
+    /// `WEFT_REQUIRE_ROOT_TESTS=1`.
+    pub fn start(test: &str) -> Option<Browser> {
+        let mut missing = Vec::new();
+        if !has_command("chromium") {
+            missing.push("chromium (chromium)".to_owned());
+        }
+        if !python_module("websocket") {
+            missing.push("the Python module websocket (python3-websocket)".to_owned());
+        }
+        if !none_missing(test, missing) {
+            return None;
+        }
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", DEVTOOLS_DRIVER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the DevTools driver");
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut browser = Browser {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = browser
+            .read_line()
+            .expect("the DevTools driver's first line");
+        assert_eq!(ready["ready"], true, "{ready}");
+        Some(browser)
+    }
+
+    fn read_line(&mut self) -> Result<serde_json::Value, String> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            return Err("the DevTools driver exited".into());
+        }
+        serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))
+    }
+
+    /// One DevTools command; its `result`.
+    pub fn call(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().ok_or("the driver is closed")?;
+        let command = serde_json::json!({ "method": method, "params": params });
+        writeln!(stdin, "{command}").map_err(|e| e.to_string())?;
+        stdin.flush().map_err(|e| e.to_string())?;
+        let answer = self.read_line()?;
+        match answer.get("error") {
+            Some(e) => Err(format!("{method}: {e}")),
+            None => Ok(answer["result"].clone()),
+        }
+    }
+
+    pub fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", serde_json::json!({ "url": url }))
+            .unwrap_or_else(|e| panic!("navigating to {url}: {e}"));
+    }
+
+    /// A JavaScript expression's value in the page.
+    pub fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({ "expression": expression, "returnByValue": true }),
+            )
+            .unwrap_or_else(|e| panic!("evaluating {expression}: {e}"));
+        result["result"]["value"].clone()
+    }
+
+    /// The page as a PNG.
+    pub fn screenshot(&mut self) -> Vec<u8> {
+        use base64::Engine as _;
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                serde_json::json!({ "format": "png" }),
+            )
+            .expect("a screenshot");
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .expect("the screenshot's base64")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // End of input: the driver closes the browser and exits.
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether Debian's Python has the module.
+fn python_module(module: &str) -> bool {
+    Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

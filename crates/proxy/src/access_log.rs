@@ -52,7 +52,8 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
 }
 
-fn format_time(time: SystemTime) -> String {
+/// RFC 3339, UTC.
+pub fn format_time(time: SystemTime) -> String {
     let at = time::OffsetDateTime::from(time);
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

@@ -5,7 +5,6 @@
 //! can say 503 until the process exits. Calls that change anything are refused unless they
 //! come from a loopback address.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -137,6 +136,7 @@ impl Admin {
                 "admin": s.admin_addr.to_string(),
             },
             "settings": s,
+            "updatedAt": crate::access_log::format_time(snapshot.built_at),
             "config": snapshot.config,
         })
     }
@@ -167,58 +167,10 @@ impl Admin {
         }
     }
 
+    /// The live page: one self-contained document whose script refreshes it every second
+    /// from `/config_dump`, `/clusters` and `/certs`, with no external asset.
     fn index(&self) -> Response<Body> {
-        let snapshot = self.shared.state.load();
-        let mut html = String::from(
-            "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
-             <title>weft-proxy</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style>\
-             </head><body><h1>weft-proxy</h1><p>",
-        );
-        for path in [
-            "live",
-            "ready",
-            "metrics",
-            "config_dump",
-            "clusters",
-            "certs",
-            "log-level",
-        ] {
-            let _ = write!(html, "<a href=\"/{path}\">/{path}</a> ");
-        }
-        let _ = write!(
-            html,
-            "</p><p>config version <b>{}</b></p>",
-            escape(&snapshot.version)
-        );
-        html.push_str("<h2>Services</h2><table><tr><th>service</th><th>port</th><th>cluster IPs</th><th>backend</th></tr>");
-        for svc in &snapshot.config.services {
-            let ips: Vec<String> = svc.cluster_ips.iter().map(ToString::to_string).collect();
-            for port in &svc.ports {
-                let _ = write!(
-                    html,
-                    "<tr><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    escape(&svc.namespace),
-                    escape(&svc.name),
-                    port.port,
-                    escape(&ips.join(", ")),
-                    escape(&port.backend),
-                );
-            }
-        }
-        html.push_str("</table><h2>Backends</h2><table><tr><th>backend</th><th>endpoint</th><th>reached</th></tr>");
-        for b in snapshot.backends() {
-            for e in &b.endpoints {
-                let _ = write!(
-                    html,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    escape(&b.name.0),
-                    e.address,
-                    escape(&format!("{:?}", e.dial)),
-                );
-            }
-        }
-        html.push_str("</table></body></html>");
-        let mut resp = Response::new(Body::full(html));
+        let mut resp = Response::new(Body::full(Bytes::from_static(PAGE.as_bytes())));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
@@ -226,6 +178,8 @@ impl Admin {
         resp
     }
 }
+
+const PAGE: &str = include_str!("admin/page.html");
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut resp = Response::new(Body::full(Bytes::copy_from_slice(body.as_bytes())));
@@ -245,11 +199,4 @@ fn json_response(value: &serde_json::Value) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -395,11 +395,13 @@ impl Backend {
                 })
             })
             .collect();
+        let budget = lock(&self.shared.budget).state(now);
         serde_json::json!({
             "name": &*self.name.0,
             "loadBalancer": format!("{:?}", self.policy.load_balancer),
             "inFlight": self.shared.in_flight.load(Ordering::Acquire),
             "pending": self.conn_limiter().map_or(0, |l| l.pending()),
+            "retryBudget": {"requests": budget.0, "retries": budget.1, "allowed": budget.2},
             "endpoints": endpoints,
         })
     }

@@ -31,6 +31,8 @@ pub type State = Arc<ArcSwap<Snapshot>>;
 pub struct Snapshot {
     pub config: ProxyConfig,
     pub version: Arc<str>,
+    /// When it was compiled: when it came into force.
+    pub built_at: std::time::SystemTime,
     by_host: FastMap<Box<str>, Vec<(u16, Arc<Destination>)>>,
     by_vip: FastMap<SocketAddr, Arc<Destination>>,
     backends: Vec<Arc<Backend>>,
@@ -297,6 +299,7 @@ impl Snapshot {
         Snapshot {
             inbound_policies,
             version: config.version.as_str().into(),
+            built_at: std::time::SystemTime::now(),
             inbound_opaque_ports: config.inbound.opaque_ports.clone(),
             config,
             by_host,

@@ -72,8 +72,8 @@ impl Budget {
         self.bucket(now).requests += 1;
     }
 
-    /// Takes one retry from the budget, if it allows one.
-    pub fn try_withdraw(&mut self, now: Instant) -> bool {
+    /// Over the window: requests, retries taken, and retries allowed.
+    pub fn state(&self, now: Instant) -> (u64, u64, u64) {
         let (requests, retries) = self.totals(now);
         // The floor is a rate: it accrues over the time the budget has covered, up to one
         // window, so a fresh budget does not hand out a window's worth of retries at once.
@@ -83,7 +83,12 @@ impl Budget {
             .min(self.window)
             .max(width);
         let floor = (self.min_per_second as f64 * covered.as_secs_f64()) as u64;
-        let allowed = requests * self.percent / 100 + floor;
+        (requests, retries, requests * self.percent / 100 + floor)
+    }
+
+    /// Takes one retry from the budget, if it allows one.
+    pub fn try_withdraw(&mut self, now: Instant) -> bool {
+        let (_, retries, allowed) = self.state(now);
         if retries < allowed {
             self.bucket(now).retries += 1;
             true
