@@ -380,3 +380,74 @@ async fn the_admin_page_shows_routes_endpoints_and_the_certificate_live() {
     std::fs::write(&path, &png).unwrap();
     eprintln!("the admin page: {} ({} bytes)", path.display(), png.len());
 }
+
+/// The Grafana dashboard in `manifests/grafana/` is valid JSON whose every query names only
+/// metric families the binaries register: those a running proxy and control plane expose
+/// (a family shows once it has a sample), and those their metrics modules register.
+#[tokio::test]
+async fn the_grafana_dashboard_names_only_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("manifests/grafana/weft-golden-signals.json")).unwrap();
+    let proxy = Proxy::start(pod_ip(), &Mesh::new("dash").build(), &[]).await;
+    let cp = weft_tests::control::ControlPlane::start(pod_ip()).await;
+    let (_, proxy_metrics) = proxy.admin_get("/metrics").await.unwrap();
+    let (_, control_metrics) = cp.get("/metrics").await.unwrap();
+    let mut families: std::collections::BTreeSet<String> = [proxy_metrics, control_metrics]
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    for (source, prefix) in [
+        ("crates/proxy/src/metrics.rs", "weft_"),
+        ("control-plane/src/metrics.rs", "weft_control_"),
+    ] {
+        let text = read(source);
+        for registration in text.split("registry.register(").skip(1) {
+            let name = registration.split('"').nth(1).unwrap();
+            families.insert(format!("{prefix}{name}"));
+        }
+    }
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut named = std::collections::BTreeSet::new();
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("weft_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    families.contains(family),
+                    "{} uses {name}, which no binary exposes; they expose {families:?}",
+                    panel["title"]
+                );
+                named.insert(family.to_owned());
+            }
+        }
+    }
+    // The golden signals are there: traffic, errors and latency per route and per backend,
+    // saturation, and the control plane's pushes.
+    for family in [
+        "weft_requests",
+        "weft_request_duration_seconds",
+        "weft_in_flight_requests",
+        "weft_pending_requests",
+        "weft_breaker_state",
+        "weft_control_ack_latency_seconds",
+    ] {
+        assert!(named.contains(family), "{family} in {named:?}");
+    }
+}
