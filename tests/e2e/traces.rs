@@ -391,6 +391,10 @@ async fn the_access_log_has_one_json_line_per_request_on_each_side() {
     ] {
         assert_eq!(served[key], want, "{key} in {served}");
     }
+    // The bytes of the body the application answered, counted on both sides as it passed.
+    let bytes = first["bytes"].as_u64().unwrap_or_default();
+    assert!(bytes > 100, "{first}");
+    assert_eq!(served["bytes"], bytes, "{served}");
     assert_eq!(out[1]["request_id"], "mine-1", "a request id is kept");
     assert_eq!(inb[1]["request_id"], "mine-1");
     assert_eq!(

@@ -24,8 +24,11 @@ pub struct Entry {
     pub path: Option<String>,
     pub protocol: Option<String>,
     pub status: Option<u16>,
+    /// To the response body's end.
     #[serde(rename = "duration_ms", serialize_with = "millis")]
     pub duration: Duration,
+    /// The response body's data bytes sent.
+    pub bytes: u64,
     /// The endpoint of the last attempt.
     pub upstream: Option<String>,
     pub route: Option<String>,
@@ -101,7 +104,7 @@ impl AccessLog {
 fn text(e: &Entry) -> String {
     let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     format!(
-        "{} {} {} {}{} HTTP/{} {} {:.3}ms upstream={} route={} backend={} attempts={} peer={} error={} trace={} request={}",
+        "{} {} {} {}{} HTTP/{} {} {}B {:.3}ms upstream={} route={} backend={} attempts={} peer={} error={} trace={} request={}",
         format_time(e.time),
         or(&e.direction),
         or(&e.method),
@@ -109,6 +112,7 @@ fn text(e: &Entry) -> String {
         or(&e.path),
         or(&e.protocol),
         e.status.map_or_else(|| "-".into(), |s| s.to_string()),
+        e.bytes,
         e.duration.as_secs_f64() * 1e3,
         or(&e.upstream),
         or(&e.route),

@@ -105,7 +105,7 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Write one line per request on standard output, JSON with `--log-format json`: time,
-    /// direction, method, authority, path, status, duration, upstream endpoint, route,
+    /// direction, method, authority, path, status, duration, bytes, upstream endpoint, route,
     /// backend, attempts, peer identity, `x-weft-error`, trace id and request id.
     #[arg(long, env = "WEFT_ACCESS_LOG")]
     pub access_log: bool,

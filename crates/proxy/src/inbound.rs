@@ -394,7 +394,10 @@ impl Http {
             }
             if let (Some(span), Some(observer)) = (span, &self.shared.observer) {
                 traces::on_response(&span, &resp, true);
-                observer.end(span);
+                // The record ends with the response body.
+                let observer = observer.clone();
+                resp =
+                    resp.map(|body| Body::observed(body, move |bytes| observer.end(span, bytes)));
             }
             let status = resp.status().as_u16();
             let elapsed = start.elapsed();

@@ -267,9 +267,14 @@ impl Observer {
         }))
     }
 
-    /// Ends a request's record now: its access log line, and for a sampled one its span,
-    /// queued for export (dropped and counted when the queue is full).
-    pub fn end(&self, span: Box<Span>) {
+    /// Ends a request's record now, its response having carried `bytes` of body: its access
+    /// log line, and for a sampled one its span, queued for export (dropped and counted when
+    /// the queue is full).
+    pub fn end(&self, span: Box<Span>, bytes: u64) {
+        span.set(
+            "http.response.body.size",
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        );
         if let Some(log) = &self.access_log {
             let recorded = weft_api::sync::lock(&span.recorded);
             let get = |key| span.get(&recorded, key);
@@ -285,6 +290,7 @@ impl Observer {
                 protocol: get("network.protocol.version"),
                 status: get("http.response.status_code").and_then(|s| s.parse().ok()),
                 duration: span.started.elapsed(),
+                bytes,
                 upstream: get("weft.endpoint"),
                 route: get("weft.route"),
                 rule: get("weft.rule"),
@@ -366,19 +372,21 @@ impl Observer {
     }
 }
 
-/// A random version 4 UUID, as Envoy's request ids are.
+/// A random version 4 UUID, as Envoy's request ids are, written in place (one copy, into the
+/// header value).
 fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = (fastrand::u128(..) & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    let text = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    );
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut text = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, byte) in text.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The span name the HTTP semantic conventions give a request without a route template: its
@@ -655,17 +663,17 @@ mod tests {
         assert_eq!(span.parent, None);
         assert_ne!(headers[&REQUEST_ID], id, "each request its own id");
         span.set("http.response.status_code", 200_i64);
-        always.end(span);
+        always.end(span, 0);
         let exported = rx.try_recv().unwrap();
         assert_eq!(exported.span_kind, SpanKind::Client);
-        assert_eq!(exported.attributes.len(), 1);
+        assert_eq!(exported.attributes.len(), 2, "the status and the body size");
         assert!(!exported.parent_span_is_remote);
         // A full queue drops, and counts.
         for _ in 0..5 {
             let span = always
                 .start(SpanKind::Client, "t", &mut HeaderMap::new())
                 .unwrap();
-            always.end(span);
+            always.end(span, 0);
         }
         assert!(
             always

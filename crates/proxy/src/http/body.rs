@@ -42,6 +42,8 @@ pub enum Body {
     /// Boxed: only a retry or a mirror replays, and every request and response carries a `Body`.
     Replay(Box<ReplayBody>),
     Deadline(Box<DeadlineBody>),
+    /// Boxed: only an observed request's response (tracing or the access log on) is one.
+    Observed(Box<ObservedBody>),
     /// Frames as a test sends them, of no known length.
     #[cfg(test)]
     Channel(tokio::sync::mpsc::Receiver<Frame<Bytes>>),
@@ -51,6 +53,28 @@ pub enum Body {
 pub struct DeadlineBody {
     pub inner: Body,
     pub sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// A response body that reports, once, when it ended (or was dropped unfinished) and how many
+/// bytes of data it carried: how a request's span and access log line learn their end.
+pub struct ObservedBody {
+    inner: Body,
+    bytes: u64,
+    on_end: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl ObservedBody {
+    fn finish(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.bytes);
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +88,15 @@ impl Body {
 
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Body::Full(Some(bytes.into()))
+    }
+
+    /// `inner`, calling `on_end` with its data bytes once it ends or is dropped.
+    pub fn observed(inner: Body, on_end: impl FnOnce(u64) + Send + 'static) -> Self {
+        Body::Observed(Box::new(ObservedBody {
+            inner,
+            bytes: 0,
+            on_end: Some(Box::new(on_end)),
+        }))
     }
 }
 
@@ -111,6 +144,19 @@ impl http_body::Body for Body {
                 }
                 Pin::new(&mut d.inner).poll_frame(cx)
             }
+            Body::Observed(o) => {
+                let polled = Pin::new(&mut o.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            o.bytes += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(_) => o.finish(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
             #[cfg(test)]
             Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(Ok)),
         }
@@ -127,6 +173,7 @@ impl http_body::Body for Body {
             Body::Tee(body) => body.is_end_stream(),
             Body::Replay(body) => body.is_end_stream(),
             Body::Deadline(d) => d.inner.is_end_stream(),
+            Body::Observed(o) => o.inner.is_end_stream(),
             #[cfg(test)]
             Body::Channel(_) => false,
         }
@@ -143,6 +190,7 @@ impl http_body::Body for Body {
             Body::Tee(body) => body.size_hint(),
             Body::Replay(body) => body.size_hint(),
             Body::Deadline(d) => d.inner.size_hint(),
+            Body::Observed(o) => o.inner.size_hint(),
             #[cfg(test)]
             Body::Channel(_) => SizeHint::default(),
         }
@@ -161,6 +209,7 @@ impl std::fmt::Debug for Body {
             Body::Tee(_) => "Body::Tee",
             Body::Replay(_) => "Body::Replay",
             Body::Deadline(_) => "Body::Deadline",
+            Body::Observed(_) => "Body::Observed",
             #[cfg(test)]
             Body::Channel(_) => "Body::Channel",
         })

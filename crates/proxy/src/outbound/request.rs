@@ -94,11 +94,11 @@ impl Http {
                 traces::on_request(span, &req, DIRECTION);
             }
             let resp = self.route(req, span.as_deref()).await;
-            if let Some(span) = span {
-                traces::on_response(span.as_ref(), &resp, false);
-                observer.end(span);
-            }
-            resp
+            let Some(span) = span else { return resp };
+            traces::on_response(span.as_ref(), &resp, false);
+            // The record ends with the response body.
+            let observer = observer.clone();
+            resp.map(|body| Body::observed(body, move |bytes| observer.end(span, bytes)))
         }
     }
 

@@ -29,6 +29,7 @@ mod propagation;
 mod report;
 mod stats;
 mod target;
+mod tracing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ use crate::target::{
     CLIENT_IP, SERVER_IP, Target, WEFT_AA_IP, haproxy_one_hop, haproxy_two_hops, weft_one_hop,
     weft_two_hops, write_weft_config,
 };
+use crate::tracing::{render_tracing, tracing_figures};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -95,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(5),
         out: PathBuf::from("bench/results"),
         instructions_only: false,
+        tracing_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -105,8 +108,9 @@ fn main() -> anyhow::Result<()> {
             }
             "--out" => opts.out = PathBuf::from(it.next().context("--out DIR")?),
             "--instructions-only" => opts.instructions_only = true,
+            "--tracing-only" => opts.tracing_only = true,
             other => bail!(
-                "unknown argument {other:?} (--rounds N, --seconds N, --out DIR, --instructions-only)"
+                "unknown argument {other:?} (--rounds N, --seconds N, --out DIR, --instructions-only, --tracing-only)"
             ),
         }
     }
@@ -136,6 +140,13 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
             println!("{name}: {ir:.0} instructions per request");
         }
         println!("callgrind profiles kept in {}", scratch.display());
+        return Ok(());
+    }
+    if opts.tracing_only {
+        let (figures, exported) =
+            tracing_figures(&scratch, backend_addr, opts.rounds, opts.duration).await?;
+        println!("{}", render_tracing(&figures, exported));
+        let _ = std::fs::remove_dir_all(&scratch);
         return Ok(());
     }
 
@@ -267,6 +278,9 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
     });
     drop(haproxy_tcp);
 
+    let (tracing, exported) =
+        tracing_figures(&scratch, backend_addr, opts.rounds, opts.duration).await?;
+
     let memory = memory_figures([(&targets[1], idle[0]), (&targets[2], idle[1])]).await?;
     drop(targets);
     let instructions = instruction_counts(&scratch, backend_addr).await?;
@@ -282,6 +296,7 @@ async fn run(opts: &Options) -> anyhow::Result<()> {
         started.elapsed(),
     );
     report.push_str(&render_h2(&h2));
+    report.push_str(&render_tracing(&tracing, exported));
     println!("\n{report}");
     std::fs::create_dir_all(&opts.out)?;
     let file = opts.out.join(format!("{}-{}.md", today(), commit()));

@@ -9,4 +9,6 @@ pub(crate) struct Options {
     pub(crate) out: PathBuf,
     /// Only the callgrind step, keeping its output files: for profiling the request path.
     pub(crate) instructions_only: bool,
+    /// Only the cost of tracing.
+    pub(crate) tracing_only: bool,
 }

@@ -62,6 +62,17 @@ pub(crate) async fn weft_one_hop(
     ip: &'static str,
     name: &'static str,
 ) -> anyhow::Result<Target> {
+    weft_one_hop_with(scratch, backend, ip, name, &[]).await
+}
+
+/// [`weft_one_hop`] with more flags for `weft-proxy run`.
+pub(crate) async fn weft_one_hop_with(
+    scratch: &Path,
+    backend: SocketAddr,
+    ip: &'static str,
+    name: &'static str,
+    extra: &[&str],
+) -> anyhow::Result<Target> {
     let file = write_weft_config(scratch, backend)?;
     let proxy = Proc::spawn(
         name,
@@ -78,7 +89,8 @@ pub(crate) async fn weft_one_hop(
                 "shop",
                 "--log-level",
                 "warn",
-            ]),
+            ])
+            .args(extra),
         &scratch.join(format!("weft-{ip}.log")),
     )?;
     let addr = addr(ip, 15140);
