@@ -66,21 +66,46 @@ fn of_kind<'a>(spans: &'a [ReceivedSpan], kind: &str) -> &'a ReceivedSpan {
     found[0]
 }
 
+/// `shop/productpage` calling the Service `shop/reviews` over mutual TLS: both sidecars
+/// joined to a control plane, with `flags`, and the configs acknowledged.
+struct Pair {
+    app: HttpBackend,
+    server: Proxy,
+    client: Proxy,
+    _cp: ControlPlane,
+}
+
+impl Pair {
+    async fn start(flags: &[&str]) -> Pair {
+        let cp = ControlPlane::start(pod_ip()).await;
+        let server_ip = pod_ip();
+        let app = HttpBackend::start(at(server_ip, 8080), "reviews").await;
+        let server = Proxy::joined(server_ip, &cp, "shop", "reviews", flags).await;
+        let manifests = Manifests::new()
+            .doc("apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec:\n  selector: {app: reviews}\n  ports: [{port: 9080, targetPort: 8080}]\n")
+            .pod("shop", "reviews", &[("app", "reviews")], app.addr, true);
+        cp.write("mesh.yaml", &manifests.yaml());
+        let client = Proxy::joined(pod_ip(), &cp, "shop", "productpage", flags).await;
+        all_acked(&cp, &manifests, &[(&client, None), (&server, None)]).await;
+        Pair {
+            app,
+            server,
+            client,
+            _cp: cp,
+        }
+    }
+}
+
 #[tokio::test]
 async fn both_proxies_trace_a_request_and_the_application_nests_under_them() {
     let receiver = OtlpReceiver::start(pod_ip()).await;
     let endpoint = receiver.endpoint();
-    let otlp = ["--otlp-endpoint", endpoint.as_str()];
-    let cp = ControlPlane::start(pod_ip()).await;
-    let server_ip = pod_ip();
-    let app = HttpBackend::start(at(server_ip, 8080), "reviews").await;
-    let server = Proxy::joined(server_ip, &cp, "shop", "reviews", &otlp).await;
-    let manifests = Manifests::new()
-        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec:\n  selector: {app: reviews}\n  ports: [{port: 9080, targetPort: 8080}]\n")
-        .pod("shop", "reviews", &[("app", "reviews")], app.addr, true);
-    cp.write("mesh.yaml", &manifests.yaml());
-    let client = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &otlp).await;
-    all_acked(&cp, &manifests, &[(&client, None), (&server, None)]).await;
+    let Pair {
+        app,
+        server: _server,
+        client,
+        _cp,
+    } = Pair::start(&["--otlp-endpoint", endpoint.as_str()]).await;
 
     // A caller's sampled trace goes on through both proxies.
     let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
@@ -303,17 +328,12 @@ fn access_lines(proxy: &Proxy) -> Vec<serde_json::Value> {
 /// id the client's sidecar generated carried to the server's, and the caller's trace id.
 #[tokio::test]
 async fn the_access_log_has_one_json_line_per_request_on_each_side() {
-    let log = ["--access-log", "--log-format", "json"];
-    let cp = ControlPlane::start(pod_ip()).await;
-    let server_ip = pod_ip();
-    let app = HttpBackend::start(at(server_ip, 8080), "reviews").await;
-    let server = Proxy::joined(server_ip, &cp, "shop", "reviews", &log).await;
-    let manifests = Manifests::new()
-        .doc("apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec:\n  selector: {app: reviews}\n  ports: [{port: 9080, targetPort: 8080}]\n")
-        .pod("shop", "reviews", &[("app", "reviews")], app.addr, true);
-    cp.write("mesh.yaml", &manifests.yaml());
-    let client = Proxy::joined(pod_ip(), &cp, "shop", "productpage", &log).await;
-    all_acked(&cp, &manifests, &[(&client, None), (&server, None)]).await;
+    let Pair {
+        app,
+        server,
+        client,
+        _cp,
+    } = Pair::start(&["--access-log", "--log-format", "json"]).await;
 
     let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
     let (status, seen) = head_seen(

@@ -48,6 +48,11 @@ const DIRECTION: Direction = Direction::Outbound;
 const SAFE_RETRIES: u32 = 2;
 /// The first backoff of those retries.
 const SAFE_BACKOFF: Duration = Duration::from_millis(25);
+/// Sends again of a request an HTTP/2 upstream did not process (streams above a GOAWAY's last
+/// stream, REFUSED_STREAM), beyond the retries: each goes out on another connection, none
+/// reached the application, and an upstream recycling its connections (nginx's
+/// `keepalive_requests`) may turn a request away more than twice in a row.
+const MAX_UNPROCESSED: u32 = 4;
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// Mirrored copies in flight at once; beyond, copies are dropped.
@@ -413,6 +418,7 @@ impl Http {
             };
             let mut tried = Vec::new();
             let mut retries = 0;
+            let mut unprocessed = 0;
             // The first attempt starts at `now`; a retry, after its backoff, reads the clock.
             let mut first = Some(now);
             loop {
@@ -459,7 +465,7 @@ impl Http {
                     };
                     traces::on_attempt(
                         span,
-                        i64::from(retries) + 1,
+                        i64::from(retries + unprocessed) + 1,
                         picked.endpoint.address,
                         &attempt,
                         identity,
@@ -495,7 +501,16 @@ impl Http {
                     result.map(|resp| with_deadline(resp, deadline))
                 };
                 let reason = retry::reason(attempt, rule.retry.as_ref(), &safety.borrow());
-                if reason.is_none() || retries >= max_retries {
+                let not_processed = matches!(
+                    attempt,
+                    Attempt::NotSent(Unsent::GoAway | Unsent::RefusedStream)
+                );
+                let exhausted = if not_processed {
+                    unprocessed >= MAX_UNPROCESSED
+                } else {
+                    retries >= max_retries
+                };
+                if reason.is_none() || exhausted {
                     return answer(result);
                 }
                 // The next attempt sends the request as it was, if it never left, or again from its
@@ -520,12 +535,18 @@ impl Http {
                 tracing::debug!(
                     backend = &*backend.name.0,
                     reason,
-                    retry = retries + 1,
+                    retry = retries + unprocessed + 1,
                     "retrying"
                 );
                 drop(result);
-                tokio::time::sleep(retry::backoff(base_backoff, retries, fastrand::f64())).await;
-                retries += 1;
+                if not_processed {
+                    // Another connection takes it at once.
+                    unprocessed += 1;
+                } else {
+                    tokio::time::sleep(retry::backoff(base_backoff, retries, fastrand::f64()))
+                        .await;
+                    retries += 1;
+                }
                 req = again;
             }
         }
