@@ -24,16 +24,36 @@ pub(crate) async fn instruction_counts(
     }
     let (short, long) = (200u64, 1200u64);
     let mut out = Vec::new();
-    for name in ["weft", "haproxy"] {
+    // Tracing's share: the same weft with an OTLP endpoint, sampling nothing, and sampling
+    // (and exporting) every request, to a receiver in this process.
+    let receiver = weft_tests::otlp::OtlpReceiver::start("127.88.0.23".parse()?).await;
+    let endpoint = receiver.endpoint();
+    for name in ["weft", "haproxy", "weft, sampling 0", "weft, sampling all"] {
         let mut irs = Vec::new();
         for n in [short, long] {
-            let file = scratch.join(format!("callgrind-{name}-{n}.out"));
+            let file = scratch.join(format!(
+                "callgrind-{}-{n}.out",
+                name.replace([',', ' '], "")
+            ));
             let listen = addr("127.88.0.20", 9000);
             let mut cmd = Command::new("valgrind");
             cmd.args(["--tool=callgrind", "--trace-children=no"])
                 .arg(format!("--callgrind-out-file={}", file.display()));
+            let tracing: &[&str] = match name {
+                "weft, sampling 0" => &["--otlp-endpoint", &endpoint, "--trace-sampling", "0"],
+                "weft, sampling all" => &["--otlp-endpoint", &endpoint, "--trace-sampling", "1"],
+                _ => &[],
+            };
             match name {
-                "weft" => {
+                "haproxy" => {
+                    let cfg = scratch.join("haproxy-callgrind.cfg");
+                    std::fs::write(
+                        &cfg,
+                        haproxy_config("http", &listen.to_string(), &backend.to_string()),
+                    )?;
+                    cmd.args(["haproxy", "-db", "-f"]).arg(&cfg);
+                }
+                _ => {
                     let config = scratch.join("weft.json");
                     cmd.arg(bin("weft-proxy")?).args([
                         "run",
@@ -50,20 +70,13 @@ pub(crate) async fn instruction_counts(
                         "--log-level",
                         "warn",
                     ]);
-                }
-                _ => {
-                    let cfg = scratch.join("haproxy-callgrind.cfg");
-                    std::fs::write(
-                        &cfg,
-                        haproxy_config("http", &listen.to_string(), &backend.to_string()),
-                    )?;
-                    cmd.args(["haproxy", "-db", "-f"]).arg(&cfg);
+                    cmd.args(tracing);
                 }
             }
             let mut proc = Proc::spawn(
                 "valgrind",
                 &mut cmd,
-                &scratch.join(format!("valgrind-{name}-{n}.log")),
+                &scratch.join(format!("valgrind-{}-{n}.log", name.replace([',', ' '], ""))),
             )?;
             wait_serving(listen, "the proxy under callgrind").await?;
             let mut conn = http1(listen).await?;

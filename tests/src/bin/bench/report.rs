@@ -197,8 +197,25 @@ Both resume TLS sessions as they do by default. CPU: both proxies of the pair.\n
     for (name, ir) in instructions {
         let _ = writeln!(s, "| {name} | {ir:.0} |");
     }
-    if let [(_, w), (_, h)] = instructions {
+    let ir = |name: &str| {
+        instructions
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, ir)| *ir)
+    };
+    if let (Some(w), Some(h)) = (ir("weft"), ir("haproxy")) {
         let _ = writeln!(s, "| weft / HAProxy | {:.2} |", w / h);
+    }
+    if let (Some(w), Some(zero), Some(all)) =
+        (ir("weft"), ir("weft, sampling 0"), ir("weft, sampling all"))
+    {
+        let _ = writeln!(
+            s,
+            "| weft, sampling 0 / weft | {:.2} |\n| one span exported, in instructions | {:.0} |\n| weft, sampling 1% / weft (estimated) | {:.3} |",
+            zero / w,
+            all - zero,
+            (zero + (all - zero) / 100.0) / w
+        );
     }
     let _ = writeln!(
         s,
