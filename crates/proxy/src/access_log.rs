@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::telemetry::LogFormat;
+use crate::telemetry::{self, LogFormat};
 
 /// Lines waiting for the writer; beyond, new ones are dropped.
 const QUEUE: usize = 8192;
@@ -48,18 +48,11 @@ pub struct Entry {
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_time(*time))
+    s.serialize_str(&telemetry::rfc3339(*time))
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
-}
-
-/// RFC 3339, UTC.
-pub fn format_time(time: SystemTime) -> String {
-    let at = time::OffsetDateTime::from(time);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Where the lines go.
@@ -105,7 +98,7 @@ fn text(e: &Entry) -> String {
     let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     format!(
         "{} {} {} {}{} HTTP/{} {} {}B {:.3}ms upstream={} route={} backend={} attempts={} peer={} error={} trace={} request={}",
-        format_time(e.time),
+        telemetry::rfc3339(e.time),
         or(&e.direction),
         or(&e.method),
         e.authority.as_deref().unwrap_or(""),

@@ -136,7 +136,7 @@ impl Admin {
                 "admin": s.admin_addr.to_string(),
             },
             "settings": s,
-            "updatedAt": crate::access_log::format_time(snapshot.built_at),
+            "updatedAt": crate::telemetry::rfc3339(snapshot.built_at),
             "config": snapshot.config,
         })
     }

@@ -357,14 +357,7 @@ impl Backend {
             endpoints: self
                 .endpoints
                 .iter()
-                .map(|e| {
-                    let state = match lock(&e.state.inner).breaker.state(now) {
-                        State::Closed => 0,
-                        State::Open { .. } => 1,
-                        State::HalfOpen { .. } => 2,
-                    };
-                    (e.address, state)
-                })
+                .map(|e| (e.address, lock(&e.state.inner).breaker.state(now).code()))
                 .collect(),
         }
     }
@@ -376,19 +369,16 @@ impl Backend {
             .iter()
             .map(|e| {
                 let mut inner = lock(&e.state.inner);
-                let (state, until) = match inner.breaker.state(now) {
-                    State::Closed => ("closed", None),
-                    State::Open { until } => (
-                        "open",
-                        Some(until.saturating_duration_since(now).as_millis()),
-                    ),
-                    State::HalfOpen { .. } => ("half-open", None),
+                let state = inner.breaker.state(now);
+                let until = match state {
+                    State::Open { until } => Some(until.saturating_duration_since(now).as_millis()),
+                    _ => None,
                 };
                 serde_json::json!({
                     "address": e.address.to_string(),
                     "dial": format!("{:?}", e.dial),
-                    "health": if state == "closed" { "healthy" } else { "ejected" },
-                    "breaker": state,
+                    "health": if state == State::Closed { "healthy" } else { "ejected" },
+                    "breaker": state.name(),
                     "ejectedForMs": until,
                     "ewmaLatencyMs": inner.ewma.estimate(now) / 1e6,
                     "outstanding": e.state.outstanding.load(Ordering::Acquire),
@@ -452,11 +442,11 @@ impl Registry {
                     Endpoint {
                         address: e.address,
                         dial: match &e.mesh {
-                            Some(mesh) => Dial::Peer {
-                                proxy: SocketAddr::new(e.address.ip(), mesh.inbound_port),
-                                port: e.address.port(),
-                                identity: mesh.tls.then(|| mesh.identity.as_str().into()),
-                            },
+                            Some(mesh) => Dial::through_sidecar(
+                                e.address,
+                                mesh.inbound_port,
+                                mesh.tls.then(|| mesh.identity.as_str().into()),
+                            ),
                             None => Dial::Direct(e.address),
                         },
                         state,

@@ -196,13 +196,13 @@ impl Identity {
 
 /// `2026-11-23T10:00:00Z`: a Unix time as RFC 3339, in UTC.
 fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
+    let Some(at) = u64::try_from(unix)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+        .and_then(|s| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)))
+    else {
+        return String::new();
+    };
+    crate::telemetry::rfc3339(at)
 }
 
 /// Resolves the current certificate for each handshake.

@@ -39,8 +39,6 @@ pub struct Snapshot {
     /// The hosts of every endpoint the config knows, by address: for a meshed pod, its
     /// sidecar.
     hosts: FastMap<IpAddr, Option<Sidecar>>,
-    /// REGISTRY_ONLY: an address that is none of `hosts` (nor a Service's) is refused.
-    registry_only: bool,
     pub inbound_opaque_ports: BTreeSet<u16>,
     /// The ServerPolicies, in the config's order.
     inbound_policies: Vec<Arc<InboundPolicy>>,
@@ -282,8 +280,6 @@ impl Snapshot {
                 *host = mesh;
             }
         }
-        let registry_only =
-            config.outbound.traffic_policy == config::OutboundTrafficPolicy::RegistryOnly;
         let inbound_policies = config
             .inbound
             .policies
@@ -306,7 +302,6 @@ impl Snapshot {
             by_vip,
             backends,
             hosts,
-            registry_only,
         }
     }
 
@@ -316,13 +311,15 @@ impl Snapshot {
     /// it: it is no endpoint's host.
     pub fn address_dial(&self, addr: SocketAddr) -> Option<Dial> {
         match self.hosts.get(&addr.ip()) {
-            Some(Some((inbound, identity))) => Some(Dial::Peer {
-                proxy: SocketAddr::new(addr.ip(), *inbound),
-                port: addr.port(),
-                identity: identity.clone(),
-            }),
+            Some(Some((inbound, identity))) => {
+                Some(Dial::through_sidecar(addr, *inbound, identity.clone()))
+            }
             Some(None) => Some(Dial::Direct(addr)),
-            None if self.registry_only => None,
+            None if self.config.outbound.traffic_policy
+                == config::OutboundTrafficPolicy::RegistryOnly =>
+            {
+                None
+            }
             None => Some(Dial::Direct(addr)),
         }
     }

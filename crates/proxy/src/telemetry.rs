@@ -36,6 +36,14 @@ impl LogHandle {
     }
 }
 
+/// A time as RFC 3339, UTC (fractions of a second only when it has them): the admin API's
+/// and the access log's.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Installs the global subscriber.
 pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<LogHandle> {
     let parsed = EnvFilter::try_new(filter)

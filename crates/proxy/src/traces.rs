@@ -153,12 +153,12 @@ impl Span {
     pub fn context(&self) -> Option<TraceContext> {
         self.context
     }
+}
 
+impl Recorded {
     /// An attribute's value as text, if it is set.
-    fn get(&self, recorded: &Recorded, key: &str) -> Option<String> {
-        let _ = self;
-        recorded
-            .attributes
+    fn get(&self, key: &str) -> Option<String> {
+        self.attributes
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| kv.value.as_str().into_owned())
@@ -279,7 +279,7 @@ impl Observer {
         );
         if let Some(log) = &self.access_log {
             let recorded = weft_api::sync::lock(&span.recorded);
-            let get = |key| span.get(&recorded, key);
+            let get = |key| recorded.get(key);
             let entry = Entry {
                 time: span.start,
                 direction: get("weft.direction"),

@@ -41,6 +41,20 @@ pub enum Dial {
 }
 
 impl Dial {
+    /// To `addr` through the sidecar in front of it, listening on `inbound_port`; with mesh
+    /// TLS when `identity` names what the sidecar must present.
+    pub fn through_sidecar(
+        addr: SocketAddr,
+        inbound_port: u16,
+        identity: Option<Arc<str>>,
+    ) -> Dial {
+        Dial::Peer {
+            proxy: SocketAddr::new(addr.ip(), inbound_port),
+            port: addr.port(),
+            identity,
+        }
+    }
+
     /// The address the TCP connection goes to.
     pub fn addr(&self) -> SocketAddr {
         match self {

@@ -37,6 +37,26 @@ pub enum State {
     },
 }
 
+impl State {
+    /// Its name, as `/clusters` and the admin page say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen { .. } => "half-open",
+        }
+    }
+
+    /// Its value in `weft_breaker_state`.
+    pub fn code(&self) -> i64 {
+        match self {
+            State::Closed => 0,
+            State::Open { .. } => 1,
+            State::HalfOpen { .. } => 2,
+        }
+    }
+}
+
 /// Why the breaker wants to eject its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trip {
