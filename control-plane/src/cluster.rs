@@ -34,10 +34,12 @@ use crate::hub::Hub;
 use crate::store::Store;
 
 pub mod auth;
+pub mod publish;
 
 pub use crate::route_status::CONTROLLER_NAME;
 use crate::route_status::{self, RouteView, is_service_parent};
 pub use auth::{TokenReviewer, ca_from_secret};
+pub use publish::{publish_trust_anchor, set_webhook_ca_bundle};
 
 /// How long changes are gathered before a rebuild: a burst (a relist, `kubectl apply` of a
 /// directory) is one rebuild.

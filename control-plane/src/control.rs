@@ -23,7 +23,7 @@ use crate::store::Store;
 use crate::telemetry::{self, LogFormat};
 use crate::tls::{self, ServerCredentials};
 use crate::token::Tokens;
-use crate::{admin, server, watch};
+use crate::{admin, server, watch, webhook};
 
 #[derive(Debug, clap::Args)]
 pub struct ControlArgs {
@@ -106,6 +106,63 @@ pub struct ControlArgs {
         default_value = "localhost,weft-control"
     )]
     pub server_names: Vec<String>,
+    /// The admission webhook, HTTPS [default: 0.0.0.0:15443 with --kubernetes, else off].
+    /// Its certificate is the control plane's, for the Service's DNS names
+    /// (weft-control.<namespace>.svc), issued by the mesh's CA.
+    #[arg(long, env = "WEFT_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+    /// Cluster mode: the MutatingWebhookConfiguration whose caBundle is set at start-up.
+    #[arg(
+        long,
+        env = "WEFT_WEBHOOK_CONFIGURATION",
+        default_value = "weft-control"
+    )]
+    pub webhook_configuration: String,
+    /// The image the webhook's injected pods run weft-proxy from.
+    #[arg(long, env = "WEFT_PROXY_IMAGE", default_value = crate::inject::pod::DEFAULT_IMAGE)]
+    pub proxy_image: String,
+    /// Where the webhook's injected proxies reach the control plane
+    /// [default: weft-control.<namespace>.svc:15190].
+    #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE")]
+    pub proxy_control_plane: Option<String>,
+    /// The webhook injects the proxy as a native sidecar (Kubernetes 1.29 and later); with
+    /// false, as the first regular container, holding the app until it is ready.
+    #[arg(long, env = "WEFT_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub native_sidecar: bool,
+}
+
+impl ControlArgs {
+    /// The webhook's address: given, or 15443 on every address in cluster mode.
+    fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_listen.or_else(|| {
+            self.kubernetes
+                .then(|| SocketAddr::from(([0, 0, 0, 0], 15443)))
+        })
+    }
+
+    /// How the webhook injects pods.
+    pub fn inject_settings(&self) -> crate::inject::Settings {
+        crate::inject::Settings {
+            image: self.proxy_image.clone(),
+            control_plane: self
+                .proxy_control_plane
+                .clone()
+                .unwrap_or_else(|| format!("weft-control.{}.svc:15190", self.namespace)),
+            control_plane_namespace: self.namespace.clone(),
+            trust_domain: self.trust_domain.clone(),
+            native_sidecar: self.native_sidecar,
+        }
+    }
+
+    /// The DNS names of the control plane's certificate: --server-name, and its Service's.
+    fn dns_names(&self) -> Vec<String> {
+        let mut names = self.server_names.clone();
+        let service = format!("weft-control.{}.svc", self.namespace);
+        names.push(format!("{service}.{}", self.cluster_domain));
+        names.push(service);
+        names.dedup();
+        names
+    }
 }
 
 pub fn run(args: &ControlArgs) -> anyhow::Result<()> {
@@ -144,6 +201,14 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;
+    let webhook_listener = match args.webhook_addr() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admission webhook on {addr}"))?,
+        ),
+        None => None,
+    };
     let client = if args.kubernetes {
         Some(
             kube::Client::try_default()
@@ -198,15 +263,24 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
         None => TokenCheck::Local(Tokens::open(&args.state).context("opening the token secret")?),
     };
     let own = SpiffeId::new(&args.trust_domain, &args.namespace, "weft-control");
-    let ips = if args.listen.ip().is_unspecified() {
-        vec![std::net::Ipv4Addr::LOCALHOST.into()]
-    } else {
-        vec![args.listen.ip()]
-    };
-    let credentials = ServerCredentials::issue(&ca, own.clone(), args.server_names.clone(), ips)?;
+    let mut ips = Vec::new();
+    for addr in std::iter::once(args.listen).chain(args.webhook_addr()) {
+        let ip = if addr.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            addr.ip()
+        };
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let credentials = ServerCredentials::issue(&ca, own.clone(), args.dns_names(), ips)?;
     let tls = tls::server_config(ca.anchors_pem(), credentials.clone())?;
+    let webhook_tls = tls::webhook_config(credentials.clone())?;
     tokio::spawn(credentials.renew(ca.clone()));
     tracing::info!(identity = %own, anchors = %args.state.join("trust-anchor.pem").display(), "CA ready");
+    let anchors_pem = ca.anchors_pem().to_owned();
+    let cluster_client = client.clone();
     let signer = Arc::new(Signer {
         ca,
         tokens,
@@ -257,6 +331,34 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
             }
             (None, None) => anyhow::bail!("--manifests DIR or --kubernetes is required"),
         };
+    if let Some(client) = &cluster_client {
+        tokio::spawn(cluster::publish_trust_anchor(
+            client.clone(),
+            hub.clone(),
+            anchors_pem.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(webhook_listener) = webhook_listener {
+        if let Some(client) = &cluster_client {
+            cluster::set_webhook_ca_bundle(
+                client.clone(),
+                &args.webhook_configuration,
+                &anchors_pem,
+            )
+            .await;
+        }
+        let webhook = Arc::new(webhook::Webhook {
+            hub: hub.clone(),
+            settings: args.inject_settings(),
+        });
+        tokio::spawn(webhook::serve(
+            webhook_listener,
+            webhook_tls,
+            webhook,
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(server::serve(
         listener,
         hub.clone(),

@@ -3,13 +3,15 @@
 //! # Layout
 //! - [`control`]: `weft control`: [`watch`] keeps the [`store`] in step with the manifest
 //!   directory; every rebuild is published to the [`hub`], from which [`server`] streams each
-//!   proxy its config; [`admin`] serves `/status` and `/metrics`.
+//!   proxy its config; [`admin`] serves `/status` and `/metrics`; [`webhook`] injects pods
+//!   the API server sends it.
 //! - [`compile`]: from accepted manifests to one proxy's config.
 //! - [`status`]: `weft status`.
 //! - [`load`]: reading manifests from files and directories.
 //! - [`store`]: the manifest store: files, the accepted set, last good versions, errors.
 //! - [`route_status`]: a route's Gateway API conditions per Service parent, from its errors
 //!   and unresolved references (written back in cluster mode, shown by `/status`).
+//! - [`inject`]: `weft inject` and `weft uninject`, and the admission webhook's mutation.
 //! - [`demo`]: `weft demo`, the mesh on loopback, with its sample workloads in
 //!   [`demo::app`].
 //!
@@ -18,9 +20,9 @@
 //! no files use each other around a circle (`tests/house.rs` checks both):
 //!
 //! 1. commands: [`control`], [`demo`], [`status`], [`crds`], and the fuzz target [`fuzzing`]
-//! 2. serving: [`server`], [`admin`], [`tls`]
+//! 2. serving: [`server`], [`admin`], [`webhook`], [`tls`]
 //! 3. manifest sources: [`cluster`], [`watch`], [`load`]
-//! 4. manifests and configs: [`hub`], [`store`], [`compile`], [`route_status`]
+//! 4. manifests and configs: [`hub`], [`store`], [`compile`], [`route_status`], [`inject`]
 //! 5. identity: [`ca`], [`token`]
 //! 6. foundations: [`metrics`], [`telemetry`]
 //!
@@ -36,6 +38,7 @@ pub mod crds;
 pub mod demo;
 pub mod fuzzing;
 pub mod hub;
+pub mod inject;
 pub mod load;
 pub mod metrics;
 pub mod route_status;
@@ -46,3 +49,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod watch;
+pub mod webhook;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_api::resources::check::check;
 use weft_control::compile::{Index, MeshSettings, Target};
-use weft_control::load::load;
+use weft_control::inject;
+use weft_control::load::{load, read_bounded};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +60,38 @@ enum Command {
     },
     /// Run a small mesh on loopback addresses and show what it does (no cluster, no root).
     Demo(weft_control::demo::DemoArgs),
+    /// Add the mesh to the pod templates of Kubernetes YAML (Deployment, StatefulSet,
+    /// DaemonSet, ReplicaSet, Job, CronJob, Pod, List items) and write it to standard output;
+    /// other documents pass through unchanged. Idempotent.
+    Inject(InjectArgs),
+    /// Remove what `weft inject` added, restoring the app's probes.
+    Uninject {
+        /// A file, or `-` for standard input.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct InjectArgs {
+    /// A file, or `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    path: PathBuf,
+    /// The image holding weft-proxy, for the proxy and its init container.
+    #[arg(long, env = "WEFT_PROXY_IMAGE", default_value = inject::pod::DEFAULT_IMAGE)]
+    image: String,
+    /// The control plane's config stream and CA, host:port.
+    #[arg(long, default_value = inject::pod::DEFAULT_CONTROL_PLANE)]
+    control_plane: String,
+    /// The control plane's namespace (its SPIFFE ID's).
+    #[arg(long, default_value = "weft-system")]
+    control_plane_namespace: String,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The proxy as a native sidecar (Kubernetes 1.29 and later); with false, the first
+    /// regular container, holding the app's containers until it is ready.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    native_sidecar: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +156,21 @@ fn main() -> ExitCode {
         }),
         Command::Crds { output_dir } => crds_command(output_dir.as_deref()),
         Command::Demo(args) => weft_control::demo::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Inject(args) => {
+            let settings = inject::Settings {
+                image: args.image,
+                control_plane: args.control_plane,
+                control_plane_namespace: args.control_plane_namespace,
+                trust_domain: args.trust_domain,
+                native_sidecar: args.native_sidecar,
+            };
+            inject_command(&args.path, &settings, inject::Direction::Inject)
+        }
+        Command::Uninject { path } => inject_command(
+            &path,
+            &inject::Settings::default(),
+            inject::Direction::Uninject,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -218,5 +266,42 @@ fn crds_command(output_dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode
             print!("{}", docs.join("---\n"));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weft inject` and `weft uninject`: the stream to standard output, what happened to each
+/// pod template to standard error.
+fn inject_command(
+    path: &std::path::Path,
+    settings: &inject::Settings,
+    direction: inject::Direction,
+) -> anyhow::Result<ExitCode> {
+    let text = if path.as_os_str() == "-" {
+        read_bounded(std::io::stdin())
+    } else {
+        std::fs::File::open(path).and_then(read_bounded)
+    }
+    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    anyhow::ensure!(
+        text.len() as u64 <= weft_api::resources::MAX_FILE_BYTES,
+        "{} is larger than the {} MiB weft reads",
+        path.display(),
+        weft_api::resources::MAX_FILE_BYTES >> 20
+    );
+    let origin = if path.as_os_str() == "-" {
+        "<stdin>".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let (out, notices) = inject::inject_stream(&origin, &text, settings, direction)?;
+    let verb = match direction {
+        inject::Direction::Inject => "inject",
+        inject::Direction::Uninject => "uninject",
+    };
+    for notice in &notices {
+        eprintln!("weft {verb}: {origin}: {notice}");
+    }
+    use std::io::Write as _;
+    std::io::stdout().write_all(out.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

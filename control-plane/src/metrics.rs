@@ -26,6 +26,7 @@ pub struct ControlMetrics {
     certificates: Family<ResultLabels, Counter>,
     nacks: Family<ReasonLabels, Counter>,
     reconcile: Histogram,
+    injections: Family<ResultLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -101,6 +102,12 @@ impl ControlMetrics {
             "Time to rebuild the accepted manifests after a change: parse, validate, index",
             reconcile.clone(),
         );
+        let injections = Family::default();
+        registry.register(
+            "injections",
+            "Pods the admission webhook reviewed: injected, skipped (not selected, opted out, injected already) or refused (a bad annotation)",
+            injections.clone(),
+        );
         Arc::new(ControlMetrics {
             registry,
             proxies,
@@ -113,6 +120,7 @@ impl ControlMetrics {
             certificates,
             nacks,
             reconcile,
+            injections,
         })
     }
 
@@ -173,6 +181,13 @@ impl ControlMetrics {
             .get_or_create(&ResultLabels {
                 result: if issued { "issued" } else { "refused" },
             })
+            .inc();
+    }
+
+    /// An admission review's result: `injected`, `skipped` or `refused`.
+    pub fn injection(&self, result: &'static str) {
+        self.injections
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

@@ -1,4 +1,4 @@
-//! TLS for the control plane's gRPC port: its own certificate, issued by its CA and renewed
+//! TLS for the control plane's gRPC port and its admission webhook: its own certificate, issued by its CA and renewed
 //! before it expires, and client certificates verified against the trust anchors but not
 //! required (a proxy asks for its first certificate before it has one).
 
@@ -109,5 +109,16 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(credentials);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The server config of the admission webhook: the same certificate, no client
+/// certificate (the API server presents none by default), HTTP/2 or HTTP/1.1.
+pub fn webhook_config(credentials: Arc<ServerCredentials>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(identity::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(credentials);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -215,6 +215,23 @@ impl FakeApi {
         if path.contains("/secrets") {
             return self.secret(&parts.method, &path, &body);
         }
+        if matches!(parts.method, Method::GET | Method::PATCH)
+            && !watch
+            && let Some((collection, ns, name)) = object_path(&path)
+        {
+            let content_type = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            return self.object_call(
+                &parts.method,
+                content_type,
+                (&collection, &ns, &name),
+                &path,
+                &body,
+            );
+        }
         if self.lock().missing.contains(&path) {
             return status(
                 StatusCode::NOT_FOUND,
@@ -240,6 +257,53 @@ impl FakeApi {
         json_response(
             StatusCode::OK,
             &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+        )
+    }
+
+    /// GET or PATCH of one object: a JSON patch, a merge patch, or a server-side apply (which
+    /// creates the object when it is missing).
+    fn object_call(
+        &self,
+        method: &Method,
+        content_type: &str,
+        (collection, ns, name): (&str, &str, &str),
+        path: &str,
+        body: &[u8],
+    ) -> Response<Body> {
+        let existing = self.object(collection, ns, name);
+        if *method == Method::GET {
+            return match existing {
+                Some(object) => json_response(StatusCode::OK, &object),
+                None => status(StatusCode::NOT_FOUND, "not found", "NotFound"),
+            };
+        }
+        let patch: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        self.lock().patches.push((path.to_owned(), patch.clone()));
+        let object = match (content_type, existing) {
+            ("application/apply-patch+yaml", existing) => {
+                let mut object = existing.unwrap_or(json!({}));
+                json_patch::merge(&mut object, &patch);
+                object
+            }
+            (_, None) => return status(StatusCode::NOT_FOUND, "not found", "NotFound"),
+            ("application/json-patch+json", Some(mut object)) => {
+                let Ok(ops) = serde_json::from_value::<json_patch::Patch>(patch) else {
+                    return status(StatusCode::BAD_REQUEST, "not a JSON patch", "BadRequest");
+                };
+                if let Err(e) = json_patch::patch(&mut object, &ops) {
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string(), "Invalid");
+                }
+                object
+            }
+            (_, Some(mut object)) => {
+                json_patch::merge(&mut object, &patch);
+                object
+            }
+        };
+        self.store(collection, object.clone(), true);
+        json_response(
+            StatusCode::OK,
+            &self.object(collection, ns, name).unwrap_or(object),
         )
     }
 
@@ -340,6 +404,31 @@ fn split_object_path(path: &str) -> Option<(String, String, String)> {
     let mut parts = rest.split('/');
     let (ns, plural, name) = (parts.next()?, parts.next()?, parts.next()?);
     Some((format!("{prefix}/{plural}"), ns.to_owned(), name.to_owned()))
+}
+
+/// An object's path, namespaced or not, as (collection, namespace, name); the namespace of
+/// a cluster-scoped object is `default`, as [`object_key`] files it.
+fn object_path(path: &str) -> Option<(String, String, String)> {
+    if path.contains("/namespaces/") {
+        let (prefix, rest) = path.split_once("/namespaces/")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        return match parts[..] {
+            [ns, plural, name] => Some((format!("{prefix}/{plural}"), ns.into(), name.into())),
+            _ => None,
+        };
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts[..] {
+        ["api", v, plural, name] => {
+            Some((format!("/api/{v}/{plural}"), "default".into(), name.into()))
+        }
+        ["apis", g, v, plural, name] => Some((
+            format!("/apis/{g}/{v}/{plural}"),
+            "default".into(),
+            name.into(),
+        )),
+        _ => None,
+    }
 }
 
 fn send(state: &mut State, collection: &str, event: &Value) {

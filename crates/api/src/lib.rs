@@ -10,6 +10,8 @@
 //!   manifests and the compiled config.
 //! - [`identity`]: SPIFFE IDs, reading them from certificates, and the certificate checks of
 //!   mesh connections (pure crypto: rustls with ring, x509-parser).
+//! - [`probes`]: the app's own probes, as the injector hands them to the proxy for
+//!   `/app-health`.
 //! - [`proto`]: the config stream between the control plane and the proxies (gRPC, compiled
 //!   by protox at build time).
 //! - [`resources`]: the manifests operators apply (Service, Pod, EndpointSlice, HTTPRoute,
@@ -23,8 +25,8 @@
 //!
 //! 1. manifests: [`resources`]
 //! 2. the compiled config: [`config`]
-//! 3. values: [`gateway`], [`duration`], [`identity`], [`proto`], [`validate`], [`sync`], and
-//!    the fuzz target of the wire messages, [`fuzzing`]
+//! 3. values: [`gateway`], [`duration`], [`identity`], [`probes`], [`proto`], [`validate`],
+//!    [`sync`], and the fuzz target of the wire messages, [`fuzzing`]
 //!
 //! Invariant: this crate knows nothing about tokio, sockets or processes. It is plain data,
 //! parsing and validation, and the generated protocol types and service traits (tonic's
@@ -35,6 +37,7 @@ pub mod duration;
 pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
+pub mod probes;
 pub mod proto;
 pub mod resources;
 pub mod sync;

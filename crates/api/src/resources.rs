@@ -261,26 +261,43 @@ fn collect(
     }
 }
 
-/// Splits a YAML stream at `---` document markers.
-fn split_documents(text: &str) -> Vec<&str> {
+/// One document of a YAML stream: the `---` line that opens it (empty for a first document
+/// without one) and its text. Concatenating a stream's documents gives the stream back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Document<'a> {
+    pub marker: &'a str,
+    pub body: &'a str,
+}
+
+/// Splits a YAML stream at `---` document markers. A stream that opens with a marker has no
+/// empty document before it: what precedes that marker (blank lines) belongs to the marker.
+pub fn documents(text: &str) -> Vec<Document<'_>> {
     let mut docs = Vec::new();
-    let mut start = 0;
-    let mut offset = 0;
+    let (mut marker, mut start, mut offset) = ("", 0, 0);
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_end();
         if trimmed == "---" || trimmed.starts_with("--- ") {
-            docs.push(&text[start..offset]);
+            let body = &text[start..offset];
+            if docs.is_empty() && marker.is_empty() && body.trim().is_empty() {
+                // The leading marker: the blank text before it is part of it.
+                marker = &text[..offset + line.len()];
+            } else {
+                docs.push(Document { marker, body });
+                marker = &text[offset..offset + line.len()];
+            }
             start = offset + line.len();
         }
         offset += line.len();
     }
-    docs.push(&text[start..]);
-    // A leading marker leaves an empty first document; keep numbering as written, but an
-    // empty document before the first marker is not a document.
-    if text.trim_start().starts_with("---") && docs.first().is_some_and(|d| d.trim().is_empty()) {
-        docs.remove(0);
-    }
+    docs.push(Document {
+        marker,
+        body: &text[start..],
+    });
     docs
+}
+
+fn split_documents(text: &str) -> Vec<&str> {
+    documents(text).into_iter().map(|d| d.body).collect()
 }
 
 struct DocError {
@@ -521,6 +538,14 @@ mod tests {
         let text = "---\na: 1\n---\nb: 2\n--- # comment\nc: 3\n";
         let docs = split_documents(text);
         assert_eq!(docs, ["a: 1\n", "b: 2\n", "c: 3\n"]);
+        for text in [text, "\n---\na: 1\n", "# head\na: 1\n---\n", "a: 1", ""] {
+            let joined: String = documents(text)
+                .iter()
+                .flat_map(|d| [d.marker, d.body])
+                .collect();
+            assert_eq!(joined, text, "the documents of {text:?} give it back");
+        }
+        assert_eq!(documents("\n---\na: 1\n").len(), 1);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+mod app_health;
+
 use crate::http::body::Body;
 use crate::shared::Shared;
 use crate::telemetry::LogHandle;
@@ -93,12 +95,33 @@ impl Admin {
                 text(StatusCode::ACCEPTED, "draining\n")
             }
             (Method::GET, "/") => self.index(),
+            (Method::GET, path) if path.starts_with("/app-health/") => {
+                self.app_health(&path["/app-health/".len()..]).await
+            }
             (
                 _,
                 "/live" | "/ready" | "/metrics" | "/config_dump" | "/clusters" | "/certs"
                 | "/log-level" | "/drain" | "/",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// Runs the app's probe named `<container>/<kind>`: 200 when it passes, 503 with why not.
+    async fn app_health(&self, key: &str) -> Response<Body> {
+        let settings = &self.shared.settings;
+        let Some(probe) = settings.app_probes.get(key) else {
+            return text(StatusCode::NOT_FOUND, &format!("no app probe {key}\n"));
+        };
+        let pod_ip = settings
+            .pod_ip
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        match app_health::run(probe, pod_ip).await {
+            Ok(passed) => text(StatusCode::OK, &format!("{passed}\n")),
+            Err(why) => {
+                tracing::debug!(probe = key, %why, "app probe failed");
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n"))
+            }
         }
     }
 

@@ -24,6 +24,9 @@ pub enum Command {
     /// Install the iptables rules that redirect the pod's traffic to the proxy (the init
     /// container's job; needs NET_ADMIN). Idempotent.
     Init(crate::init::InitArgs),
+    /// Wait until the proxy beside this process is ready (the `postStart` hook that holds an
+    /// app until its proxy runs, where native sidecars are not available).
+    Wait(crate::wait::WaitArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,7 +59,8 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_CONTROL_PLANE_IDENTITY")]
     pub control_plane_identity: Option<String>,
 
-    /// Local mode: the pod's loopback address; every listener binds it.
+    /// The pod's address: app probes and the inbound proxy reach the app there. A listener
+    /// with no address of its own binds it (local mode: a pod is a loopback address).
     #[arg(long, env = "WEFT_POD_IP")]
     pub pod_ip: Option<IpAddr>,
     /// The pod's namespace; short Service names resolve there.
@@ -127,6 +131,10 @@ pub struct RunArgs {
     /// refused (a NACK, which `weft status` shows) and the config in force is kept.
     #[arg(long, env = "WEFT_MAX_CONFIG_BYTES", default_value_t = 64 << 20)]
     pub max_config_bytes: usize,
+    /// The app's own probes, JSON from `<container>/<kind>` to the probe (the injector
+    /// writes it): `GET /app-health/<container>/<kind>` on the admin port runs it.
+    #[arg(long, env = "WEFT_APP_PROBES")]
+    pub app_probes: Option<String>,
 }
 
 impl RunArgs {
@@ -157,6 +165,10 @@ impl RunArgs {
         }
         s.max_connections = self.max_connections;
         s.max_config_bytes = self.max_config_bytes;
+        if let Some(probes) = &self.app_probes {
+            s.app_probes =
+                weft_api::probes::parse(probes).map_err(|e| format!("--app-probes: {e}"))?;
+        }
         s.validate()?;
         Ok(s)
     }

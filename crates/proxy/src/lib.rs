@@ -5,13 +5,16 @@
 //! and [`inbound`] decide where each connection goes ([`orig_dst`], [`detect`],
 //! [`transport_header`], [`state`]); HTTP is served and forwarded by [`http`] over pooled
 //! connections that [`upstream`] opens (mutual TLS in [`mesh_tls`]); anything else is spliced
-//! by [`tcp`]. [`admin`] serves the admin API, [`metrics`], [`telemetry`], [`traces`] and [`access_log`] observe.
+//! by [`tcp`]. [`admin`] serves the admin API (the app's own probes included); [`metrics`],
+//! [`telemetry`], [`traces`] and [`access_log`] observe. Beside `run`, [`init`] installs a
+//! pod's iptables rules and [`wait`] holds an app until its proxy is ready.
 //!
 //! # Layers
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
 //! no files use each other around a circle (`tests/house.rs` checks both):
 //!
-//! 1. wiring: [`app`], [`admin`], [`cli`], [`init`], and the fuzz targets [`fuzzing`]
+//! 1. wiring: [`app`], [`admin`], [`cli`], [`init`], [`wait`], and the fuzz targets
+//!    [`fuzzing`]
 //! 2. the two directions: [`outbound`], [`inbound`], [`tcp`], [`config_client`]
 //! 3. what every connection task holds: [`shared`]
 //! 4. the config in force: [`state`], [`backends`], [`authz`], [`routing`], [`filters`],
@@ -59,3 +62,4 @@ pub mod telemetry;
 pub mod traces;
 pub mod transport_header;
 pub mod upstream;
+pub mod wait;

@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => weft_proxy::app::run(&args),
         Command::Init(args) => weft_proxy::init::run(&args).map_err(anyhow::Error::from),
+        Command::Wait(args) => weft_proxy::wait::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

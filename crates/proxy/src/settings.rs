@@ -22,7 +22,8 @@ pub struct Settings {
     /// The proxy's namespace: short Service names resolve there.
     pub namespace: String,
     pub pod_name: Option<String>,
-    /// Local mode: the pod's loopback address, where every listener binds.
+    /// The pod's address: app probes and inbound connections go there. With `--pod-ip` and no
+    /// listener address, every listener binds it (local mode).
     pub pod_ip: Option<IpAddr>,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
@@ -51,6 +52,9 @@ pub struct Settings {
     /// The largest config snapshot taken from the control plane, in bytes; a larger one is
     /// refused (NACK) and the config in force kept.
     pub max_config_bytes: usize,
+    /// The app's own probes, which `GET /app-health/<container>/<kind>` runs (the injector
+    /// points the kubelet's probes there, so that they pass under STRICT mTLS).
+    pub app_probes: weft_api::probes::AppProbes,
 }
 
 /// The largest snapshot message read from the config stream (configs are large with many
@@ -80,6 +84,7 @@ impl Default for Settings {
             access_log: false,
             max_connections: 10_000,
             max_config_bytes: 64 << 20,
+            app_probes: Default::default(),
         }
     }
 }
