@@ -334,6 +334,7 @@ async fn serve(args: &ControlArgs) -> anyhow::Result<()> {
     if let Some(client) = &cluster_client {
         tokio::spawn(cluster::publish_trust_anchor(
             client.clone(),
+            args.namespace.clone(),
             hub.clone(),
             anchors_pem.clone(),
             shutdown.clone(),

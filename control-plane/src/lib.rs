@@ -11,6 +11,7 @@
 //! - [`store`]: the manifest store: files, the accepted set, last good versions, errors.
 //! - [`route_status`]: a route's Gateway API conditions per Service parent, from its errors
 //!   and unresolved references (written back in cluster mode, shown by `/status`).
+//! - [`install`]: `weft install`, the manifests of `manifests/install/`.
 //! - [`inject`]: `weft inject` and `weft uninject`, and the admission webhook's mutation.
 //! - [`demo`]: `weft demo`, the mesh on loopback, with its sample workloads in
 //!   [`demo::app`].
@@ -19,7 +20,7 @@
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
 //! no files use each other around a circle (`tests/house.rs` checks both):
 //!
-//! 1. commands: [`control`], [`demo`], [`status`], [`crds`], and the fuzz target [`fuzzing`]
+//! 1. commands: [`control`], [`demo`], [`status`], [`crds`], [`install`], and the fuzz target [`fuzzing`]
 //! 2. serving: [`server`], [`admin`], [`webhook`], [`tls`]
 //! 3. manifest sources: [`cluster`], [`watch`], [`load`]
 //! 4. manifests and configs: [`hub`], [`store`], [`compile`], [`route_status`], [`inject`]
@@ -39,6 +40,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod hub;
 pub mod inject;
+pub mod install;
 pub mod load;
 pub mod metrics;
 pub mod route_status;

@@ -64,6 +64,14 @@ enum Command {
     /// DaemonSet, ReplicaSet, Job, CronJob, Pod, List items) and write it to standard output;
     /// other documents pass through unchanged. Idempotent.
     Inject(InjectArgs),
+    /// Print the install manifests (manifests/install/): the namespace, RBAC, the control
+    /// plane's Deployment and Service, the trust anchor and the webhook configuration, for
+    /// `kubectl apply -f -`.
+    Install {
+        /// The image for the control plane and the proxies it injects.
+        #[arg(long, default_value = inject::pod::DEFAULT_IMAGE)]
+        image: String,
+    },
     /// Remove what `weft inject` added, restoring the app's probes.
     Uninject {
         /// A file, or `-` for standard input.
@@ -165,6 +173,10 @@ fn main() -> ExitCode {
                 native_sidecar: args.native_sidecar,
             };
             inject_command(&args.path, &settings, inject::Direction::Inject)
+        }
+        Command::Install { image } => {
+            print!("{}", weft_control::install::rendered(&image));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Uninject { path } => inject_command(
             &path,

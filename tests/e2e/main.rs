@@ -25,6 +25,7 @@ mod hostile_manifests;
 mod http1;
 mod http2;
 mod identity;
+mod inject;
 mod intercept;
 mod rapid_reset;
 mod resilience;

@@ -20,6 +20,7 @@
 //! - [`tools`]: third-party tools as users have them: nginx as an upstream, h2load, the
 //!   Prometheus project's OpenMetrics parser.
 //! - [`otlp`]: an OTLP trace receiver, the collector end of the proxies' spans.
+//! - [`kube_types`]: manifests read as the Kubernetes types, unknown fields refused.
 //!
 //! # Layers
 //! From the top. A module uses only modules of its own layer or of the layers below it, and
@@ -29,7 +30,7 @@
 //!    [`mesh`]
 //! 2. what talks to them: [`legit`], [`client`], [`h2raw`], [`workloads`], [`echo`], [`tools`],
 //!    [`kube_api`], [`netns`], [`otlp`]
-//! 3. foundations: [`paths`], [`pods`]
+//! 3. foundations: [`paths`], [`pods`], [`kube_types`]
 
 #![allow(
     clippy::unwrap_used,
@@ -42,6 +43,7 @@ pub mod echo;
 pub mod fake_control;
 pub mod h2raw;
 pub mod kube_api;
+pub mod kube_types;
 pub mod legit;
 pub mod manifests;
 pub mod mesh;

@@ -67,12 +67,13 @@ pub async fn set_webhook_ca_bundle(client: Client, name: &str, anchors_pem: &str
     }
 }
 
-/// Keeps the ConfigMap [`TRUST_ANCHOR_CONFIG_MAP`] in every namespace that is labelled
-/// `weft.dev/inject=enabled` or holds a meshed pod, until `shutdown`. Each namespace is
+/// Keeps the ConfigMap [`TRUST_ANCHOR_CONFIG_MAP`] in the control plane's namespace and in
+/// every namespace that is labelled `weft.dev/inject=enabled` or holds a meshed pod, until `shutdown`. Each namespace is
 /// written once per start (server-side apply, so a changed anchor replaces the old one), and
 /// retried every 5 s after a failure.
 pub async fn publish_trust_anchor(
     client: Client,
+    own_namespace: String,
     hub: Arc<Hub>,
     anchors_pem: String,
     shutdown: CancellationToken,
@@ -81,7 +82,8 @@ pub async fn publish_trust_anchor(
     let mut published = BTreeSet::new();
     loop {
         let mut failed = false;
-        let wanted = meshed_namespaces(&hub.current().accepted);
+        let mut wanted = meshed_namespaces(&hub.current().accepted);
+        wanted.insert(own_namespace.clone());
         for namespace in wanted.difference(&published.clone()) {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
             let map = json!({

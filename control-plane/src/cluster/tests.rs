@@ -531,16 +531,11 @@ async fn the_ca_is_created_once_in_its_secret_and_read_back() {
 }
 
 /// The shipped RBAC grants what cluster mode does: list and watch of every watched kind,
-/// route status writes, TokenReviews, and the CA Secret.
+/// route status writes, TokenReviews, the CA Secret, and what injection writes.
 #[test]
 fn the_install_manifest_grants_what_cluster_mode_uses() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/install/control-plane.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<Value> = text
-        .split("\n---\n")
-        .map(|d| serde_saphyr::from_str(d).unwrap())
-        .collect();
+    let text = crate::install::rendered(crate::inject::pod::DEFAULT_IMAGE);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     let rules = |kind: &str| -> Vec<Value> {
         docs.iter()
             .find(|d| d["kind"] == kind)
@@ -580,8 +575,95 @@ fn the_install_manifest_grants_what_cluster_mode_uses() {
         "tokenreviews",
         "create"
     ));
+    // The webhook's namespace lookups, the published trust anchor, the caBundle.
+    assert!(grants(&cluster, "", "namespaces", "get"));
+    for verb in ["get", "create", "patch"] {
+        assert!(
+            grants(&cluster, "", "configmaps", verb),
+            "{verb} configmaps"
+        );
+    }
+    for verb in ["get", "patch"] {
+        assert!(
+            grants(
+                &cluster,
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                verb
+            ),
+            "{verb} mutatingwebhookconfigurations"
+        );
+    }
     let namespaced = rules("Role");
     for verb in ["get", "create"] {
         assert!(grants(&namespaced, "", "secrets", verb), "{verb} secrets");
     }
+}
+
+/// At start-up the control plane sets its webhook configuration's caBundle, and it keeps
+/// the trust anchor in its own namespace, in labelled namespaces and in those with meshed
+/// pods, as they appear.
+#[tokio::test]
+async fn the_webhook_ca_bundle_is_set_and_the_trust_anchor_follows_meshed_namespaces() {
+    let webhooks = collection(
+        "admissionregistration.k8s.io/v1",
+        "mutatingwebhookconfigurations",
+    );
+    let config_maps = collection("v1", "configmaps");
+    let namespaces = collection("v1", "namespaces");
+    let fake = FakeApi::default();
+    let install = crate::install::rendered(crate::inject::pod::DEFAULT_IMAGE);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&install).unwrap();
+    let webhook = docs
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap()
+        .clone();
+    fake.put(&webhooks, webhook, false);
+    fake.put(
+        &namespaces,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "web", "labels": {"weft.dev/inject": "enabled"}}}),
+        false,
+    );
+    let anchors = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    set_webhook_ca_bundle(fake.client(), "weft-control", anchors).await;
+    let config = fake.object(&webhooks, "default", "weft-control").unwrap();
+    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, anchors);
+    for webhook in config["webhooks"].as_array().unwrap() {
+        assert_eq!(
+            webhook["clientConfig"]["caBundle"], bundle,
+            "{}",
+            webhook["name"]
+        );
+        assert_eq!(webhook["clientConfig"]["service"]["port"], 15443);
+    }
+
+    let hub = Hub::new(MeshSettings::default(), ControlMetrics::new());
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(fake.client(), hub.clone(), synced_tx, shutdown.clone()));
+    tokio::time::timeout(WAIT, synced).await.unwrap().unwrap();
+    tokio::spawn(publish_trust_anchor(
+        fake.client(),
+        "weft-system".into(),
+        hub.clone(),
+        anchors.into(),
+        shutdown.clone(),
+    ));
+    let anchor_in = |ns: &str| {
+        fake.object(&config_maps, ns, "weft-trust-anchor")
+            .and_then(|m| m["data"]["ca.crt"].as_str().map(str::to_owned))
+    };
+    for ns in ["weft-system", "web"] {
+        let published =
+            eventually(WAIT, &format!("the trust anchor in {ns}"), || anchor_in(ns)).await;
+        assert_eq!(published, anchors);
+    }
+    assert_eq!(anchor_in("shop"), None, "no meshed pod in shop yet");
+    // A meshed pod in another namespace brings the anchor there.
+    fake.put(&pods(), pod("reviews-1", "10.0.0.5"), true);
+    eventually(WAIT, "the trust anchor in shop", || anchor_in("shop")).await;
+    shutdown.cancel();
 }
