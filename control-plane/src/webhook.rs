@@ -119,7 +119,22 @@ impl Webhook {
             .try_into()
             .map_err(|_| "the AdmissionReview holds no request".to_owned())?;
         let response = self.answer(&request);
-        serde_json::to_value(response.into_review()).map_err(|e| e.to_string())
+        let mut review = serde_json::to_value(response.into_review()).map_err(|e| e.to_string())?;
+        // kube-core holds the patch as bytes, which serde writes as an array of numbers; the
+        // API server's field is Go's []byte, conventionally base64 text, as written here.
+        if let Some(patch) = review.pointer_mut("/response/patch")
+            && let Some(bytes) = patch.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect::<Vec<u8>>()
+            })
+        {
+            *patch = Value::String(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                bytes,
+            ));
+        }
+        Ok(review)
     }
 
     fn answer(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {

@@ -33,6 +33,7 @@ mod routes;
 mod tcp;
 mod traces;
 mod upstream_close;
+mod webhook;
 mod websocket;
 
 use weft_tests::mesh::{Ep, Mesh};
