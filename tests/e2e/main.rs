@@ -10,6 +10,7 @@
 )]
 
 mod admin;
+mod app_health;
 mod bad_input;
 mod cancel;
 mod chaos;
@@ -26,6 +27,7 @@ mod http1;
 mod http2;
 mod identity;
 mod inject;
+mod injected_pod;
 mod intercept;
 mod rapid_reset;
 mod resilience;

@@ -17,6 +17,7 @@
 //! - [`workloads`]: the applications behind the proxies; [`echo`], the Gateway API
 //!   conformance tests' echo application and its client.
 //! - [`netns`]: network namespaces as pods, with real iptables interception (root only).
+//! - [`kubelet`]: a pod spec run as a kubelet runs it, in a network namespace (root only).
 //! - [`tools`]: third-party tools as users have them: nginx as an upstream, h2load, the
 //!   Prometheus project's OpenMetrics parser.
 //! - [`otlp`]: an OTLP trace receiver, the collector end of the proxies' spans.
@@ -27,7 +28,7 @@
 //! no files use each other around a circle (`tests/house.rs` checks both):
 //!
 //! 1. the processes under test: [`proxy`], [`control`], [`fake_control`], [`manifests`],
-//!    [`mesh`]
+//!    [`mesh`], [`kubelet`]
 //! 2. what talks to them: [`legit`], [`client`], [`h2raw`], [`workloads`], [`echo`], [`tools`],
 //!    [`kube_api`], [`netns`], [`otlp`]
 //! 3. foundations: [`paths`], [`pods`], [`kube_types`]
@@ -44,6 +45,7 @@ pub mod fake_control;
 pub mod h2raw;
 pub mod kube_api;
 pub mod kube_types;
+pub mod kubelet;
 pub mod legit;
 pub mod manifests;
 pub mod mesh;
