@@ -1,7 +1,7 @@
 # weft: the commands a newcomer needs. See README.md.
 CARGO ?= cargo
 
-.PHONY: build demo test lint bench fuzz
+.PHONY: build demo test lint bench fuzz image image-check
 
 build:
 	$(CARGO) build --workspace --bins
@@ -38,3 +38,28 @@ bench:
 FUZZ_SECONDS ?= 60
 fuzz:
 	./fuzz/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+## image: the container image (Containerfile) with both binaries, built by podman with no
+## registry access from statically linked binaries (IMAGE_PROFILE: release, or dev for a
+## quicker build) and this machine's iptables-nft (image/stage). Needs podman and runc.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+IMAGE ?= localhost/weft:$(VERSION)
+IMAGE_PROFILE ?= release
+IMAGE_BIN := target/image/x86_64-unknown-linux-gnu/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))
+image:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile $(IMAGE_PROFILE) \
+	  --target x86_64-unknown-linux-gnu --target-dir target/image -p weft-proxy -p weft-control --bins
+	image/stage $(IMAGE_BIN) target/image/context
+	podman build --runtime runc --network none -f Containerfile -t $(IMAGE) target/image/context
+
+## image-check: run the image as a cluster would: both binaries' --version, and
+## `weft-proxy init` as the injected init container runs it (root with NET_ADMIN and NET_RAW
+## only, a read-only root filesystem), programming the container's own network namespace.
+## These machines need runc and lower rlimits than podman asks for by default.
+PODMAN_RUN = podman run --runtime runc --network none --rm --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+image-check:
+	$(PODMAN_RUN) $(IMAGE) /usr/local/bin/weft-proxy --version
+	$(PODMAN_RUN) $(IMAGE) /usr/local/bin/weft --version
+	$(PODMAN_RUN) --read-only --user 0:0 --cap-drop all --cap-add NET_ADMIN,NET_RAW $(IMAGE) \
+	  /usr/local/bin/weft-proxy init --ipv6
+	$(PODMAN_RUN) --read-only --cap-drop all $(IMAGE) /usr/local/bin/weft install >/dev/null

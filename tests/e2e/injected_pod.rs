@@ -1,11 +1,12 @@
 //! The injected pod really runs: `weft inject`'s output, read back and run as a kubelet runs
 //! it ([`weft_tests::kubelet`]), in network namespaces with real iptables. Needs root.
 //!
-//! - `node` (10.79.0.100): where the kubelet's probes come from.
-//! - `control` (10.79.0.10): `weft control` serving the manifests, with the Pods as the API
-//!   server would hold them (the injected templates, an address each).
-//! - `api-0` (10.79.0.2): the injected `api` Deployment's pod, under a STRICT ServerPolicy.
-//! - `client-0` (10.79.0.1): the injected `client` Deployment's pod.
+//! On `<net>.0.0/24` (10.79 with native sidecars, 10.80 without):
+//! - `node` (.100): where the kubelet's probes come from.
+//! - `control` (.10): `weft control` serving the manifests, with the Pods as the API server
+//!   would hold them (the injected templates, an address each).
+//! - `api-0` (.2): the injected `api` Deployment's pod, under a STRICT ServerPolicy.
+//! - `client-0` (.1): the injected `client` Deployment's pod.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +18,6 @@ use weft_tests::netns::{Lan, root_tests_enabled};
 use weft_tests::paths::{bin_path, scratch_dir};
 
 const TESTBED: &str = env!("CARGO_BIN_EXE_weft-testbed");
-const CONTROL: &str = "10.79.0.10";
 
 /// The workloads as their owners write them, before injection.
 const WORKLOADS: &str = r#"apiVersion: apps/v1
@@ -116,12 +116,29 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
     ) {
         return;
     }
+    injected_pods_run(true, "10.79");
+}
+
+/// Without native sidecars the proxy is the first container, and its postStart hook
+/// (`weft-proxy wait`) holds the app until the proxy is ready.
+#[test]
+fn without_native_sidecars_the_proxy_holds_the_app_until_it_is_ready() {
+    if !root_tests_enabled("without_native_sidecars_the_proxy_holds_the_app_until_it_is_ready") {
+        return;
+    }
+    injected_pods_run(false, "10.80");
+}
+
+/// The whole path for pods on `<net>.0.0/24`.
+fn injected_pods_run(native: bool, net: &str) {
     let dir = scratch_dir("injected-pod");
+    let control = format!("{net}.0.10");
     let injected = weft(
         &[
             "inject",
             "--control-plane",
-            &format!("{CONTROL}:15190"),
+            &format!("{control}:15190"),
+            &format!("--native-sidecar={native}"),
             "-f",
             "-",
         ],
@@ -131,18 +148,36 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
     let (api, client) = (&deployments[0], &deployments[1]);
 
     let mut lan = Lan::new();
-    let node = lan.add_pod("node", "10.79.0.100/24", "fd79::100/64");
-    let control = lan.add_pod("control", &format!("{CONTROL}/24"), "fd79::10/64");
-    let api_ns = lan.add_pod("api", "10.79.0.2/24", "fd79::2/64");
-    let client_ns = lan.add_pod("client", "10.79.0.1/24", "fd79::1/64");
+    let six = net.replace('.', "");
+    let node = lan.add_pod(
+        "node",
+        &format!("{net}.0.100/24"),
+        &format!("fd00:{six}::100/64"),
+    );
+    let control_pod = lan.add_pod(
+        "control",
+        &format!("{control}/24"),
+        &format!("fd00:{six}::10/64"),
+    );
+    let api_ns = lan.add_pod(
+        "api",
+        &format!("{net}.0.2/24"),
+        &format!("fd00:{six}::2/64"),
+    );
+    let client_ns = lan.add_pod(
+        "client",
+        &format!("{net}.0.1/24"),
+        &format!("fd00:{six}::1/64"),
+    );
+    let (api_ip, client_ip) = (format!("{net}.0.2"), format!("{net}.0.1"));
 
     // The control plane, with the pods as the cluster would list them.
     let manifests = dir.join("manifests");
     let state = dir.join("state");
     std::fs::create_dir_all(&manifests).unwrap();
     let pods = [
-        pod_object(api, "api-0", "10.79.0.2"),
-        pod_object(client, "client-0", "10.79.0.1"),
+        pod_object(api, "api-0", &api_ip),
+        pod_object(client, "client-0", &client_ip),
     ];
     let mut stream = MESH.to_owned();
     for pod in &pods {
@@ -150,7 +185,7 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
         stream.push_str(&serde_saphyr::to_string(pod).unwrap());
     }
     std::fs::write(manifests.join("mesh.yaml"), stream).unwrap();
-    let control_ns = &lan.pods[control];
+    let control_ns = &lan.pods[control_pod];
     let _control = control_ns.spawn(
         control_ns
             .command(bin_path("weft").to_str().unwrap())
@@ -159,8 +194,8 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
             .arg(&manifests)
             .arg("--state")
             .arg(&state)
-            .args(["--listen", &format!("{CONTROL}:15190")])
-            .args(["--admin-listen", &format!("{CONTROL}:15192")]),
+            .args(["--listen", &format!("{control}:15190")])
+            .args(["--admin-listen", &format!("{control}:15192")]),
         &dir.join("control.log"),
     );
     let kubelet = Kubelet {
@@ -171,7 +206,7 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
     let control_meta = PodMeta {
         name: "weft-control".into(),
         namespace: "weft-system".into(),
-        ip: CONTROL.into(),
+        ip: control.clone(),
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while kubelet
@@ -227,15 +262,22 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
     let api_meta = PodMeta {
         name: "api-0".into(),
         namespace: "shop".into(),
-        ip: "10.79.0.2".into(),
+        ip: api_ip.clone(),
     };
     let client_meta = PodMeta {
         name: "client-0".into(),
         namespace: "shop".into(),
-        ip: "10.79.0.1".into(),
+        ip: client_ip.clone(),
     };
     // Each pod starts whole: weft-init as root, the sidecar until its startup probe passes,
     // then the app, then every probe (the app's through the proxy) passes.
+    let template = |d: &Value| d["spec"]["template"]["spec"].clone();
+    let (list, at) = if native {
+        ("initContainers", 1)
+    } else {
+        ("containers", 0)
+    };
+    assert_eq!(template(api)[list][at]["name"], "weft-proxy");
     let api_pod = kubelet.run_pod(
         &lan.pods[api_ns],
         &api_meta,
@@ -280,7 +322,14 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
 
     // The rewritten probe passes through the proxy while STRICT refuses a plaintext client
     // on the app's own port.
-    let rewritten = &api["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+    let app = template(api)["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "api")
+        .unwrap()
+        .clone();
+    let rewritten = &app["readinessProbe"];
     assert_eq!(rewritten["httpGet"]["path"], "/app-health/api/readiness");
     kubelet.probe(&api_meta, rewritten).unwrap();
     let original = json!({"httpGet": {"path": "/healthz", "port": 8080}});
@@ -292,7 +341,7 @@ fn an_injected_deployment_runs_intercepted_with_mtls_and_its_probes_pass_under_s
     let metrics = exec_json(
         &lan.pods[node],
         TESTBED.as_ref(),
-        &["get", "http://10.79.0.2:15191/metrics"],
+        &["get", &format!("http://{api_ip}:15191/metrics")],
     )
     .unwrap();
     let denied = weft_tests::proxy::metric_value(

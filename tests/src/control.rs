@@ -80,7 +80,12 @@ impl ControlPlane {
         let mut command = Command::new(bin_path("weft"));
         command.arg("control");
         match &self.kubeconfig {
-            Some(kubeconfig) => command.arg("--kubernetes").env("KUBECONFIG", kubeconfig),
+            // The webhook, on by default in cluster mode, gets the test's own address too.
+            Some(kubeconfig) => command
+                .arg("--kubernetes")
+                .env("KUBECONFIG", kubeconfig)
+                .arg("--webhook-listen")
+                .arg(SocketAddr::new(self.ip, 15443).to_string()),
             None => command.arg("--manifests").arg(&self.manifests),
         };
         let child = command

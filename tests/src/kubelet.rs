@@ -3,7 +3,9 @@
 //! What is emulated is what makes an injected spec runnable or not:
 //! - init containers run to completion in order, as root unless their securityContext says
 //!   otherwise; an init container with `restartPolicy: Always` is a native sidecar, started
-//!   and left running, and the next container starts once its startup probe passes;
+//!   and left running, and the next container starts once its startup probe passes; a
+//!   container's `postStart` exec hook runs to its end before the next container starts; a
+//!   container's `postStart` exec hook runs to its end before the next container starts;
 //! - each container runs its own `command` and `args` (an image's binary is the test build
 //!   of the same name), as its securityContext's UID and GID, with exactly the environment
 //!   its spec names, downward-API values filled in;
@@ -91,8 +93,21 @@ impl Kubelet<'_> {
                 &self.dir.join(format!("{}-{name}.log", meta.name)),
             );
             running.containers.insert(name.clone(), child);
+            // The next container starts only once this one's postStart hook has returned.
             if let Some(hook) = container.pointer("/lifecycle/postStart/exec/command") {
-                panic!("postStart hooks are not emulated ({name}: {hook})");
+                let mut exec = container.clone();
+                exec["command"] = hook.clone();
+                exec["args"] = Value::Null;
+                let out = self
+                    .command(ns, meta, spec, &exec, volumes)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "the postStart hook of {name} in {} failed: {}",
+                    meta.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         for container in list("containers").iter().chain(&list("initContainers")) {
