@@ -40,8 +40,8 @@ fuzz:
 	./fuzz/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 ## image: the container image (Containerfile) with both binaries, built by podman with no
-## registry access from statically linked binaries (IMAGE_PROFILE: release, or dev for a
-## quicker build) and this machine's iptables-nft (image/stage). Needs podman and runc.
+## registry access from statically linked binaries (IMAGE_PROFILE: release, or image-check
+## for the quickest build) and this machine's iptables-nft (image/stage). Needs podman and runc.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE ?= localhost/weft:$(VERSION)
 IMAGE_PROFILE ?= release

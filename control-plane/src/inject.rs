@@ -5,14 +5,16 @@
 //! ReplicationController, Job, CronJob, or an item of a `List`) goes through
 //! [`pod::inject`] or [`pod::uninject`]; every other document, and every document left as it
 //! was (opted out, `hostNetwork`, already injected), is written back byte for byte.
+//! [`probes`] rewrites the app's probes, and [`value`] holds the JSON helpers both use.
 
 pub mod pod;
 pub mod probes;
+pub mod value;
 
 use serde_json::Value;
 use weft_api::resources::documents;
 
-pub use pod::{Outcome, Settings};
+pub use pod::{Outcome, Settings, Template};
 
 /// Which way [`inject_stream`] goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +97,6 @@ pub fn inject_stream(
         }
     }
     Ok((out, notices))
-}
-
-/// A pod template found in an object: its `metadata` and `spec`, both present.
-pub struct Template<'a> {
-    pub metadata: &'a mut serde_json::Map<String, Value>,
-    pub spec: &'a mut serde_json::Map<String, Value>,
 }
 
 /// The path from an object of `kind` to its pod template (`metadata` and `spec` beside each

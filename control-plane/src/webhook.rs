@@ -3,8 +3,9 @@
 //!
 //! A pod is injected when its annotation `weft.dev/inject` says `enabled`, or when it says
 //! nothing and its namespace is labelled `weft.dev/inject=enabled`; `disabled` on the pod
-//! wins over its namespace. The namespace's labels come from the control plane's view of the
-//! cluster (a review names only the namespace). The answer is a JSONPatch from the pod as
+//! wins over its namespace. A review names only the namespace: on [`LABELLED_PATH`] (the
+//! configuration's entry for labelled namespaces) the API server has matched the label, and
+//! on [`PATH`] the webhook looks the namespace up in the control plane's view of the cluster. The answer is a JSONPatch from the pod as
 //! sent to the pod as injected. The webhook writes nothing anywhere, so a dry-run review is
 //! answered the same way with no side effect (`sideEffects: None`).
 //!
@@ -31,8 +32,12 @@ use weft_api::resources::Resource;
 use crate::hub::Hub;
 use crate::inject::{self, Settings, Template};
 
-/// The path the MutatingWebhookConfiguration names.
+/// The path of a review whose namespace the webhook looks up in its own view of the cluster.
 pub const PATH: &str = "/inject";
+/// The path of the configuration's entry for labelled namespaces: the API server has matched
+/// the namespace's label already, so a namespace the control plane's watch has not delivered
+/// yet (created a moment ago) is not taken for an unlabelled one.
+pub const LABELLED_PATH: &str = "/inject/labelled-namespace";
 /// The largest review read: a pod is at most 1.5 MiB in etcd, and a review holds it once.
 const MAX_REVIEW_BYTES: usize = 4 << 20;
 
@@ -85,11 +90,14 @@ pub async fn serve(
 
 impl Webhook {
     async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        match (req.method(), req.uri().path()) {
-            (&Method::POST, PATH) => {}
-            (_, PATH) => return text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n"),
+        let labelled = match (req.method(), req.uri().path()) {
+            (&Method::POST, PATH) => false,
+            (&Method::POST, LABELLED_PATH) => true,
+            (_, PATH | LABELLED_PATH) => {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
+            }
             _ => return text(StatusCode::NOT_FOUND, "not found\n"),
-        }
+        };
         let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
             .collect()
             .await
@@ -102,7 +110,7 @@ impl Webhook {
                 );
             }
         };
-        match self.review(&body) {
+        match self.review(&body, labelled) {
             Ok(review) => json(StatusCode::OK, &review),
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "malformed admission review");
@@ -112,13 +120,14 @@ impl Webhook {
     }
 
     /// Answers one review: `Err` only when the body is not an AdmissionReview at all.
-    pub fn review(&self, body: &[u8]) -> Result<Value, String> {
+    /// `labelled`: the API server says the pod's namespace is labelled for injection.
+    pub fn review(&self, body: &[u8], labelled: bool) -> Result<Value, String> {
         let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
             .map_err(|e| format!("the body is not an admission.k8s.io/v1 AdmissionReview: {e}"))?;
         let request: AdmissionRequest<DynamicObject> = review
             .try_into()
             .map_err(|_| "the AdmissionReview holds no request".to_owned())?;
-        let response = self.answer(&request);
+        let response = self.answer(&request, labelled);
         let mut review = serde_json::to_value(response.into_review()).map_err(|e| e.to_string())?;
         // kube-core holds the patch as bytes, which serde writes as an array of numbers; the
         // API server's field is Go's []byte, conventionally base64 text, as written here.
@@ -137,7 +146,11 @@ impl Webhook {
         Ok(review)
     }
 
-    fn answer(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    fn answer(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        labelled: bool,
+    ) -> AdmissionResponse {
         let allowed = AdmissionResponse::from(request);
         let namespace = request.namespace.clone().unwrap_or_default();
         if request.kind.kind != "Pod" || request.operation != Operation::Create {
@@ -151,7 +164,7 @@ impl Webhook {
             Err(e) => return AdmissionResponse::invalid(format!("the pod: {e}")),
         };
         let mut pod = original.clone();
-        let outcome = match self.mutate(&mut pod, &namespace) {
+        let outcome = match self.mutate(&mut pod, &namespace, labelled) {
             Ok(outcome) => outcome,
             Err(reason) => {
                 self.hub.metrics.injection("refused");
@@ -180,7 +193,12 @@ impl Webhook {
 
     /// Injects `pod` in place if it is selected; the pod's annotation, else its namespace's
     /// label, decides.
-    fn mutate(&self, pod: &mut Value, namespace: &str) -> Result<inject::Outcome, String> {
+    fn mutate(
+        &self,
+        pod: &mut Value,
+        namespace: &str,
+        labelled: bool,
+    ) -> Result<inject::Outcome, String> {
         let annotation = pod
             .pointer("/metadata/annotations")
             .and_then(|a| a.get(inject::pod::INJECT))
@@ -195,7 +213,7 @@ impl Webhook {
                     inject::pod::INJECT
                 ));
             }
-            None => self.namespace_enabled(namespace),
+            None => labelled || self.namespace_enabled(namespace),
         };
         if !selected {
             return Ok(inject::Outcome::NotSelected);

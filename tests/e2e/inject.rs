@@ -2,28 +2,14 @@
 //! files and standard input, its output read as the Kubernetes types with unknown fields
 //! refused.
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::{Value, json};
 use weft_tests::kube_types;
-use weft_tests::paths::{bin_path, scratch_dir};
+use weft_tests::paths::{scratch_dir, weft_cli};
 
 fn weft(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(bin_path("weft"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    weft_cli(args, stdin)
 }
 
 fn ok(out: &Output) -> String {
@@ -70,6 +56,8 @@ fn workloads() -> String {
                "spec": {"selector": selector, "template": template(None)}}),
         json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta,
                "spec": {"selector": selector, "template": template(None)}}),
+        json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": meta,
+               "spec": {"selector": {"app": "web"}, "template": template(None)}}),
         json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
                "spec": {"backoffLimit": 2, "template": template(Some("Never"))}}),
         json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta,
@@ -112,8 +100,8 @@ fn weft_inject_writes_valid_kubernetes_for_every_kind_and_is_idempotent() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.matches(": injected").count(),
-        8,
-        "six templates, a Pod and a List's Pod: {stderr}"
+        9,
+        "seven templates, a Pod and a List's Pod: {stderr}"
     );
 
     let errors = kube_types::check_stream(&injected);
@@ -132,6 +120,7 @@ fn weft_inject_writes_valid_kubernetes_for_every_kind_and_is_idempotent() {
             "StatefulSet",
             "DaemonSet",
             "ReplicaSet",
+            "ReplicationController",
             "Job",
             "CronJob",
             "Pod",
@@ -143,9 +132,9 @@ fn weft_inject_writes_valid_kubernetes_for_every_kind_and_is_idempotent() {
     assert!(injected.starts_with(HEAD), "{injected}");
     let specs = [
         &docs[2]["spec"]["template"]["spec"],
-        &docs[7]["spec"]["jobTemplate"]["spec"]["template"]["spec"],
-        &docs[8]["spec"],
-        &docs[9]["items"][0]["spec"],
+        &docs[8]["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        &docs[9]["spec"],
+        &docs[10]["items"][0]["spec"],
     ];
     for spec in specs {
         let inits: Vec<&str> = spec["initContainers"]
@@ -170,7 +159,7 @@ fn weft_inject_writes_valid_kubernetes_for_every_kind_and_is_idempotent() {
     );
     assert_eq!(api["startupProbe"]["failureThreshold"], 30);
     assert_eq!(
-        docs[9]["items"][1],
+        docs[10]["items"][1],
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "listed", "namespace": "shop"}, "spec": {"ports": [{"port": 80}]}})
     );
 
@@ -181,7 +170,7 @@ fn weft_inject_writes_valid_kubernetes_for_every_kind_and_is_idempotent() {
         String::from_utf8_lossy(&again.stderr)
             .matches("already injected")
             .count(),
-        8
+        9
     );
 
     // uninject gives back the objects as written.

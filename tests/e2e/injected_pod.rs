@@ -10,12 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use weft_tests::kubelet::{Kubelet, PodMeta, exec_json};
 use weft_tests::netns::{Lan, root_tests_enabled};
-use weft_tests::paths::{bin_path, scratch_dir};
+use weft_tests::paths::{bin_path, scratch_dir, weft_cli};
 
 const TESTBED: &str = env!("CARGO_BIN_EXE_weft-testbed");
 
@@ -76,21 +76,7 @@ spec:
 "#;
 
 fn weft(args: &[&str], stdin: &str) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new(bin_path("weft"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = weft_cli(args, stdin);
     assert!(
         out.status.success(),
         "weft {args:?}: {}",

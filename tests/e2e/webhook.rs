@@ -2,9 +2,7 @@
 //! AdmissionReview v1 payloads shaped as the API server sends them, over HTTPS verified
 //! against the trust anchor the install puts in the caBundle.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use weft_tests::control::ControlPlane;
-use weft_tests::paths::bin_path;
+use weft_tests::paths::weft_cli;
 use weft_tests::pods::{at, pod_ip};
 
 const NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n  labels: {weft.dev/inject: enabled}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
@@ -87,6 +85,10 @@ fn review(uid: &str, namespace: &str, object: Value, dry_run: bool) -> Value {
 /// POSTs `body` to the webhook over TLS, trusting only the control plane's trust anchor and
 /// naming the Service as the API server does.
 async fn post(addr: SocketAddr, anchors: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    post_to(addr, anchors, "/inject", body).await
+}
+
+async fn post_to(addr: SocketAddr, anchors: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
     let roots = weft_api::identity::anchors_from_pem(anchors).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(weft_api::identity::provider())
         .with_safe_default_protocol_versions()
@@ -103,7 +105,7 @@ async fn post(addr: SocketAddr, anchors: &str, body: Vec<u8>) -> (u16, Vec<u8>) 
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::post("/inject?timeout=10s")
+    let req = http::Request::post(format!("{path}?timeout=10s"))
         .header("host", "weft-control.weft-system.svc:15443")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -145,20 +147,7 @@ fn patched(pod: &Value, response: &Value) -> Value {
 
 /// `weft inject` of the same pod, read back.
 fn injected_by_cli(pod: &Value) -> Value {
-    let mut child = Command::new(bin_path("weft"))
-        .args(["inject", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(pod).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = weft_cli(&["inject", "-f", "-"], &serde_json::to_string(pod).unwrap());
     assert!(
         out.status.success(),
         "{}",
@@ -245,6 +234,28 @@ async fn the_webhook_injects_selected_pods_with_the_same_patch_as_weft_inject() 
         }
     }
 
+    // The entry for labelled namespaces: the API server matched the label, so a namespace
+    // the control plane has not seen yet is injected all the same, and an opt-out still wins.
+    for (uid, annotations, wants_patch) in [
+        ("e1", json!({}), true),
+        ("e2", json!({"weft.dev/inject": "disabled"}), false),
+    ] {
+        let pod = pod("created-a-moment-ago", annotations);
+        let body =
+            serde_json::to_vec(&review(uid, "created-a-moment-ago", pod.clone(), false)).unwrap();
+        let (status, body) = post_to(webhook, &anchors, "/inject/labelled-namespace", body).await;
+        assert_eq!(status, 200);
+        let response: Value = serde_json::from_slice::<Value>(&body).unwrap()["response"].clone();
+        assert_eq!(
+            response.get("patch").is_some(),
+            wants_patch,
+            "{uid}: {response}"
+        );
+        if wants_patch {
+            assert_eq!(patched(&pod, &response), injected_by_cli(&pod));
+        }
+    }
+
     // An annotation weft cannot read: refused with the reason, for the pod's creator.
     let bad = pod(
         "web",
@@ -280,6 +291,6 @@ async fn the_webhook_injects_selected_pods_with_the_same_patch_as_weft_inject() 
             &format!("weft_control_injections_total{{result=\"{result}\"}}"),
         )
     };
-    assert!(count("injected") >= 4.0, "{metrics}");
+    assert!(count("injected") >= 5.0, "{metrics}");
     assert_eq!(count("refused"), 1.0);
 }

@@ -5,6 +5,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Runs the `weft` CLI with `stdin` on its standard input, to its end.
+pub fn weft_cli(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(bin_path("weft"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning weft");
+    let mut input = child.stdin.take().expect("weft's stdin");
+    // A command that fails early may not read it all; its output says why.
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().expect("weft's output")
+}
+
 /// Where cargo put the workspace's binaries: next to the test executable's `deps/` folder.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -534,8 +534,8 @@ async fn the_ca_is_created_once_in_its_secret_and_read_back() {
 /// route status writes, TokenReviews, the CA Secret, and what injection writes.
 #[test]
 fn the_install_manifest_grants_what_cluster_mode_uses() {
-    let text = crate::install::rendered(crate::inject::pod::DEFAULT_IMAGE);
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let text = include_str!("../../../manifests/install/rbac.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).unwrap();
     let rules = |kind: &str| -> Vec<Value> {
         docs.iter()
             .find(|d| d["kind"] == kind)
@@ -612,8 +612,9 @@ async fn the_webhook_ca_bundle_is_set_and_the_trust_anchor_follows_meshed_namesp
     let config_maps = collection("v1", "configmaps");
     let namespaces = collection("v1", "namespaces");
     let fake = FakeApi::default();
-    let install = crate::install::rendered(crate::inject::pod::DEFAULT_IMAGE);
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&install).unwrap();
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(include_str!("../../../manifests/install/webhook.yaml"))
+            .unwrap();
     let webhook = docs
         .iter()
         .find(|d| d["kind"] == "MutatingWebhookConfiguration")

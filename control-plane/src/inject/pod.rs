@@ -19,8 +19,14 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::Template;
-use super::probes;
+use super::probes::{self, ADMIN_PORT};
+use super::value::{list, list_mut, map_mut, name_of, string_map};
+
+/// A pod template found in an object: its `metadata` and `spec`, both mappings.
+pub struct Template<'a> {
+    pub metadata: &'a mut Map<String, Value>,
+    pub spec: &'a mut Map<String, Value>,
+}
 
 /// The annotation that opts a pod in (`enabled`) or out (`disabled`).
 pub const INJECT: &str = weft_api::resources::core::INJECT_ANNOTATION;
@@ -60,7 +66,6 @@ const TRUST_DIR: &str = "/var/run/weft/trust";
 const PROXY_BINARY: &str = "/usr/local/bin/weft-proxy";
 
 pub const PROXY_UID: i64 = 2102;
-pub const ADMIN_PORT: u16 = 15191;
 const INBOUND_PORT: u16 = 15143;
 const OUTBOUND_PORT: u16 = 15140;
 /// The audience of the projected token (`weft control --token-audience`).
@@ -162,6 +167,16 @@ pub fn inject(t: Template<'_>, settings: &Settings) -> Result<Outcome, String> {
     }
     if is_injected(t.spec) {
         return Ok(Outcome::AlreadyInjected);
+    }
+    // What injection extends must be lists: anything else is refused, never replaced.
+    for key in ["containers", "initContainers", "volumes"] {
+        match t.spec.get(key) {
+            None | Some(Value::Null) | Some(Value::Array(_)) => {}
+            Some(_) => return Err(format!("spec.{key} is not a list")),
+        }
+    }
+    if list(t.spec, "containers").is_empty() {
+        return Err("spec.containers: the pod has no containers".into());
     }
     for name in [TOKEN_VOLUME, TRUST_VOLUME] {
         if list(t.spec, "volumes")
@@ -502,44 +517,4 @@ fn quantity(value: &str) -> Result<String, String> {
             "{value:?} is not a resource quantity (e.g. 100m, 64Mi)"
         ))
     }
-}
-
-pub(super) fn name_of(v: &Value) -> Option<&str> {
-    v.get("name").and_then(Value::as_str)
-}
-
-pub(super) fn list<'a>(map: &'a Map<String, Value>, key: &str) -> &'a [Value] {
-    map.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-}
-
-/// The array at `key`, made one if it is missing or null.
-pub(super) fn list_mut<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
-    let slot = map.entry(key).or_insert_with(|| json!([]));
-    if !slot.is_array() {
-        *slot = json!([]);
-    }
-    slot.as_array_mut().expect("made an array above")
-}
-
-fn map_mut<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let slot = map.entry(key).or_insert_with(|| json!({}));
-    if !slot.is_object() {
-        *slot = json!({});
-    }
-    slot.as_object_mut().expect("made a mapping above")
-}
-
-/// The string values of a mapping (annotations); others are skipped.
-fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
-    value
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
 }

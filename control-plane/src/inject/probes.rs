@@ -14,7 +14,10 @@ use weft_api::probes::{
     AppProbe, AppProbes, GrpcCheck, HttpGetCheck, ProbeCheck, ProbeHeader, TcpCheck,
 };
 
-use super::pod::{ADMIN_PORT, list_mut, name_of};
+use super::value::{list_mut, name_of};
+
+/// The proxy's admin port, where the kubelet's probes go.
+pub const ADMIN_PORT: u16 = 15191;
 
 /// The annotation holding the app's probes as they were written (JSON: container, then the
 /// probe's field name, then the probe).

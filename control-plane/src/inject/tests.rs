@@ -276,6 +276,19 @@ fn bad_yaml_and_bad_annotations_name_their_document() {
             inject_stream("in.yaml", &text, &Settings::default(), Direction::Inject).unwrap_err();
         assert!(e.to_string().contains(message), "{annotation}: {e}");
     }
+    for (spec, message) in [
+        ("{containers: web}", "spec.containers is not a list"),
+        (
+            "{containers: [{name: a}], volumes: {a: 1}}",
+            "spec.volumes is not a list",
+        ),
+        ("{initContainers: []}", "the pod has no containers"),
+    ] {
+        let text = format!("kind: Pod\nmetadata: {{name: p}}\nspec: {spec}\n");
+        let e =
+            inject_stream("in.yaml", &text, &Settings::default(), Direction::Inject).unwrap_err();
+        assert!(e.to_string().contains(message), "{spec}: {e}");
+    }
     let text = "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: a\n      livenessProbe: {httpGet: {port: admin}}\n";
     let e = inject_stream("in.yaml", text, &Settings::default(), Direction::Inject).unwrap_err();
     assert!(
